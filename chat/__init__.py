@@ -1,0 +1,12 @@
+"""A multi-room WebSocket chat server on Starlette: run it, embed it, scale it."""
+
+from __future__ import annotations
+
+from chat.app import create_app
+from chat.endpoint import ChatEndpoint
+from chat.exceptions import ChatError
+from chat.hub import Chat
+from chat.settings import Settings
+
+__all__ = ["Chat", "ChatEndpoint", "ChatError", "Settings", "create_app"]
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""The backend interface: where messages get their sequence numbers, history and presence live.
+
+A backend publishes to every process serving a room; each process's registry hands what arrives
+to its local members through the ``deliver`` callback given to ``start``. Backends are picked by
+URL scheme and imported lazily, so the Redis client is needed only for ``redis://``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from chat.protocol import Event, Member, Message, Signal
+from chat.settings import Settings
+
+Deliver = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A room as a joining member first sees it: latest seq, epoch, and the history to show."""
+
+    seq: int
+    epoch: str
+    messages: list[Message] = field(default_factory=list)
+    recovered: bool = False
+
+
+class Backend(abc.ABC):
+    """One per process. Every coroutine may raise ``Unavailable`` when the backend cannot serve."""
+
+    name: ClassVar[str]
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url
+        self.settings = settings
+
+    @abc.abstractmethod
+    async def start(self, deliver: Deliver) -> None:
+        """Connect; from now on hand every event of a subscribed room to ``deliver``, in seq order."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Disconnect and stop every background task."""
+
+    @abc.abstractmethod
+    async def subscribe(self, room: str) -> None:
+        """Start receiving the room's events (called for the room's first local member)."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, room: str) -> None:
+        """Stop receiving the room's events (called when its last local member left)."""
+
+    @abc.abstractmethod
+    async def publish(self, room: str, sender: Member, text: str) -> Message:
+        """Give the message the room's next seq, store it in history and deliver it everywhere."""
+
+    @abc.abstractmethod
+    async def signal(self, signal: Signal) -> None:
+        """Deliver a passing event (typing) everywhere without storing it."""
+
+    @abc.abstractmethod
+    async def join(self, room: str, member: Member) -> None:
+        """Add the member to the room's presence and tell the other members."""
+
+    @abc.abstractmethod
+    async def leave(self, room: str, member: Member) -> None:
+        """Remove the member from the room's presence and tell the other members."""
+
+    @abc.abstractmethod
+    async def members(self, room: str) -> list[Member]:
+        """Everyone present in the room, on every process."""
+
+    @abc.abstractmethod
+    async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
+        """The room for a joining member: everything after ``since`` when it can, else the latest."""
+
+    @abc.abstractmethod
+    async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
+        """Up to ``limit`` messages with seq below ``before`` (or the latest), oldest first."""
+
+    @abc.abstractmethod
+    async def healthy(self) -> bool:
+        """Whether the backend can serve right now."""

@@ -1,0 +1,144 @@
+"""The embedded default: one process, nothing to install, everything in memory.
+
+Every operation completes without awaiting anything, so a message gets its seq, enters history
+and reaches the registry in one uninterrupted step: order is the same for every member.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from itertools import islice
+
+from chat.backends.base import Backend, Deliver, Snapshot
+from chat.protocol import Member, Message, Signal
+from chat.settings import Settings
+
+
+class _Room:
+    __slots__ = ("epoch", "history", "members", "seq")
+
+    def __init__(self, history_size: int) -> None:
+        self.epoch = secrets.token_urlsafe(9)
+        self.seq = 0
+        self.history: deque[Message] = deque(maxlen=history_size)
+        self.members: dict[str, Member] = {}
+
+    def after(self, seq: int) -> list[Message] | None:
+        """Every retained message with seq above ``seq``, or None when some of them are gone."""
+        oldest = self.history[0].seq if self.history else self.seq + 1
+        if seq + 1 < oldest or seq > self.seq:
+            return None
+        return list(islice(self.history, seq + 1 - oldest, None))
+
+    def before(self, seq: int | None, limit: int) -> list[Message]:
+        """Up to ``limit`` messages with seq below ``seq``, oldest first."""
+        if not self.history:
+            return []
+        end = len(self.history) if seq is None else max(0, min(len(self.history), seq - self.history[0].seq))
+        return list(islice(self.history, max(0, end - limit), end))
+
+
+class MemoryBackend(Backend):
+    """Rooms live as long as they have members, and for ``history_ttl`` seconds after the last leaves."""
+
+    name = "memory"
+
+    def __init__(self, url: str, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(url, settings)
+        self._clock = clock
+        self._rooms: dict[str, _Room] = {}
+        self._idle: dict[str, float] = {}  # rooms without members -> since when, oldest first
+        self._subscribed: set[str] = set()
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    async def stop(self) -> None:
+        self._deliver = None
+
+    async def subscribe(self, room: str) -> None:
+        self._subscribed.add(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        self._subscribed.discard(room)
+
+    async def publish(self, room: str, sender: Member, text: str) -> Message:
+        state = self._room(room)
+        state.seq += 1
+        message = Message(room, state.seq, sender, text, time.time_ns() // 1_000_000)
+        state.history.append(message)
+        if not state.members:
+            self._mark_idle(room)
+        self._send(room, message)
+        return message
+
+    async def signal(self, signal: Signal) -> None:
+        self._send(signal.room, signal)
+
+    async def join(self, room: str, member: Member) -> None:
+        self._room(room).members[member.id] = member
+        self._idle.pop(room, None)
+        self._send(room, Signal("join", room, member))
+
+    async def leave(self, room: str, member: Member) -> None:
+        state = self._rooms.get(room)
+        if state is None or state.members.pop(member.id, None) is None:
+            return
+        if not state.members:
+            self._mark_idle(room)
+        self._send(room, Signal("leave", room, member))
+
+    async def members(self, room: str) -> list[Member]:
+        state = self._rooms.get(room)
+        return list(state.members.values()) if state else []
+
+    async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
+        state = self._room(room)
+        if since is not None and epoch == state.epoch:
+            missed = state.after(since)
+            if missed is not None:
+                return Snapshot(state.seq, state.epoch, missed, recovered=True)
+        return Snapshot(state.seq, state.epoch, state.before(None, self.settings.history_on_join))
+
+    async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
+        state = self._rooms.get(room)
+        return state.before(before, limit) if state else []
+
+    async def healthy(self) -> bool:
+        return True
+
+    @property
+    def room_count(self) -> int:
+        """Rooms whose state is kept (with members, or idle within the TTL)."""
+        self._sweep()
+        return len(self._rooms)
+
+    def _send(self, room: str, event: Message | Signal) -> None:
+        if self._deliver is not None and room in self._subscribed:
+            self._deliver(event)
+
+    def _room(self, room: str) -> _Room:
+        self._sweep()
+        state = self._rooms.get(room)
+        if state is None:
+            state = self._rooms[room] = _Room(self.settings.history_size)
+            self._mark_idle(room)
+        return state
+
+    def _mark_idle(self, room: str) -> None:
+        self._idle.pop(room, None)
+        self._idle[room] = self._clock()
+
+    def _sweep(self) -> None:
+        """Drop rooms idle past the TTL, and the longest idle ones beyond ``max_rooms``."""
+        deadline = self._clock() - self.settings.history_ttl
+        while self._idle:
+            room, since = next(iter(self._idle.items()))
+            if since > deadline and len(self._rooms) <= self.settings.max_rooms:
+                return
+            del self._idle[room]
+            del self._rooms[room]

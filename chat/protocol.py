@@ -1,0 +1,287 @@
+"""Protocol v1, sans I/O: validate what clients send, encode what the server sends.
+
+Everything here is plain synchronous code: no sockets, no clocks, no backends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+from chat.exceptions import BadRequest, ErrorCode, InvalidJoin, RequestError, TooLarge, Unsupported
+
+ROOM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+EPOCH_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_NAME = 32
+MAX_REF = 64
+HISTORY_LIMIT_MAX = 100
+HISTORY_LIMIT_DEFAULT = 50
+
+Ref = str | int | None
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+# --- what travels between members -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One connected member: ``id`` is unique per connection, ``name`` is what others see."""
+
+    id: str
+    name: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A stored chat message; ``seq`` rises by exactly one per message in its room."""
+
+    room: str
+    seq: int
+    sender: Member
+    text: str
+    ts: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": "message",
+            "room": self.room,
+            "seq": self.seq,
+            "from": self.sender.as_dict(),
+            "text": self.text,
+            "ts": self.ts,
+        }
+
+    @cached_property
+    def frame(self) -> str:
+        """The encoded ``message`` frame, built once however many members receive it."""
+        return _dumps(self.as_dict())
+
+    @classmethod
+    def from_frame(cls, frame: str) -> Message:
+        """Rebuild a message from its encoded frame (as a backend stored it)."""
+        data = json.loads(frame)
+        sender = data["from"]
+        message = cls(data["room"], data["seq"], Member(sender["id"], sender["name"]), data["text"], data["ts"])
+        message.__dict__["frame"] = frame
+        return message
+
+
+SignalKind = Literal["join", "leave", "typing"]
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A passing event (join, leave, typing) for the other members of a room; never stored."""
+
+    kind: SignalKind
+    room: str
+    member: Member
+
+    @cached_property
+    def frame(self) -> str:
+        key = "from" if self.kind == "typing" else "member"
+        return _dumps({"type": self.kind, "room": self.room, key: self.member.as_dict()})
+
+
+Event = Message | Signal
+
+
+# --- joining a room ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """What a client asks for when it connects to ``/ws/{room}``."""
+
+    room: str
+    name: str
+    since: int | None = None
+    epoch: str | None = None
+
+
+def parse_join(room: str, query: Mapping[str, str]) -> JoinRequest:
+    """Validate the room and the query parameters, or raise InvalidJoin saying what is wrong."""
+    if not ROOM_PATTERN.fullmatch(room):
+        raise InvalidJoin("invalid room: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    name = parse_name(query.get("name"))
+    since = query.get("since")
+    epoch = query.get("epoch")
+    if since is not None and not (since.isascii() and since.isdigit() and len(since) <= 18):
+        raise InvalidJoin("since must be a non-negative integer")
+    if epoch is not None and not EPOCH_PATTERN.fullmatch(epoch):
+        raise InvalidJoin("epoch must be the token a welcome frame gave")
+    return JoinRequest(room, name, None if since is None else int(since), epoch)
+
+
+def parse_name(raw: str | None) -> str:
+    """A display name: 1-32 characters after trimming, no control characters; none gets a guest name."""
+    if raw is None:
+        return "guest-" + secrets.token_hex(2)
+    name = raw.strip()
+    if not 1 <= len(name) <= MAX_NAME:
+        raise InvalidJoin(f"name must be 1-{MAX_NAME} characters after trimming")
+    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in name):
+        raise InvalidJoin("name must not contain control characters")
+    return name
+
+
+def new_member_id() -> str:
+    """A member id, unique per connection across processes."""
+    return secrets.token_hex(6)
+
+
+# --- client frames -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendText:
+    text: str
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    before: int | None = None
+    limit: int = HISTORY_LIMIT_DEFAULT
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: Ref = None
+
+
+ClientRequest = SendText | Typing | HistoryQuery | Ping
+
+
+def decode(data: str | bytes, max_text: int) -> ClientRequest:
+    """Turn one client frame into a request, or raise the RequestError that answers it.
+
+    A text frame that is not a JSON object is a chat message made of the whole frame.
+    """
+    if isinstance(data, bytes):
+        raise Unsupported("binary frames are not supported: send text frames")
+    if not data.lstrip().startswith("{"):
+        return SendText(_checked_text(data, max_text, None))
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise BadRequest("malformed JSON object") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("a frame must be one JSON object")
+    return _decode_object(obj, max_text)
+
+
+def _decode_object(obj: dict[str, Any], max_text: int) -> ClientRequest:
+    ref = _checked_ref(obj.get("ref"))
+    kind = obj.get("type")
+    if kind == "message":
+        text = obj.get("text")
+        if not isinstance(text, str):
+            raise BadRequest("message needs a string 'text'", ref)
+        return SendText(_checked_text(text, max_text, ref), ref)
+    if kind == "typing":
+        return Typing()
+    if kind == "history":
+        before = _optional_int(obj, "before", 1, None, ref)
+        limit = _optional_int(obj, "limit", 1, HISTORY_LIMIT_MAX, ref)
+        return HistoryQuery(before, HISTORY_LIMIT_DEFAULT if limit is None else limit, ref)
+    if kind == "ping":
+        return Ping(ref)
+    if not isinstance(kind, str):
+        raise BadRequest("a frame needs a string 'type'", ref)
+    raise BadRequest(f"unknown type {kind[:32]!r}: expected message, typing, history or ping", ref)
+
+
+def _checked_text(text: str, max_text: int, ref: Ref) -> str:
+    if not text.strip():
+        raise BadRequest("text must not be empty", ref)
+    if len(text) > max_text:
+        raise TooLarge(f"text is longer than {max_text} characters", ref)
+    return text
+
+
+def _checked_ref(ref: object) -> Ref:
+    if ref is None or (isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) < 2**53):
+        return ref
+    if isinstance(ref, str) and len(ref) <= MAX_REF:
+        return ref
+    raise BadRequest(f"ref must be a string of at most {MAX_REF} characters or an integer")
+
+
+def _optional_int(obj: dict[str, Any], key: str, low: int, high: int | None, ref: Ref) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bounds = f"{low}-{high}" if high is not None else f">= {low}"
+        raise BadRequest(f"{key} must be an integer {bounds}", ref)
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# --- server frames -----------------------------------------------------------------------------
+
+
+def encode_welcome(
+    room: str,
+    you: Member,
+    members: Iterable[Member],
+    seq: int,
+    epoch: str,
+    history: Sequence[Message],
+    recovered: bool,
+) -> str:
+    """The first frame a member gets; history items are the stored message frames, oldest first."""
+    head = _dumps(
+        {
+            "type": "welcome",
+            "room": room,
+            "you": you.as_dict(),
+            "members": [member.as_dict() for member in members],
+            "seq": seq,
+            "epoch": epoch,
+            "recovered": recovered,
+        }
+    )
+    return head[:-1] + ',"history":[' + ",".join(message.frame for message in history) + "]}"
+
+
+def encode_ack(ref: Ref, seq: int) -> str:
+    return _dumps({"type": "ack", "ref": ref, "seq": seq})
+
+
+def encode_history(room: str, messages: Sequence[Message], ref: Ref) -> str:
+    head = _dumps({"type": "history", "room": room, "ref": ref})
+    return head[:-1] + ',"messages":[' + ",".join(message.frame for message in messages) + "]}"
+
+
+def encode_pong(ref: Ref) -> str:
+    return _dumps({"type": "pong", "ref": ref})
+
+
+def encode_error(code: ErrorCode, detail: str, ref: Ref = None) -> str:
+    return _dumps({"type": "error", "code": code, "detail": detail, "ref": ref})
+
+
+def encode_request_error(error: RequestError) -> str:
+    return encode_error(error.code, error.detail, error.ref)

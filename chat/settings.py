@@ -1,0 +1,108 @@
+"""The one typed settings object, built from arguments or ``CHAT_*`` environment variables.
+
+Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from chat.exceptions import ConfigError
+
+ENV_PREFIX = "CHAT_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server; defaults suit a single process serving a few thousand members."""
+
+    backend: str = "memory://"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    history_size: int = 1000
+    history_on_join: int = 50
+    history_ttl: float = 86400.0
+    max_rooms: int = 10000
+    max_text: int = 4000
+    max_frame: int = 65536
+    rate_burst: int = 20
+    rate_per_second: float = 10.0
+    queue_bytes: int = 1048576
+    max_connections: int = 10000
+    send_timeout: float = 30.0
+    presence_ttl: float = 30.0
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_per_message_deflate: bool = False
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the setting."""
+        positive = (
+            "history_size", "history_on_join", "max_rooms", "max_text", "max_frame",
+            "rate_burst", "queue_bytes", "max_connections", "workers", "send_timeout",
+            "presence_ttl",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("history_ttl", "rate_per_second", "ws_ping_interval", "ws_ping_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be 1-65535, got {self.port}")
+        if self.history_on_join > self.history_size:
+            raise ConfigError("history_on_join must not exceed history_size")
+        if "://" not in self.backend:
+            raise ConfigError(f"backend must be a URL such as memory:// or redis://host:6379/0, got {self.backend!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``CHAT_*`` variables, then apply explicit overrides (None means unset)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw.strip() != "":
+                values[field.name] = _parse(field.name, field.type, raw.strip())
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``CHAT_*`` variables that rebuild these settings in another process (uvicorn workers)."""
+        return {ENV_PREFIX + name.upper(): _format(value) for name, value in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, kind: object, raw: str) -> Any:
+    """Turn one environment string into the field's type, or raise ConfigError naming the variable."""
+    variable = ENV_PREFIX + name.upper()
+    try:
+        if kind == "bool":
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{variable} must be {kind}, got {raw!r}") from None
+    return raw
+
+
+def _format(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
