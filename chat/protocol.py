@@ -18,6 +18,7 @@ from chat.exceptions import BadRequest, ErrorCode, InvalidJoin, RequestError, To
 
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON escapes can make them; UTF-8 cannot carry them out
 MAX_NAME = 32
 MAX_REF = 64
 HISTORY_LIMIT_MAX = 100
@@ -26,6 +27,11 @@ HISTORY_LIMIT_DEFAULT = 50
 Ref = str | int | None
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_json(value: object) -> str:
+    """Compact JSON, as every frame is encoded."""
+    return _dumps(value)
 
 
 # --- what travels between members -------------------------------------------------------------
@@ -65,7 +71,8 @@ class Message:
     @cached_property
     def frame(self) -> str:
         """The encoded ``message`` frame, built once however many members receive it."""
-        return _dumps(self.as_dict())
+        head, tail = message_frame_parts(self.room, self.sender, self.text, self.ts)
+        return f"{head}{self.seq}{tail}"
 
     @classmethod
     def from_frame(cls, frame: str) -> Message:
@@ -75,6 +82,13 @@ class Message:
         message = cls(data["room"], data["seq"], Member(sender["id"], sender["name"]), data["text"], data["ts"])
         message.__dict__["frame"] = frame
         return message
+
+
+def message_frame_parts(room: str, sender: Member, text: str, ts: int) -> tuple[str, str]:
+    """A message frame in two parts, to be joined around its seq (which a backend may assign)."""
+    head = '{"type":"message","room":' + _dumps(room) + ',"seq":'
+    tail = ',"from":' + _dumps(sender.as_dict()) + ',"text":' + _dumps(text) + ',"ts":' + str(ts) + "}"
+    return head, tail
 
 
 SignalKind = Literal["join", "leave", "typing"]
@@ -94,7 +108,28 @@ class Signal:
         return _dumps({"type": self.kind, "room": self.room, key: self.member.as_dict()})
 
 
-Event = Message | Signal
+    @classmethod
+    def from_frame(cls, frame: str) -> Signal:
+        """Rebuild a signal from its encoded frame (as it crossed a backend)."""
+        data = json.loads(frame)
+        kind = data["type"]
+        if kind not in ("join", "leave", "typing"):
+            raise ValueError(f"not a signal frame: {kind!r}")
+        who = data["from" if kind == "typing" else "member"]
+        signal = cls(kind, data["room"], Member(who["id"], who["name"]))
+        signal.__dict__["frame"] = frame
+        return signal
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A room's sequence restarted under a new epoch (its backend lost it): members must rejoin."""
+
+    room: str
+    epoch: str
+
+
+Event = Message | Signal | Restart
 
 
 # --- joining a room ----------------------------------------------------------------------------
@@ -214,13 +249,15 @@ def _checked_text(text: str, max_text: int, ref: Ref) -> str:
         raise BadRequest("text must not be empty", ref)
     if len(text) > max_text:
         raise TooLarge(f"text is longer than {max_text} characters", ref)
+    if _SURROGATE.search(text):
+        raise BadRequest("text must be valid Unicode: no lone surrogates", ref)
     return text
 
 
 def _checked_ref(ref: object) -> Ref:
     if ref is None or (isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) < 2**53):
         return ref
-    if isinstance(ref, str) and len(ref) <= MAX_REF:
+    if isinstance(ref, str) and len(ref) <= MAX_REF and not _SURROGATE.search(ref):
         return ref
     raise BadRequest(f"ref must be a string of at most {MAX_REF} characters or an integer")
 

@@ -11,7 +11,9 @@ import anyio
 
 from chat.backends import Backend
 from chat.connection import Connection
-from chat.protocol import Event, Message
+from chat.protocol import Event, Message, Restart
+
+SERVICE_RESTART = 1012
 
 
 class RoomRegistry:
@@ -81,6 +83,10 @@ class RoomRegistry:
         if isinstance(event, Message):
             for connection in members.values():
                 connection.deliver(event)
+            return
+        if isinstance(event, Restart):
+            for connection in members.values():
+                connection.close(SERVICE_RESTART, "room restarted: reconnect to rejoin")
             return
         frame = event.frame
         for member_id, connection in members.items():

@@ -12,10 +12,14 @@ __all__ = ["Backend", "Deliver", "Snapshot", "open_backend"]
 
 
 def open_backend(settings: Settings) -> Backend:
-    """The backend that ``settings.backend`` names (``memory://``)."""
+    """The backend that ``settings.backend`` names (``memory://`` or ``redis://host:port/db``)."""
     scheme = urlsplit(settings.backend).scheme
     if scheme == "memory":
         from chat.backends.memory import MemoryBackend
 
         return MemoryBackend(settings.backend, settings)
-    raise ConfigError(f"unknown backend {settings.backend!r}: use memory://")
+    if scheme in ("redis", "rediss", "unix"):
+        from chat.backends.redis import RedisBackend
+
+        return RedisBackend(settings.backend, settings)
+    raise ConfigError(f"unknown backend {settings.backend!r}: use memory:// or redis://host:port/db")

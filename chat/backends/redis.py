@@ -1,0 +1,446 @@
+"""Scale-out on Redis: any number of processes, on any number of machines, serve the same rooms.
+
+Keys of room R (the ``{R}`` hash tag keeps them in one cluster slot), all expiring after
+``history_ttl`` seconds without activity:
+
+    chat:{R}:epoch     the room's epoch; a new one whenever the room's sequence (re)starts
+    chat:{R}:seq       the latest seq
+    chat:{R}:history   the latest ``history_size`` message frames, oldest first
+    chat:{R}:presence  sorted set: member entry -> expiry (ms), kept alive by heartbeats
+
+Channel ``chat:{R}`` carries ``m:<epoch>:<message frame>`` and ``s:<join/leave/typing frame>``.
+Publishing is one Lua script: next seq, append to the capped history, publish.
+
+Each process has one pub/sub connection for every room with local members. It remembers the last
+seq it delivered per room; a seq gap (a dropped link, a node that fell behind) is filled from
+history before anything newer is delivered, and a changed epoch (Redis came back empty) closes the
+room's members with 1012 so that they rejoin and learn it. The listener reconnects with backoff
+and resubscribes every room; whatever it dies of is logged and it is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from chat.backends.base import Backend, Deliver, Snapshot
+from chat.exceptions import Unavailable
+from chat.protocol import Member, Message, Restart, Signal, encode_json, message_frame_parts
+from chat.settings import Settings
+
+logger = logging.getLogger("chat.redis")
+
+CONTROL_CHANNEL = "chat:_control"
+SUBSCRIBE_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 1.0
+
+# Every script that reads or writes a room's sequence starts here (KEYS: epoch, seq, history;
+# ARGV[1]: a fresh epoch, ARGV[2]: the keys' TTL): a room Redis does not know starts a new epoch.
+_ENSURE_EPOCH = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+"""
+
+# ARGV[3..]: frame head, frame tail, history size, channel.
+_PUBLISH = (
+    _ENSURE_EPOCH
+    + """
+local seq = redis.call('INCR', KEYS[2])
+local frame = ARGV[3] .. seq .. ARGV[4]
+redis.call('RPUSH', KEYS[3], frame)
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
+for i = 2, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+redis.call('PUBLISH', ARGV[6], 'm:' .. epoch .. ':' .. frame)
+return {seq, epoch}
+"""
+)
+
+# ARGV[3..]: since (-1: none), the client's epoch, how many on a fresh join.
+# Returns {seq, epoch, recovered (0/1), frames...}.
+_SNAPSHOT = (
+    _ENSURE_EPOCH
+    + """
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local length = redis.call('LLEN', KEYS[3])
+local oldest = seq - length + 1
+local since = tonumber(ARGV[3])
+local result = {seq, epoch, 0}
+local first = length - tonumber(ARGV[5])
+if since >= 0 and ARGV[4] == epoch and since <= seq and since + 1 >= oldest then
+  result[3] = 1
+  first = since + 1 - oldest
+end
+if first < 0 then first = 0 end
+if first < length then
+  for _, frame in ipairs(redis.call('LRANGE', KEYS[3], first, -1)) do table.insert(result, frame) end
+end
+return result
+"""
+)
+
+# KEYS: seq, history. ARGV: before (-1: latest), limit.
+_HISTORY = """
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local length = redis.call('LLEN', KEYS[2])
+local oldest = seq - length + 1
+local stop = length
+local before = tonumber(ARGV[1])
+if before >= 0 then stop = math.max(0, math.min(length, before - oldest)) end
+local start = math.max(0, stop - tonumber(ARGV[2]))
+if stop <= start then return {} end
+return redis.call('LRANGE', KEYS[2], start, stop - 1)
+"""
+
+# KEYS: presence. ARGV: entry, presence ttl ms, key ttl s, channel, join frame.
+_JOIN = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], 's:' .. ARGV[5])
+"""
+
+# KEYS: presence. ARGV: entry, channel, leave frame.
+_LEAVE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('PUBLISH', ARGV[2], 's:' .. ARGV[3])
+end
+"""
+
+# KEYS: presence, epoch, seq, history. ARGV: presence ttl ms, key ttl s, channel, room (JSON), entries...
+# Refreshes this node's members, drops everyone whose heartbeat stopped and announces them.
+_HEARTBEAT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+for i = 5, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ms + tonumber(ARGV[1]), ARGV[i]) end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms)
+for _, entry in ipairs(expired) do
+  if redis.call('ZREM', KEYS[1], entry) == 1 then
+    redis.call('PUBLISH', ARGV[3], 's:{"type":"leave","room":' .. ARGV[4] .. ',"member":' .. entry .. '}')
+  end
+end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return #expired
+"""
+
+# KEYS: presence. Returns the live entries.
+_MEMBERS = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], ms, '+inf')
+"""
+
+
+def _keys(room: str) -> tuple[str, str, str, str]:
+    """epoch, seq, history and presence keys of a room."""
+    base = "chat:{" + room + "}:"
+    return base + "epoch", base + "seq", base + "history", base + "presence"
+
+
+def _channel(room: str) -> str:
+    return "chat:{" + room + "}"
+
+
+def _room_of(channel: str) -> str:
+    return channel[len("chat:{") : -1]
+
+
+def _new_epoch() -> str:
+    return secrets.token_urlsafe(9)
+
+
+@dataclass
+class _Cursor:
+    """The last seq this process delivered in a room, under which epoch."""
+
+    epoch: str
+    seq: int
+
+
+class RedisBackend(Backend):
+    """Rooms shared by every process on one Redis; see the module docstring for the layout."""
+
+    name = "redis"
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        super().__init__(url, settings)
+        self._redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._publish = self._redis.register_script(_PUBLISH)
+        self._snapshot = self._redis.register_script(_SNAPSHOT)
+        self._history = self._redis.register_script(_HISTORY)
+        self._join = self._redis.register_script(_JOIN)
+        self._leave = self._redis.register_script(_LEAVE)
+        self._heartbeat = self._redis.register_script(_HEARTBEAT)
+        self._members = self._redis.register_script(_MEMBERS)
+        self._deliver: Deliver | None = None
+        self._subscribed: set[str] = set()
+        self._cursors: dict[str, _Cursor] = {}
+        self._confirmed: dict[str, anyio.Event] = {}
+        self._local: dict[str, dict[str, str]] = {}  # room -> member id -> presence entry
+        self._pubsub: Any = None
+        self._link_up = False
+        self._runner: asyncio.Task[None] | None = None
+        self.listener_restarts = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="chat-redis")
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with suppress(asyncio.CancelledError):
+                await runner
+        with suppress(RedisError, OSError):
+            await self._redis.aclose()
+        self._deliver = None
+
+    async def healthy(self) -> bool:
+        if not self._link_up:
+            return False
+        try:
+            with anyio.fail_after(1.0):
+                return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    # --- rooms -------------------------------------------------------------------------------
+
+    async def subscribe(self, room: str) -> None:
+        self._subscribed.add(room)
+        confirmed = self._confirmed[room] = anyio.Event()
+        try:
+            with anyio.fail_after(SUBSCRIBE_TIMEOUT):
+                if self._pubsub is not None:
+                    await self._pubsub.subscribe(_channel(room))
+                await confirmed.wait()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self.unsubscribe(room)
+            raise Unavailable("backend unavailable: cannot subscribe") from exc
+
+    async def unsubscribe(self, room: str) -> None:
+        self._subscribed.discard(room)
+        self._cursors.pop(room, None)
+        self._confirmed.pop(room, None)
+        if self._pubsub is not None:
+            with suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(_channel(room))
+
+    async def publish(self, room: str, sender: Member, text: str) -> Message:
+        ts = time.time_ns() // 1_000_000
+        head, tail = message_frame_parts(room, sender, text, ts)
+        epoch_key, seq_key, history_key, _ = _keys(room)
+        args = [_new_epoch(), self._ttl, head, tail, self.settings.history_size, _channel(room)]
+        seq, _ = await self._call(self._publish, [epoch_key, seq_key, history_key], args)
+        message = Message(room, int(seq), sender, text, ts)
+        message.__dict__["frame"] = f"{head}{seq}{tail}"
+        return message
+
+    async def signal(self, signal: Signal) -> None:
+        try:
+            await self._redis.publish(_channel(signal.room), "s:" + signal.frame)
+        except (RedisError, OSError) as exc:
+            raise Unavailable("backend unavailable") from exc
+
+    async def join(self, room: str, member: Member) -> None:
+        entry = _entry(member)
+        presence = _keys(room)[3]
+        frame = Signal("join", room, member).frame
+        await self._call(self._join, [presence], [entry, self._presence_ms, self._ttl, _channel(room), frame])
+        self._local.setdefault(room, {})[member.id] = entry
+
+    async def leave(self, room: str, member: Member) -> None:
+        local = self._local.get(room, {})
+        entry = local.pop(member.id, None) or _entry(member)
+        if not local:
+            self._local.pop(room, None)
+        frame = Signal("leave", room, member).frame
+        await self._call(self._leave, [_keys(room)[3]], [entry, _channel(room), frame])
+
+    async def members(self, room: str) -> list[Member]:
+        entries = await self._call(self._members, [_keys(room)[3]], [])
+        return [_member(entry) for entry in entries]
+
+    async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
+        return await self._read_snapshot(room, since, epoch, self.settings.history_on_join)
+
+    async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
+        _, seq_key, history_key, _ = _keys(room)
+        frames = await self._call(self._history, [seq_key, history_key], [-1 if before is None else before, limit])
+        return [Message.from_frame(frame) for frame in frames]
+
+    # --- internals ---------------------------------------------------------------------------
+
+    @property
+    def _ttl(self) -> int:
+        return max(1, int(self.settings.history_ttl))
+
+    @property
+    def _presence_ms(self) -> int:
+        return int(self.settings.presence_ttl * 1000)
+
+    async def _call(self, script: Any, keys: Sequence[str], args: Sequence[object]) -> Any:
+        try:
+            return await script(keys=list(keys), args=list(args))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("backend unavailable") from exc
+
+    async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
+        keys = list(_keys(room)[:3])
+        args = [_new_epoch(), self._ttl, -1 if since is None else since, epoch or "", count]
+        reply = await self._call(self._snapshot, keys, args)
+        seq, room_epoch, recovered, *frames = reply
+        return Snapshot(int(seq), str(room_epoch), [Message.from_frame(f) for f in frames], recovered == 1)
+
+    async def _run(self) -> None:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._listen_forever)
+            task_group.start_soon(self._heartbeat_forever)
+
+    async def _listen_forever(self) -> None:
+        """Keep one pub/sub link up, whatever happens to it; never give up, never die silently."""
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, OSError) as exc:
+                if self._link_up:
+                    logger.warning("redis pub/sub link lost: %s; reconnecting", exc)
+            except Exception:
+                logger.exception("redis pub/sub listener failed; restarting it")
+            finally:
+                self._link_up = False
+                self._pubsub = None
+            self.listener_restarts += 1
+            await anyio.sleep(delay)
+            delay = BACKOFF_FIRST if self._link_was_up else min(delay * 2, BACKOFF_MAX)
+
+    _link_was_up = False
+
+    async def _listen(self) -> None:
+        pubsub = self._redis.pubsub()
+        self._link_was_up = False
+        try:
+            rooms = set(self._subscribed)
+            await pubsub.subscribe(CONTROL_CHANNEL, *(_channel(room) for room in rooms))
+            self._pubsub = pubsub
+            joined_meanwhile = self._subscribed - rooms
+            if joined_meanwhile:
+                await pubsub.subscribe(*(_channel(room) for room in joined_meanwhile))
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None:
+                    await self._handle(message)
+        finally:
+            with anyio.CancelScope(shield=True), suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind, channel, data = message["type"], message["channel"], message["data"]
+        if kind == "subscribe":
+            if channel == CONTROL_CHANNEL:
+                self._link_up = self._link_was_up = True
+                logger.info("redis pub/sub link up (%d rooms)", len(self._subscribed))
+            else:
+                await self._sync(_room_of(channel))
+        elif kind == "message" and channel != CONTROL_CHANNEL:
+            await self._receive(_room_of(channel), data)
+
+    async def _sync(self, room: str) -> None:
+        """A (re)subscription is confirmed: learn the room's position, delivering what was missed."""
+        if room not in self._subscribed:
+            return
+        cursor = self._cursors.get(room)
+        if cursor is None:
+            snapshot = await self._read_snapshot(room, None, None, 0)
+            self._cursors[room] = _Cursor(snapshot.epoch, snapshot.seq)
+        else:
+            await self._catch_up(room, cursor)
+        confirmed = self._confirmed.get(room)
+        if confirmed is not None:
+            confirmed.set()
+
+    async def _receive(self, room: str, data: str) -> None:
+        cursor = self._cursors.get(room)
+        if cursor is None or self._deliver is None:
+            return  # not (or no longer) subscribed here
+        if data.startswith("s:"):
+            self._deliver(Signal.from_frame(data[2:]))
+            return
+        _, epoch, frame = data.split(":", 2)
+        message = Message.from_frame(frame)
+        if epoch != cursor.epoch or message.seq > cursor.seq + 1:
+            await self._catch_up(room, cursor)
+        if epoch == cursor.epoch and message.seq == cursor.seq + 1:
+            cursor.seq = message.seq
+            self._deliver(message)
+
+    async def _catch_up(self, room: str, cursor: _Cursor) -> None:
+        """Deliver everything after the cursor from history, or restart the room if that is gone."""
+        snapshot = await self._read_snapshot(room, cursor.seq, cursor.epoch, 0)
+        deliver = self._deliver
+        if deliver is None:
+            return
+        if not snapshot.recovered:
+            logger.warning("room %s restarted under epoch %s: closing its members", room, snapshot.epoch)
+            cursor.epoch, cursor.seq = snapshot.epoch, snapshot.seq
+            deliver(Restart(room, snapshot.epoch))
+            return
+        for message in snapshot.messages:
+            if message.seq == cursor.seq + 1:
+                cursor.seq = message.seq
+                deliver(message)
+
+    async def _heartbeat_forever(self) -> None:
+        """Keep this node's members present and its rooms alive; reap members of dead nodes."""
+        interval = max(0.2, self.settings.presence_ttl / 3)
+        while True:
+            await anyio.sleep(interval)
+            for room, local in list(self._local.items()):
+                epoch_key, seq_key, history_key, presence_key = _keys(room)
+                keys = [presence_key, epoch_key, seq_key, history_key]
+                args: list[str | int] = [self._presence_ms, self._ttl, _channel(room), encode_json(room)]
+                args.extend(local.values())
+                try:
+                    await self._heartbeat(keys=keys, args=args)
+                except (RedisError, OSError) as exc:
+                    logger.debug("heartbeat of %s skipped: %s", room, exc)
+                    break
+
+
+def _entry(member: Member) -> str:
+    """A member as its presence entry (the JSON of its ``{"id", "name"}``)."""
+    return encode_json(member.as_dict())
+
+
+def _member(entry: str) -> Member:
+    data = json.loads(entry)
+    return Member(data["id"], data["name"])
