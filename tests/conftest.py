@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from chat.settings import Settings
+from tests.redis_server import RedisServer, redis_binary
 
-BACKENDS = ["memory://"]
+BACKENDS = os.environ.get("TEST_BACKENDS", "memory").split(",")  # TEMP: both once the suites settle
 
 
 @pytest.fixture
@@ -15,10 +20,42 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def require_redis() -> None:
+    """Skip when redis-server is missing; under CI a missing redis-server is a failure."""
+    if redis_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed, and CI must run the Redis tests")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the tests that do not break it."""
+    require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to kill, freeze or restart."""
+    require_redis()
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest) -> str:
-    """Every backend the protocol suite runs against."""
-    return str(request.param)
+    """Every backend the protocol suite runs against (Redis starts empty for each test)."""
+    if request.param == "memory":
+        return "memory://"
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    server.command("FLUSHALL")
+    return server.url
 
 
 @pytest.fixture

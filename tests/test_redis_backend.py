@@ -1,0 +1,195 @@
+"""The Redis backend as two nodes in one process see it, while Redis is killed, frozen and emptied."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from chat.backends.redis import RedisBackend
+from chat.exceptions import Unavailable
+from chat.protocol import Event, Member, Message, Restart, Signal
+from chat.settings import Settings
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+ROOM = "lobby"
+
+
+class Node:
+    """One process's backend and every event it delivered, with a way to wait for a condition."""
+
+    def __init__(self, url: str, **settings: float) -> None:
+        self.backend = RedisBackend(url, Settings(backend=url, **settings))  # type: ignore[arg-type]
+        self.events: list[Event] = []
+        self._changed = anyio.Event()
+
+    def deliver(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def seqs(self) -> list[int]:
+        return [event.seq for event in self.events if isinstance(event, Message)]
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        with anyio.fail_after(timeout):
+            while not condition():
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def nodes(url: str, count: int = 2, **settings: float) -> AsyncIterator[list[Node]]:
+    """``count`` started nodes, each subscribed to ROOM."""
+    started = [Node(url, **settings) for _ in range(count)]
+    for node in started:
+        await node.backend.start(node.deliver)
+    try:
+        for node in started:
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        await node.backend.subscribe(ROOM)
+                        break
+                    except Unavailable:
+                        await anyio.sleep(0.05)  # the pub/sub link is still connecting
+        yield started
+    finally:
+        for node in started:
+            await node.backend.stop()
+
+
+async def publish_until(node: Node, member: Member, stop: anyio.Event, acked: list[int]) -> None:
+    """Publish steadily until ``stop``; record the seq of every publish Redis acknowledged."""
+    count = 0
+    while not stop.is_set():
+        count += 1
+        try:
+            message = await node.backend.publish(ROOM, member, f"{member.name} {count}")
+            acked.append(message.seq)
+        except Unavailable:
+            pass
+        await anyio.sleep(0.01)  # pacing, not synchronisation
+
+
+def in_order_without_gaps(seqs: list[int]) -> bool:
+    return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+
+
+async def test_message_published_on_one_node_reaches_the_other(redis_server: RedisServer) -> None:
+    """A message published through node A is delivered by node B with the same seq and frame."""
+    async with nodes(redis_server.url) as (a, b):
+        sent = await a.backend.publish(ROOM, Member("m1", "ann"), "hello")
+        await b.wait_until(lambda: len(b.seqs()) == 1)
+        received = b.events[-1]
+        assert isinstance(received, Message)
+        assert (received.seq, received.frame) == (sent.seq, sent.frame)
+
+
+async def test_seq_is_shared_across_nodes(redis_server: RedisServer) -> None:
+    """Publishes from both nodes get one gap-free sequence, delivered in order everywhere."""
+    async with nodes(redis_server.url) as (a, b):
+        async with anyio.create_task_group() as tg:
+            for node, name in ((a, "ann"), (b, "bob")):
+                for i in range(50):
+                    tg.start_soon(node.backend.publish, ROOM, Member(name, name), f"{name} {i}")
+        for node in (a, b):
+            await node.wait_until(lambda node=node: len(node.seqs()) == 100)  # type: ignore[misc]
+            assert node.seqs() == list(range(1, 101))
+
+
+async def test_presence_and_signals_cross_nodes(redis_server: RedisServer) -> None:
+    """A join on node A is in node B's member list, and B delivers the join signal."""
+    async with nodes(redis_server.url) as (a, b):
+        await a.backend.join(ROOM, Member("m1", "ann"))
+        await b.wait_until(lambda: any(isinstance(e, Signal) and e.kind == "join" for e in b.events))
+        assert await b.backend.members(ROOM) == [Member("m1", "ann")]
+        await a.backend.leave(ROOM, Member("m1", "ann"))
+        await b.wait_until(lambda: any(isinstance(e, Signal) and e.kind == "leave" for e in b.events))
+        assert await b.backend.members(ROOM) == []
+
+
+async def test_members_of_a_dead_node_expire(redis_server: RedisServer) -> None:
+    """A node that stops without leaving has its members dropped, and announced, within the TTL."""
+    async with nodes(redis_server.url, presence_ttl=1.0) as (a, b):
+        await b.backend.join(ROOM, Member("m2", "bob"))
+        await a.backend.join(ROOM, Member("m1", "ann"))
+        await b.backend.stop()  # dies: no leave, no more heartbeats
+        await a.wait_until(lambda: any(isinstance(e, Signal) and e.kind == "leave" for e in a.events), timeout=5)
+        assert await a.backend.members(ROOM) == [Member("m1", "ann")]
+
+
+async def test_recovery_snapshot_works_from_another_node(redis_server: RedisServer) -> None:
+    """A member who saw seq 1 on node A recovers 2 and 3 through node B."""
+    async with nodes(redis_server.url) as (a, b):
+        first = await a.backend.publish(ROOM, Member("m1", "ann"), "one")
+        epoch = (await a.backend.snapshot(ROOM, None, None)).epoch
+        await a.backend.publish(ROOM, Member("m1", "ann"), "two")
+        await a.backend.publish(ROOM, Member("m1", "ann"), "three")
+        snapshot = await b.backend.snapshot(ROOM, first.seq, epoch)
+        assert snapshot.recovered
+        assert [m.text for m in snapshot.messages] == ["two", "three"]
+
+
+async def test_pubsub_links_killed_mid_stream_lose_nothing(redis_server: RedisServer) -> None:
+    """CLIENT KILL TYPE pubsub while both nodes publish: every acked message arrives once, in order."""
+    async with nodes(redis_server.url) as (a, b):
+        stop, acked = anyio.Event(), list[int]()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish_until, a, Member("m1", "ann"), stop, acked)
+            tg.start_soon(publish_until, b, Member("m2", "bob"), stop, acked)
+            await a.wait_until(lambda: len(a.seqs()) >= 20)
+            assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") == "2"
+            await a.wait_until(lambda: len(a.seqs()) >= 60)
+            await b.wait_until(lambda: len(b.seqs()) >= 60)
+            stop.set()
+        for node in (a, b):
+            await node.wait_until(lambda node=node: max(node.seqs()) >= max(acked))  # type: ignore[misc]
+            assert node.seqs() == list(range(1, max(node.seqs()) + 1))
+        assert a.backend.listener_restarts >= 1
+
+
+async def test_frozen_redis_loses_nothing(redis_server: RedisServer) -> None:
+    """Redis stopped for 3 s (SIGSTOP) while both nodes publish: every acked message arrives once, in order."""
+    async with nodes(redis_server.url) as (a, b):
+        stop, acked = anyio.Event(), list[int]()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish_until, a, Member("m1", "ann"), stop, acked)
+            tg.start_soon(publish_until, b, Member("m2", "bob"), stop, acked)
+            await a.wait_until(lambda: len(a.seqs()) >= 20)
+            redis_server.freeze()
+            await anyio.sleep(3)  # the fault itself lasts 3 s
+            assert not await a.backend.healthy()
+            redis_server.thaw()
+            before = len(acked)
+            await a.wait_until(lambda: len(acked) >= before + 20, timeout=10)
+            stop.set()
+        for node in (a, b):
+            await node.wait_until(lambda node=node: max(node.seqs()) >= max(acked))  # type: ignore[misc]
+            assert node.seqs() == list(range(1, max(node.seqs()) + 1))
+
+
+async def test_redis_restarted_empty_restarts_the_room(redis_server: RedisServer) -> None:
+    """Redis killed and restarted empty: publishes fail meanwhile, then every node restarts the room."""
+    async with nodes(redis_server.url) as (a, b):
+        await a.backend.publish(ROOM, Member("m1", "ann"), "before")
+        old_epoch = (await a.backend.snapshot(ROOM, None, None)).epoch
+        await b.wait_until(lambda: b.seqs() == [1])
+        redis_server.kill()
+        with pytest.raises(Unavailable):
+            await a.backend.publish(ROOM, Member("m1", "ann"), "during")
+        assert not await a.backend.healthy()
+        redis_server.start()
+        for node in (a, b):
+            await node.wait_until(lambda node=node: any(isinstance(e, Restart) for e in node.events), 5)  # type: ignore[misc]
+        with anyio.fail_after(5):
+            while not await a.backend.healthy():
+                await anyio.sleep(0.05)  # polling /healthz as an operator would
+        after = await a.backend.publish(ROOM, Member("m1", "ann"), "after")
+        assert after.seq == 1
+        restart = next(e for e in b.events if isinstance(e, Restart))
+        assert restart.epoch != old_epoch
+        await b.wait_until(lambda: b.seqs()[-1:] == [1] and len(b.seqs()) == 2)
