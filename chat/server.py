@@ -8,10 +8,14 @@ connection is still open ``close_timeout`` seconds after the app finished with i
 
 from __future__ import annotations
 
+import copy
 import os
+import socket
+import struct
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from chat.exceptions import ConfigError
@@ -52,6 +56,14 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _abort(self) -> None:
         if not self.disconnected and self.transport is not None:
+            # Linger 0: close() resets the connection and drops the unsent data. Without it the kernel
+            # keeps the socket (and its send buffer) queueing a FIN behind data the peer never reads.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             self.transport.abort()
 
 
@@ -73,5 +85,13 @@ def run(settings: Settings) -> None:
         ws_per_message_deflate=settings.ws_per_message_deflate,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE) + 2,
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
         lifespan="on",
     )
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, with the ``chat`` loggers printed the same way."""
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["chat"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
