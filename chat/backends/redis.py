@@ -34,6 +34,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from chat.backends.base import Backend, Deliver, Snapshot
@@ -183,13 +184,13 @@ class RedisBackend(Backend):
 
     def __init__(self, url: str, settings: Settings) -> None:
         super().__init__(url, settings)
-        self._redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=5.0,
-            socket_connect_timeout=2.0,
-            retry=Retry(NoBackoff(), 0),
-        )
+        options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+        # A pooled connection to a Redis that restarted fails once on use: try again on a new one.
+        # Timeouts are never retried, since the script may have run.
+        retry_once = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        self._redis = aioredis.Redis.from_url(url, retry=retry_once, **options)
+        # The pub/sub link never reconnects behind our back: the listener must see every drop to catch up.
+        self._subscriber = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         self._publish = self._redis.register_script(_PUBLISH)
         self._snapshot = self._redis.register_script(_SNAPSHOT)
         self._history = self._redis.register_script(_HISTORY)
@@ -215,12 +216,14 @@ class RedisBackend(Backend):
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        self._pubsub = None  # closing below; members leaving meanwhile must not use the half-closed link
         if runner is not None:
             runner.cancel()
             with suppress(asyncio.CancelledError):
                 await runner
         with suppress(RedisError, OSError):
             await self._redis.aclose()
+            await self._subscriber.aclose()
         self._deliver = None
 
     async def healthy(self) -> bool:
@@ -331,7 +334,7 @@ class RedisBackend(Backend):
         while True:
             try:
                 await self._listen()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, Unavailable) as exc:
                 if self._link_up:
                     logger.warning("redis pub/sub link lost: %s; reconnecting", exc)
             except Exception:
@@ -346,7 +349,7 @@ class RedisBackend(Backend):
     _link_was_up = False
 
     async def _listen(self) -> None:
-        pubsub = self._redis.pubsub()
+        pubsub = self._subscriber.pubsub()
         self._link_was_up = False
         try:
             rooms = set(self._subscribed)
