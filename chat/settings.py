@@ -49,10 +49,10 @@ class Settings:
             "presence_ttl",
         )  # fmt: skip
         for name in positive:
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # "not >" also refuses NaN
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         for name in ("history_ttl", "rate_per_second", "ws_ping_interval", "ws_ping_timeout"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be 1-65535, got {self.port}")

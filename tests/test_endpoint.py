@@ -1,0 +1,494 @@
+"""ChatEndpoint's hooks called directly, with a stand-in websocket and the app's real Chat."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import anyio
+import pytest
+from anyio.abc import TaskGroup
+from starlette.applications import Starlette
+from starlette.types import Message as ASGIMessage
+from starlette.types import Scope
+from starlette.websockets import WebSocket
+
+from chat.app import create_app
+from chat.backends import Snapshot
+from chat.backends.memory import MemoryBackend
+from chat.endpoint import DENIAL_EXTENSION, ChatEndpoint, chat_of
+from chat.exceptions import Unavailable
+from chat.hub import Chat
+from chat.protocol import Member, Message
+from chat.settings import Settings
+from tests.standins import Accepted, Closed, Denied, StandInWebSocket
+
+pytestmark = pytest.mark.anyio
+
+ROOM = "lobby"
+
+
+async def no_receive() -> ASGIMessage:
+    raise AssertionError("the hooks are called directly: nothing reads the ASGI channel")
+
+
+async def no_send(message: ASGIMessage) -> None:
+    raise AssertionError("the hooks are called directly: nothing writes the ASGI channel")
+
+
+class Client:
+    """One ChatEndpoint and the stand-in websocket its hooks are given."""
+
+    def __init__(
+        self, app: Starlette, room: str = ROOM, query: dict[str, str] | None = None, denial: bool = True
+    ) -> None:
+        scope: Scope = {
+            "type": "websocket",
+            "app": app,
+            "path": f"/ws/{room}",
+            "headers": [],
+            "query_string": b"",
+            "extensions": {DENIAL_EXTENSION: {}} if denial else {},
+        }
+        self.endpoint = ChatEndpoint(scope, no_receive, no_send)
+        self.ws = StandInWebSocket(scope, room, query)
+
+    @property
+    def socket(self) -> WebSocket:
+        return cast(WebSocket, self.ws)
+
+    async def connect(self, task_group: TaskGroup) -> None:
+        self.endpoint.task_group = task_group
+        await self.endpoint.on_connect(self.socket)
+
+    async def join(self, task_group: TaskGroup) -> dict[str, Any]:
+        """Connect and return the welcome frame (after the accept)."""
+        await self.connect(task_group)
+        assert await self.ws.recorder.next() == Accepted()
+        welcome = await self.ws.recorder.next_sent()
+        assert welcome["type"] == "welcome", welcome
+        return welcome
+
+    async def send(self, data: str | bytes) -> None:
+        await self.endpoint.on_receive(self.socket, data)
+
+    async def send_json(self, **fields: Any) -> None:
+        await self.send(json.dumps(fields))
+
+    async def disconnect(self, code: int = 1000) -> None:
+        await self.endpoint.on_disconnect(self.socket, code)
+
+    async def next(self) -> dict[str, Any]:
+        return await self.ws.recorder.next_sent()
+
+    async def until(self, kind: str) -> list[dict[str, Any]]:
+        """Frames up to and including the next one of type ``kind``."""
+        frames = [await self.next()]
+        while frames[-1]["type"] != kind:
+            frames.append(await self.next())
+        return frames
+
+    async def ping(self, ref: str = "barrier") -> list[dict[str, Any]]:
+        """Ping and return every frame received before the pong (the pong excluded)."""
+        await self.send_json(type="ping", ref=ref)
+        frames = await self.until("pong")
+        assert frames[-1] == {"type": "pong", "ref": ref}
+        return frames[:-1]
+
+    @property
+    def member(self) -> Member:
+        assert self.endpoint.connection is not None
+        return self.endpoint.connection.member
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Starlette]:
+    """The chat app on the backend under test; its backend is stopped afterwards."""
+    application = create_app(settings)
+    yield application
+    await chat_of({"app": application}).stop()
+
+
+@pytest.fixture
+async def task_group() -> AsyncIterator[TaskGroup]:
+    """The task group the endpoints' writers run in (dispatch provides it in production)."""
+    async with anyio.create_task_group() as tg:
+        yield tg
+        tg.cancel_scope.cancel()
+
+
+def chat(app: Starlette) -> Chat:
+    return chat_of({"app": app})
+
+
+# --- on_connect ----------------------------------------------------------------------------------
+
+
+async def test_connect_accepts_and_sends_the_welcome_first(app: Starlette, task_group: TaskGroup) -> None:
+    """on_connect accepts, then the welcome is the first frame, naming the member and the room."""
+    client = Client(app, query={"name": "alice"})
+    welcome = await client.join(task_group)
+    assert welcome["room"] == ROOM
+    assert welcome["you"]["name"] == "alice"
+    assert welcome["members"] == [welcome["you"]]
+    assert (welcome["seq"], welcome["recovered"], welcome["history"]) == (0, False, [])
+
+
+async def test_connect_registers_and_counts_the_connection(app: Starlette, task_group: TaskGroup) -> None:
+    """After on_connect the connection is in the registry and counted."""
+    client = Client(app)
+    await client.join(task_group)
+    registry = chat(app).registry
+    assert registry.rooms() == {ROOM: [client.endpoint.connection]}
+    assert registry.connections == 1
+
+
+async def test_second_member_sees_the_first_and_the_first_sees_the_join(app: Starlette, task_group: TaskGroup) -> None:
+    """The newcomer's welcome lists both members; the earlier member gets a join frame."""
+    alice, bob = Client(app, query={"name": "alice"}), Client(app, query={"name": "bob"})
+    first = await alice.join(task_group)
+    second = await bob.join(task_group)
+    names = {member["name"] for member in second["members"]}
+    assert names == {"alice", "bob"}
+    assert await alice.next() == {"type": "join", "room": ROOM, "member": second["you"]}
+    assert first["epoch"] == second["epoch"]
+
+
+async def test_invalid_join_is_denied_with_403_before_accept(app: Starlette, task_group: TaskGroup) -> None:
+    """An invalid room gets an HTTP 403 JSON denial; nothing is accepted, registered or counted."""
+    client = Client(app, room="-bad")
+    await client.connect(task_group)
+    denial = await client.ws.recorder.next()
+    assert isinstance(denial, Denied)
+    assert denial.status == 403
+    body = denial.json()
+    assert (body["type"], body["code"]) == ("error", "forbidden")
+    assert "room" in body["detail"]
+    assert client.ws.recorder.pending() == []
+    assert (chat(app).registry.rooms(), chat(app).registry.connections) == ({}, 0)
+
+
+async def test_invalid_join_without_denial_support_closes_with_1008(app: Starlette, task_group: TaskGroup) -> None:
+    """Where the server cannot send an HTTP denial, the refusal is a 1008 close."""
+    client = Client(app, query={"name": "   "}, denial=False)
+    await client.connect(task_group)
+    action = await client.ws.recorder.next()
+    assert isinstance(action, Closed)
+    assert action.code == 1008
+    assert action.reason is not None
+    assert "name" in action.reason
+    assert Accepted() not in client.ws.recorder.actions
+
+
+async def test_connection_over_the_cap_is_accepted_then_closed_with_1013(
+    settings: Settings, task_group: TaskGroup
+) -> None:
+    """Beyond max_connections the socket is accepted and closed with 1013, never registered."""
+    app = create_app(settings.replace(max_connections=1))
+    try:
+        first, second = Client(app), Client(app)
+        await first.join(task_group)
+        await second.connect(task_group)
+        assert second.ws.recorder.actions == [Accepted(), Closed(1013, "server full")]
+        assert chat(app).registry.connections == 1
+        assert chat(app).registry.rooms() == {ROOM: [first.endpoint.connection]}
+        await second.disconnect()
+        assert chat(app).registry.connections == 1
+    finally:
+        await chat(app).stop()
+
+
+async def test_join_failing_on_the_backend_closes_with_1013(task_group: TaskGroup) -> None:
+    """When the backend is unavailable during the join, the socket is closed with 1013 and unregistered."""
+
+    class Failing(MemoryBackend):
+        failing = False
+
+        async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
+            if self.failing:
+                raise Unavailable("backend unavailable")
+            return await super().snapshot(room, since, epoch)
+
+    settings = Settings()
+    backend = Failing("memory://", settings)
+    app = create_app(settings)
+    app.state.chat = Chat(settings, backend)
+    bystander, client = Client(app), Client(app)
+    await bystander.join(task_group)
+    backend.failing = True
+    await client.connect(task_group)
+    assert await client.ws.recorder.next() == Accepted()
+    assert await client.ws.recorder.next() == Closed(1013, "unavailable: backend unavailable")
+    leave = await bystander.until("leave")
+    assert leave[-1]["member"]["id"] == client.member.id
+    assert chat(app).registry.rooms() == {ROOM: [bystander.endpoint.connection]}
+
+
+def test_chat_of_refuses_an_app_without_chat() -> None:
+    """The endpoint needs create_app's app.state.chat, and says so."""
+    with pytest.raises(RuntimeError, match="create_app"):
+        chat_of({"app": Starlette()})
+
+
+# --- on_receive ----------------------------------------------------------------------------------
+
+
+async def test_message_reaches_everyone_and_the_sender_gets_an_ack(app: Starlette, task_group: TaskGroup) -> None:
+    """A message frame is delivered to every member, sender included; the sender gets an ack with the seq."""
+    alice, bob = Client(app, query={"name": "alice"}), Client(app)
+    await alice.join(task_group)
+    await bob.join(task_group)
+    await alice.until("join")
+    await alice.send_json(type="message", text="hello", ref="r1")
+    got = {frame["type"]: frame for frame in [await alice.next(), await alice.next()]}
+    assert got["ack"] == {"type": "ack", "ref": "r1", "seq": 1}
+    assert got["message"]["text"] == "hello"
+    assert got["message"]["from"] == {"id": alice.member.id, "name": "alice"}
+    assert await bob.next() == got["message"]
+
+
+async def test_plain_text_frame_is_published(app: Starlette, task_group: TaskGroup) -> None:
+    """A text frame that is not JSON is published as a message, without an ack."""
+    alice = Client(app)
+    await alice.join(task_group)
+    await alice.send("just text")
+    (message,) = await alice.until("message")
+    assert message["text"] == "just text"
+    assert await alice.ping() == []
+
+
+async def test_binary_frame_is_answered_unsupported(app: Starlette, task_group: TaskGroup) -> None:
+    """A binary frame gets an 'unsupported' error and the connection stays open."""
+    client = Client(app)
+    await client.join(task_group)
+    await client.send(b"\x00\x01")
+    frame = await client.next()
+    assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unsupported", None)
+    assert await client.ping() == []
+
+
+async def test_bad_request_keeps_the_connection(app: Starlette, task_group: TaskGroup) -> None:
+    """A malformed frame gets bad_request; the connection stays registered and answering."""
+    client = Client(app)
+    await client.join(task_group)
+    await client.send('{"type": "message", "text": ')
+    frame = await client.next()
+    assert (frame["code"], frame["ref"]) == ("bad_request", None)
+    assert await client.ping() == []
+    assert client.endpoint.connection is not None
+    assert client.endpoint.connection.is_open
+
+
+async def test_frame_over_max_frame_closes_with_1009_and_leaves(settings: Settings, task_group: TaskGroup) -> None:
+    """A frame larger than max_frame bytes closes the socket with 1009; the member leaves the room."""
+    app = create_app(settings.replace(max_frame=100, max_text=50))
+    try:
+        bystander, client = Client(app), Client(app)
+        await bystander.join(task_group)
+        await client.join(task_group)
+        await bystander.until("join")
+        await client.send("é" * 51)  # 51 characters, 102 bytes
+        assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
+        leave = await bystander.until("leave")
+        assert leave[-1]["member"]["id"] == client.member.id
+        assert chat(app).registry.rooms() == {ROOM: [bystander.endpoint.connection]}
+    finally:
+        await chat(app).stop()
+
+
+async def test_frame_of_exactly_max_frame_bytes_is_not_closed(settings: Settings, task_group: TaskGroup) -> None:
+    """A frame of exactly max_frame bytes is not closed: it is handled as usual."""
+    app = create_app(settings.replace(max_frame=100, max_text=50))
+    try:
+        client = Client(app)
+        await client.join(task_group)
+        await client.send("é" * 50)  # 100 bytes: allowed, and 50 characters: fits max_text
+        (message,) = await client.until("message")
+        assert message["text"] == "é" * 50
+    finally:
+        await chat(app).stop()
+
+
+async def test_binary_frame_over_max_frame_closes_with_1009(settings: Settings, task_group: TaskGroup) -> None:
+    """Binary frames count against max_frame too."""
+    app = create_app(settings.replace(max_frame=100, max_text=50))
+    try:
+        client = Client(app)
+        await client.join(task_group)
+        await client.send(b"x" * 101)
+        assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
+    finally:
+        await chat(app).stop()
+
+
+async def test_frames_after_close_are_ignored(settings: Settings, task_group: TaskGroup) -> None:
+    """Once the connection is closing, further frames get no answer."""
+    app = create_app(settings.replace(max_frame=100, max_text=50))
+    try:
+        client = Client(app)
+        await client.join(task_group)
+        await client.send(b"x" * 101)
+        assert isinstance(await client.ws.recorder.next(), Closed)
+        await client.send_json(type="ping", ref=1)
+        await client.send_json(type="message", text="late")
+        await anyio.wait_all_tasks_blocked()
+        assert client.ws.recorder.pending() == []
+        assert await chat(app).backend.history(ROOM, None, 10) == []
+    finally:
+        await chat(app).stop()
+
+
+async def test_receive_before_connect_is_ignored(app: Starlette) -> None:
+    """A frame arriving without a connection (refused join) is ignored."""
+    client = Client(app)
+    await client.send_json(type="ping")
+    assert client.ws.recorder.actions == []
+
+
+async def test_rate_limited_frame_is_refused_and_not_published(settings: Settings, task_group: TaskGroup) -> None:
+    """Past the burst a frame gets rate_limited (echoing its ref), is not published, and the socket stays."""
+    app = create_app(settings.replace(rate_burst=2, rate_per_second=0.001))
+    try:
+        client = Client(app)
+        await client.join(task_group)
+        await client.send_json(type="ping", ref=1)
+        await client.send_json(type="ping", ref=2)
+        await client.send_json(type="message", text="too many", ref=3)
+        frames = [await client.next() for _ in range(3)]
+        assert frames[2] == {"type": "error", "code": "rate_limited", "detail": frames[2]["detail"], "ref": 3}
+        assert await chat(app).backend.history(ROOM, None, 10) == []
+        assert client.endpoint.connection is not None
+        assert client.endpoint.connection.is_open
+    finally:
+        await chat(app).stop()
+
+
+async def test_typing_reaches_the_others_only(app: Starlette, task_group: TaskGroup) -> None:
+    """typing goes to every other member, not back to its sender."""
+    alice, bob = Client(app), Client(app)
+    await alice.join(task_group)
+    await bob.join(task_group)
+    await alice.until("join")
+    await alice.send_json(type="typing")
+    assert await bob.next() == {"type": "typing", "room": ROOM, "from": alice.member.as_dict()}
+    assert await alice.ping() == []
+
+
+async def test_history_request_is_answered(app: Starlette, task_group: TaskGroup) -> None:
+    """A history frame is answered with the messages before 'before', oldest first, echoing the ref."""
+    client = Client(app)
+    await client.join(task_group)
+    backend = chat(app).backend
+    for index in range(5):
+        await backend.publish(ROOM, Member("x", "x"), f"m{index}")
+    await client.until("message")
+    await client.send_json(type="history", before=4, limit=2, ref="h")
+    answer = await client.until("history")
+    assert [frame["seq"] for frame in answer[-1]["messages"]] == [2, 3]
+    assert (answer[-1]["room"], answer[-1]["ref"]) == (ROOM, "h")
+
+
+async def test_ping_is_answered_with_pong(app: Starlette, task_group: TaskGroup) -> None:
+    """ping gets pong with the same ref (null without one)."""
+    client = Client(app)
+    await client.join(task_group)
+    await client.send_json(type="ping")
+    assert await client.next() == {"type": "pong", "ref": None}
+
+
+async def test_publish_failing_on_the_backend_answers_unavailable(task_group: TaskGroup) -> None:
+    """A message the backend cannot take gets an 'unavailable' error echoing its ref; the socket stays."""
+
+    class Failing(MemoryBackend):
+        async def publish(self, room: str, sender: Member, text: str) -> Message:
+            raise Unavailable("backend unavailable")
+
+    settings = Settings()
+    app = create_app(settings)
+    app.state.chat = Chat(settings, Failing("memory://", settings))
+    client = Client(app)
+    await client.join(task_group)
+    await client.send_json(type="message", text="lost", ref="r")
+    frame = await client.next()
+    assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unavailable", "r")
+    assert await client.ping() == []
+
+
+# --- on_disconnect -------------------------------------------------------------------------------
+
+
+async def test_disconnect_leaves_and_releases(app: Starlette, task_group: TaskGroup) -> None:
+    """on_disconnect unregisters the member, announces the leave and frees its place."""
+    alice, bob = Client(app), Client(app)
+    await alice.join(task_group)
+    await bob.join(task_group)
+    await alice.until("join")
+    leaver = bob.member
+    await bob.disconnect()
+    assert await alice.next() == {"type": "leave", "room": ROOM, "member": leaver.as_dict()}
+    registry = chat(app).registry
+    assert registry.rooms() == {ROOM: [alice.endpoint.connection]}
+    assert registry.connections == 1
+    assert leaver not in await chat(app).backend.members(ROOM)
+
+
+async def test_last_disconnect_empties_the_registry(app: Starlette, task_group: TaskGroup) -> None:
+    """When the last member goes, the room is no longer registered and nothing is counted."""
+    client = Client(app)
+    await client.join(task_group)
+    await client.disconnect()
+    assert (chat(app).registry.rooms(), chat(app).registry.connections) == ({}, 0)
+    assert client.endpoint.connection is not None
+    assert client.endpoint.connection.gone
+
+
+async def test_disconnect_twice_releases_once(app: Starlette, task_group: TaskGroup) -> None:
+    """A repeated on_disconnect does not release the place twice."""
+    alice, bob = Client(app), Client(app)
+    await alice.join(task_group)
+    await bob.join(task_group)
+    await bob.disconnect()
+    await bob.disconnect()
+    assert chat(app).registry.connections == 1
+
+
+async def test_disconnect_after_refusal_releases_nothing(app: Starlette, task_group: TaskGroup) -> None:
+    """A refused join was never counted, so its disconnect does not uncount anything."""
+    member = Client(app)
+    await member.join(task_group)
+    refused = Client(app, query={"since": "x"})
+    await refused.connect(task_group)
+    await refused.disconnect()
+    assert chat(app).registry.connections == 1
+
+
+async def test_server_side_close_removes_the_member_before_disconnect(app: Starlette, task_group: TaskGroup) -> None:
+    """When the server closes a member, its writer takes it out of the room; the place is freed on disconnect."""
+    bystander, client = Client(app), Client(app)
+    await bystander.join(task_group)
+    await client.join(task_group)
+    await bystander.until("join")
+    assert client.endpoint.connection is not None
+    client.endpoint.connection.close(1013, "test")
+    assert await client.ws.recorder.next() == Closed(1013, "test")
+    leave = await bystander.until("leave")
+    assert leave[-1]["member"]["id"] == client.member.id
+    assert chat(app).registry.rooms() == {ROOM: [bystander.endpoint.connection]}
+    assert chat(app).registry.connections == 2
+    await client.disconnect()
+    assert chat(app).registry.connections == 1
+
+
+async def test_stop_closes_every_member_with_1001(settings: Settings, task_group: TaskGroup) -> None:
+    """Shutting the app down (Chat.stop) closes every member with 1001 while their writers still run."""
+    app = create_app(settings)
+    alice, bob = Client(app), Client(app, room="other")
+    await alice.join(task_group)
+    await bob.join(task_group)
+    await chat(app).stop()
+    assert await alice.ws.recorder.next() == Closed(1001, "server shutting down")
+    assert await bob.ws.recorder.next() == Closed(1001, "server shutting down")
+    await alice.disconnect()
+    await bob.disconnect()
+    assert (chat(app).registry.rooms(), chat(app).registry.connections) == ({}, 0)

@@ -1,0 +1,290 @@
+"""The room registry: the lock around subscribe/unsubscribe, fan-out, and the connection cap."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from chat.connection import Connection
+from chat.protocol import Member, Message, Restart, Signal
+from chat.rooms import RoomRegistry
+from tests.standins import WAIT, Gate, GatedBackend, RecordingSender
+
+pytestmark = pytest.mark.anyio
+
+ALICE = Member("a1", "alice")
+BOB = Member("b2", "bob")
+CAROL = Member("c3", "carol")
+
+
+def connection(member: Member, room: str = "lobby") -> Connection:
+    conn = Connection(RecordingSender(), member, room, 10_000, WAIT)
+    conn.welcome('{"type":"welcome"}', 0)
+    return conn
+
+
+def queued(conn: Connection) -> int:
+    """Characters waiting in the connection's buffer (fan-out only queues; nothing is sent here)."""
+    return conn.buffered
+
+
+def members_of(registry: RoomRegistry, room: str) -> set[str]:
+    return {conn.member.id for conn in registry.rooms().get(room, [])}
+
+
+# --- add and remove ------------------------------------------------------------------------------
+
+
+async def test_first_add_subscribes_and_registers() -> None:
+    """The room's first local member subscribes the room, then is registered."""
+    backend = GatedBackend()
+    registry = RoomRegistry(backend, 10)
+    alice = connection(ALICE)
+    await registry.add(alice)
+    assert backend.calls == [("subscribe", "lobby")]
+    assert registry.rooms() == {"lobby": [alice]}
+    assert registry.room_count == 1
+
+
+async def test_second_add_does_not_subscribe_again() -> None:
+    """Later members of a room reuse the subscription."""
+    backend = GatedBackend()
+    registry = RoomRegistry(backend, 10)
+    await registry.add(connection(ALICE))
+    await registry.add(connection(BOB))
+    assert backend.calls == [("subscribe", "lobby")]
+    assert members_of(registry, "lobby") == {"a1", "b2"}
+
+
+async def test_rooms_are_independent() -> None:
+    """Each room subscribes once for itself."""
+    backend = GatedBackend()
+    registry = RoomRegistry(backend, 10)
+    await registry.add(connection(ALICE, "one"))
+    await registry.add(connection(BOB, "two"))
+    assert backend.subscribed == {"one", "two"}
+    assert registry.room_count == 2
+
+
+async def test_last_remove_unsubscribes() -> None:
+    """Removing the last local member unregisters the room and unsubscribes it."""
+    backend = GatedBackend()
+    registry = RoomRegistry(backend, 10)
+    alice, bob = connection(ALICE), connection(BOB)
+    await registry.add(alice)
+    await registry.add(bob)
+    assert await registry.remove(alice)
+    assert backend.subscribed == {"lobby"}
+    assert await registry.remove(bob)
+    assert backend.subscribed == set()
+    assert registry.rooms() == {}
+    assert backend.calls == [("subscribe", "lobby"), ("unsubscribe", "lobby")]
+
+
+async def test_remove_twice_returns_false_the_second_time() -> None:
+    """Removing an already removed connection does nothing and says so."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    alice = connection(ALICE)
+    await registry.add(alice)
+    assert await registry.remove(alice)
+    assert not await registry.remove(alice)
+
+
+async def test_remove_of_a_never_added_connection_returns_false() -> None:
+    """A connection that was never registered is not removed and nothing is unsubscribed."""
+    backend = GatedBackend()
+    registry = RoomRegistry(backend, 10)
+    await registry.add(connection(ALICE))
+    assert not await registry.remove(connection(BOB))
+    assert not await registry.remove(connection(CAROL, "elsewhere"))
+    assert backend.calls == [("subscribe", "lobby")]
+
+
+async def test_remove_of_a_stale_connection_with_the_same_id_leaves_the_live_one() -> None:
+    """Only the registered connection object is removed, not another with the same member id."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    live = connection(ALICE)
+    await registry.add(live)
+    assert not await registry.remove(connection(ALICE))
+    assert registry.rooms() == {"lobby": [live]}
+
+
+async def test_rooms_returns_a_copy() -> None:
+    """Changing what rooms() returned does not change the registry."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    await registry.add(connection(ALICE))
+    snapshot = registry.rooms()
+    snapshot["lobby"].clear()
+    snapshot["other"] = []
+    assert members_of(registry, "lobby") == {"a1"}
+    assert registry.room_count == 1
+
+
+# --- the lock ------------------------------------------------------------------------------------
+
+
+async def test_concurrent_first_joins_subscribe_once_and_both_register() -> None:
+    """Two first joins of one room racing: one subscribe, both members registered."""
+    backend = GatedBackend()
+    gate = backend.subscribe_gate = Gate()
+    registry = RoomRegistry(backend, 10)
+    alice, bob = connection(ALICE), connection(BOB)
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(registry.add, alice)
+            await gate.entered.wait()
+            tg.start_soon(registry.add, bob)
+            await anyio.wait_all_tasks_blocked()
+            assert registry.rooms() == {}
+            gate.open()
+    assert backend.calls == [("subscribe", "lobby")]
+    assert members_of(registry, "lobby") == {"a1", "b2"}
+
+
+async def test_join_during_last_leave_resubscribes() -> None:
+    """A join arriving while the last leave unsubscribes ends subscribed, with the new member registered."""
+    backend = GatedBackend()
+    registry = RoomRegistry(backend, 10)
+    alice, bob = connection(ALICE), connection(BOB)
+    await registry.add(alice)
+    gate = backend.unsubscribe_gate = Gate()
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(registry.remove, alice)
+            await gate.entered.wait()
+            tg.start_soon(registry.add, bob)
+            await anyio.wait_all_tasks_blocked()
+            gate.open()
+    assert backend.calls == [("subscribe", "lobby"), ("unsubscribe", "lobby"), ("subscribe", "lobby")]
+    assert backend.subscribed == {"lobby"}
+    assert registry.rooms() == {"lobby": [bob]}
+
+
+async def test_leave_during_first_join_does_not_leak_a_subscription() -> None:
+    """A remove racing the add that is still subscribing waits for it, then unsubscribes: nothing leaks."""
+    backend = GatedBackend()
+    gate = backend.subscribe_gate = Gate()
+    registry = RoomRegistry(backend, 10)
+    alice = connection(ALICE)
+    removed: list[bool] = []
+
+    async def remove() -> None:
+        removed.append(await registry.remove(alice))
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(registry.add, alice)
+            await gate.entered.wait()
+            tg.start_soon(remove)
+            await anyio.wait_all_tasks_blocked()
+            assert removed == []
+            gate.open()
+    assert removed == [True]
+    assert backend.subscribed == set()
+    assert registry.rooms() == {}
+    assert backend.calls == [("subscribe", "lobby"), ("unsubscribe", "lobby")]
+
+
+async def test_add_to_another_room_waits_for_the_lock_too() -> None:
+    """The lock is registry-wide: an add to another room waits, then completes."""
+    backend = GatedBackend()
+    gate = backend.subscribe_gate = Gate()
+    registry = RoomRegistry(backend, 10)
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(registry.add, connection(ALICE, "one"))
+            await gate.entered.wait()
+            tg.start_soon(registry.add, connection(BOB, "two"))
+            await anyio.wait_all_tasks_blocked()
+            assert backend.calls == [("subscribe", "one")]
+            gate.open()
+    assert backend.subscribed == {"one", "two"}
+
+
+# --- fan-out -------------------------------------------------------------------------------------
+
+
+async def test_messages_reach_every_member_including_the_sender() -> None:
+    """A message is handed to every local member of its room, its sender too."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    alice, bob = connection(ALICE), connection(BOB)
+    await registry.add(alice)
+    await registry.add(bob)
+    message = Message("lobby", 1, ALICE, "hi", 0)
+    registry.deliver(message)
+    assert queued(alice) == queued(bob) == len(message.frame)
+    assert alice.last_seq == bob.last_seq == 1
+
+
+@pytest.mark.parametrize("kind", ["join", "leave", "typing"])
+async def test_signals_skip_their_member(kind: str) -> None:
+    """join, leave and typing go to the other members only."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    alice, bob, carol = connection(ALICE), connection(BOB), connection(CAROL)
+    for conn in (alice, bob, carol):
+        await registry.add(conn)
+    signal = Signal(kind, "lobby", ALICE)  # type: ignore[arg-type]
+    registry.deliver(signal)
+    assert queued(alice) == 0
+    assert queued(bob) == queued(carol) == len(signal.frame)
+
+
+async def test_events_of_other_rooms_are_not_delivered() -> None:
+    """Fan-out is per room."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    alice = connection(ALICE, "one")
+    await registry.add(alice)
+    registry.deliver(Message("two", 1, BOB, "hi", 0))
+    registry.deliver(Signal("typing", "two", BOB))
+    assert queued(alice) == 0
+
+
+async def test_deliver_to_a_room_without_local_members_is_a_no_op() -> None:
+    """Events for unknown rooms are dropped without error."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    registry.deliver(Message("nowhere", 1, BOB, "hi", 0))
+    assert registry.rooms() == {}
+
+
+async def test_deliver_survives_a_member_closed_for_overflow() -> None:
+    """A member whose buffer overflows is closed; the others still get the event."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    small = Connection(RecordingSender(), ALICE, "lobby", 5, WAIT)
+    bob = connection(BOB)
+    await registry.add(small)
+    await registry.add(bob)
+    message = Message("lobby", 1, CAROL, "hello there", 0)
+    registry.deliver(message)
+    assert small.close_code == 1013
+    assert queued(bob) == len(message.frame)
+
+
+async def test_restart_closes_every_member_of_the_room_with_1012() -> None:
+    """A room restarted under a new epoch closes its local members with 1012 so they rejoin."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    alice, bob, carol = connection(ALICE), connection(BOB), connection(CAROL, "other")
+    for conn in (alice, bob, carol):
+        await registry.add(conn)
+    registry.deliver(Restart("lobby", "new-epoch"))
+    assert alice.close_code == bob.close_code == 1012
+    assert carol.is_open
+
+
+# --- the connection cap --------------------------------------------------------------------------
+
+
+def test_admit_counts_up_to_the_cap() -> None:
+    """admit() succeeds max_connections times, then refuses."""
+    registry = RoomRegistry(GatedBackend(), 2)
+    assert [registry.admit() for _ in range(3)] == [True, True, False]
+    assert registry.connections == 2
+
+
+def test_release_frees_a_place() -> None:
+    """After release() another connection is admitted."""
+    registry = RoomRegistry(GatedBackend(), 1)
+    assert registry.admit()
+    assert not registry.admit()
+    registry.release()
+    assert registry.connections == 0
+    assert registry.admit()
