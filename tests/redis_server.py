@@ -60,9 +60,12 @@ class RedisServer:
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL); its data is gone."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
         self.process = None
 
     def restart(self) -> None:

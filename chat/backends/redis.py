@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -46,6 +47,7 @@ logger = logging.getLogger("chat.redis")
 
 CONTROL_CHANNEL = "chat:_control"
 SUBSCRIBE_TIMEOUT = 5.0
+STARTUP_WAIT = 2.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
 
@@ -205,14 +207,21 @@ class RedisBackend(Backend):
         self._local: dict[str, dict[str, str]] = {}  # room -> member id -> presence entry
         self._pubsub: Any = None
         self._link_up = False
+        self._link_ready = anyio.Event()
         self._runner: asyncio.Task[None] | None = None
         self.listener_restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, deliver: Deliver) -> None:
+        """Start the listener and heartbeats; wait briefly for the pub/sub link, but serve without it."""
         self._deliver = deliver
+        self._link_ready = anyio.Event()
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="chat-redis")
+        with anyio.move_on_after(STARTUP_WAIT):
+            await self._link_ready.wait()
+        if not self._link_up:
+            logger.warning("redis at %s not reachable yet; serving degraded until it is", _safe_url(self.url))
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -371,6 +380,7 @@ class RedisBackend(Backend):
         if kind == "subscribe":
             if channel == CONTROL_CHANNEL:
                 self._link_up = self._link_was_up = True
+                self._link_ready.set()
                 logger.info("redis pub/sub link up (%d rooms)", len(self._subscribed))
             else:
                 await self._sync(_room_of(channel))
@@ -437,6 +447,16 @@ class RedisBackend(Backend):
                 except (RedisError, OSError) as exc:
                     logger.debug("heartbeat of %s skipped: %s", room, exc)
                     break
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _entry(member: Member) -> str:
