@@ -1,8 +1,15 @@
-"""One member's outbound side: a bounded buffer of frames, the writer that drains it, the close policy.
+"""One member's outbound side: a bounded buffer of frames, how it reaches the socket, the close policy.
 
-Broadcasts hand frames over without awaiting (``send``, ``deliver``); only the writer awaits the
-socket, so a slow member never delays anyone else. A member whose buffer would overflow, or whose
-socket accepts nothing for ``send_timeout`` seconds, is closed with 1013.
+Broadcasts hand frames over without awaiting (``send``, ``deliver``), so a slow member never delays
+anyone else. Two ways to the socket:
+
+- direct: under the server's own protocol (``chat.server``), frames go straight into the socket's
+  write buffer, already framed (a broadcast is framed once for everyone), and leave in one write
+  per event-loop turn;
+- queued: under any other ASGI server, a writer task (``run``) awaits ``send_text`` frame by frame.
+
+Either way a member whose buffer would pass ``queue_bytes``, or whose socket accepts nothing for
+``send_timeout`` seconds, is closed with 1013. Until the welcome is sent, frames wait in the queue.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Protocol
 import anyio
 from starlette.websockets import WebSocketDisconnect
 
+from chat.frames import text_frame
 from chat.protocol import Member, Message
 
 SLOW_CONSUMER = 1013
@@ -26,8 +34,23 @@ class Sender(Protocol):
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
+class DirectWriter(Protocol):
+    """A socket that takes whole frames synchronously (``chat.server.ChatWebSocketProtocol``)."""
+
+    stall_timeout: float
+
+    def direct_write(self, frame: str, wire: bytes) -> None:
+        """Send the text frame ``frame``, whose unmasked WebSocket bytes are ``wire``."""
+
+    def direct_buffered(self) -> int:
+        """Bytes written but not yet taken by the peer."""
+
+    def direct_close(self, code: int, reason: str) -> None:
+        """Send a close frame after what was written, and tell the app the connection is over."""
+
+
 class Connection:
-    """A member's frames wait here until the writer (``run``) sends them, oldest first."""
+    """A member's frames, oldest first, on their way to its socket."""
 
     __slots__ = (
         "_frames",
@@ -39,6 +62,7 @@ class Connection:
         "_websocket",
         "_welcome",
         "_welcomed",
+        "_writer",
         "close_code",
         "close_reason",
         "gone",
@@ -47,7 +71,15 @@ class Connection:
         "room",
     )  # fmt: skip
 
-    def __init__(self, websocket: Sender, member: Member, room: str, queue_bytes: int, send_timeout: float) -> None:
+    def __init__(
+        self,
+        websocket: Sender,
+        member: Member,
+        room: str,
+        queue_bytes: int,
+        send_timeout: float,
+        writer: DirectWriter | None = None,
+    ) -> None:
         self.member = member
         self.room = room
         self.last_seq = 0
@@ -55,7 +87,7 @@ class Connection:
         self.close_reason = ""
         self.gone = False
         self._websocket = websocket
-        self._frames: deque[tuple[str, int]] = deque()
+        self._frames: deque[tuple[str, int, bytes | None]] = deque()
         self._size = 0
         self._limit = queue_bytes
         self._send_timeout = send_timeout
@@ -63,6 +95,14 @@ class Connection:
         self._welcome: str | None = None
         self._wakeup: anyio.Event | None = None
         self._send_scope: anyio.CancelScope | None = None
+        self._writer = writer
+        if writer is not None:
+            writer.stall_timeout = send_timeout
+
+    @property
+    def direct(self) -> bool:
+        """Whether frames go straight to the socket (no writer task needed)."""
+        return self._writer is not None
 
     @property
     def is_open(self) -> bool:
@@ -71,18 +111,20 @@ class Connection:
 
     @property
     def buffered(self) -> int:
-        """Characters waiting to be sent."""
+        """Characters (queued) or bytes (direct) waiting to be sent."""
+        if self._writer is not None and self._welcomed:
+            return self._writer.direct_buffered()
         return self._size
 
-    def send(self, frame: str) -> None:
-        """Queue a frame for this member alone (ack, error, pong, history, join, leave, typing)."""
-        self._push(frame, 0)
+    def send(self, frame: str, wire: bytes | None = None) -> None:
+        """Send a frame to this member alone (ack, error, pong, history, join, leave, typing)."""
+        self._push(frame, 0, wire)
 
     def deliver(self, message: Message) -> None:
         """Queue a room message unless this member already has it (seq at or below ``last_seq``)."""
         if message.seq > self.last_seq:
             self.last_seq = message.seq
-            self._push(message.frame, message.seq)
+            self._push(message.frame, message.seq, message.wire if self._writer is not None else None)
 
     def welcome(self, frame: str, seq: int) -> None:
         """Send the welcome frame first, then what queued meanwhile that its history does not hold.
@@ -93,11 +135,18 @@ class Connection:
         if not self.is_open:
             return
         kept = deque(item for item in self._frames if item[1] == 0 or item[1] > seq)
+        self.last_seq = max(self.last_seq, seq)
+        self._welcomed = True
+        if self._writer is not None:
+            self._frames.clear()
+            self._size = 0
+            self._writer.direct_write(frame, text_frame(frame.encode()))
+            for queued, _, wire in kept:
+                self._push(queued, 0, wire)
+            return
         self._frames = kept
         self._size = sum(len(item[0]) for item in kept)
-        self.last_seq = max(self.last_seq, seq)
         self._welcome = frame
-        self._welcomed = True
         self._wake()
 
     def close(self, code: int, reason: str) -> None:
@@ -108,6 +157,9 @@ class Connection:
         self.close_reason = reason
         self._frames.clear()
         self._size = 0
+        if self._writer is not None:
+            self._writer.direct_close(code, reason)
+            return
         if self._send_scope is not None:
             self._send_scope.cancel()
         self._wake()
@@ -143,18 +195,27 @@ class Connection:
             return frame
         if not self._frames:
             return None
-        frame, _ = self._frames.popleft()
+        frame, _, _ = self._frames.popleft()
         self._size -= len(frame)
         return frame
 
-    def _push(self, frame: str, seq: int) -> None:
+    def _push(self, frame: str, seq: int, wire: bytes | None) -> None:
         if not self.is_open:
+            return
+        writer = self._writer
+        if writer is not None and self._welcomed:
+            if wire is None:
+                wire = text_frame(frame.encode())
+            if writer.direct_buffered() + len(wire) > self._limit:
+                self.close(SLOW_CONSUMER, "slow consumer: outbound buffer full")
+            else:
+                writer.direct_write(frame, wire)
             return
         if self._size + len(frame) > self._limit:
             self.close(SLOW_CONSUMER, "slow consumer: outbound buffer full")
             return
         self._size += len(frame)
-        self._frames.append((frame, seq))
+        self._frames.append((frame, seq, wire))
         self._wake()
 
     def _wake(self) -> None:

@@ -1,12 +1,15 @@
 """The WebSocket endpoint: protocol v1 over the three hooks, for one connection.
 
-Starlette's ``WebSocketEndpoint`` owns the receive loop. ``dispatch`` wraps it in a task group that
-owns this connection's writer, so the writer never outlives the socket.
+Starlette's ``WebSocketEndpoint`` owns the receive loop. Under the server's own protocol frames go
+straight to the socket (the ``chat.direct`` ASGI extension) and nothing else runs per connection;
+under any other server ``dispatch`` wraps the loop in a task group that owns this connection's
+writer task, so the writer never outlives the socket.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -16,7 +19,7 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 
-from chat.connection import Connection
+from chat.connection import Connection, DirectWriter
 from chat.exceptions import ConnectionRefused, FrameTooLarge, InvalidJoin, RequestError, ServerBusy, Unavailable
 from chat.hub import Chat
 from chat.limits import TokenBucket
@@ -39,6 +42,7 @@ from chat.protocol import (
 logger = logging.getLogger("chat")
 
 DENIAL_EXTENSION = "websocket.http.response"
+DIRECT_EXTENSION = "chat.direct"
 
 
 def chat_of(scope: Scope) -> Chat:
@@ -59,7 +63,10 @@ class ChatEndpoint(WebSocketEndpoint):
     admitted = False
 
     async def dispatch(self) -> None:
-        """Run the receive loop inside a task group that owns the writer."""
+        """Run the receive loop; without direct writes, inside a task group that owns the writer."""
+        if direct_writer(self.scope) is not None:
+            await super().dispatch()
+            return
         async with anyio.create_task_group() as task_group:
             self.task_group = task_group
             try:
@@ -88,11 +95,13 @@ class ChatEndpoint(WebSocketEndpoint):
         self.admitted = True
         await websocket.accept()
         member = Member(new_member_id(), request.name)
-        connection = Connection(websocket, member, request.room, settings.queue_bytes, settings.send_timeout)
+        writer = direct_writer(websocket.scope)
+        connection = Connection(websocket, member, request.room, settings.queue_bytes, settings.send_timeout, writer)
         self.connection = connection
         self.bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, anyio.current_time())
-        assert self.task_group is not None, "on_connect runs inside dispatch (or a test's task group)"
-        self.task_group.start_soon(self._write, chat, connection)
+        if writer is None:
+            assert self.task_group is not None, "on_connect runs inside dispatch (or a test's task group)"
+            self.task_group.start_soon(self._write, chat, connection)
         try:
             await chat.join(connection, request)
         except Unavailable as exc:
@@ -152,6 +161,12 @@ class ChatEndpoint(WebSocketEndpoint):
         """Drain the connection's buffer; once it is closed or gone, take the member out of the room."""
         await connection.run()
         await chat.leave(connection)
+
+
+def direct_writer(scope: Scope) -> DirectWriter | None:
+    """The socket's direct writer, when the server offers one."""
+    extension = scope.get("extensions", {}).get(DIRECT_EXTENSION)
+    return None if extension is None else cast(DirectWriter, extension["writer"])
 
 
 async def refuse(websocket: WebSocket, error: ConnectionRefused) -> None:

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from chat.exceptions import BadRequest, ErrorCode, InvalidJoin, RequestError, TooLarge, Unsupported
+from chat.frames import text_frame
 
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -74,6 +75,11 @@ class Message:
         head, tail = message_frame_parts(self.room, self.sender, self.text, self.ts)
         return f"{head}{self.seq}{tail}"
 
+    @cached_property
+    def wire(self) -> bytes:
+        """The frame as WebSocket bytes, framed once for every socket that gets it."""
+        return text_frame(self.frame.encode())
+
     @classmethod
     def from_frame(cls, frame: str) -> Message:
         """Rebuild a message from its encoded frame (as a backend stored it)."""
@@ -107,6 +113,11 @@ class Signal:
         key = "from" if self.kind == "typing" else "member"
         return _dumps({"type": self.kind, "room": self.room, key: self.member.as_dict()})
 
+
+    @cached_property
+    def wire(self) -> bytes:
+        """The frame as WebSocket bytes, framed once for every socket that gets it."""
+        return text_frame(self.frame.encode())
 
     @classmethod
     def from_frame(cls, frame: str) -> Signal:

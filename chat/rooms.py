@@ -88,7 +88,7 @@ class RoomRegistry:
             for connection in members.values():
                 connection.close(SERVICE_RESTART, "room restarted: reconnect to rejoin")
             return
-        frame = event.frame
+        frame, wire = event.frame, event.wire
         for member_id, connection in members.items():
             if member_id != event.member.id:
-                connection.send(frame)
+                connection.send(frame, wire)

@@ -189,7 +189,7 @@ async def test_members_of_a_killed_node_leave_presence(start_node: Any) -> None:
         bob_id = (await expect(ws, "welcome"))["you"]["id"]
         assert (await expect(ann, "join"))["member"]["id"] == bob_id
         two.process.send_signal(signal.SIGKILL)
-        await wait_leave(ann, {bob_id}, timeout=2 * 2 + 3)
+        await wait_leave(ann, {bob_id}, within=2 * 2 + 3)
         async with joined(one, ROOM, "cy") as (_, welcome):
             assert bob_id not in {m["id"] for m in welcome["members"]}
 
