@@ -8,6 +8,9 @@ anyone else. Two ways to the socket:
   per event-loop turn;
 - queued: under any other ASGI server, a writer task (``run``) awaits ``send_text`` frame by frame.
 
+A member that joined with ``batch=1`` gets every frame of a turn (direct) or everything queued
+(queued) in one WebSocket message, the JSON objects separated by newlines.
+
 Either way a member whose buffer would pass ``queue_bytes``, or whose socket accepts nothing for
 ``send_timeout`` seconds, is closed with 1013. Until the welcome is sent, frames wait in the queue.
 """
@@ -38,6 +41,7 @@ class DirectWriter(Protocol):
     """A socket that takes whole frames synchronously (``chat.server.ChatWebSocketProtocol``)."""
 
     stall_timeout: float
+    batch: bool
 
     def direct_write(self, frame: str, wire: bytes) -> None:
         """Send the text frame ``frame``, whose unmasked WebSocket bytes are ``wire``."""
@@ -53,6 +57,7 @@ class Connection:
     """A member's frames, oldest first, on their way to its socket."""
 
     __slots__ = (
+        "_batch",
         "_frames",
         "_limit",
         "_send_scope",
@@ -79,6 +84,7 @@ class Connection:
         queue_bytes: int,
         send_timeout: float,
         writer: DirectWriter | None = None,
+        batch: bool = False,
     ) -> None:
         self.member = member
         self.room = room
@@ -96,8 +102,10 @@ class Connection:
         self._wakeup: anyio.Event | None = None
         self._send_scope: anyio.CancelScope | None = None
         self._writer = writer
+        self._batch = batch
         if writer is not None:
             writer.stall_timeout = send_timeout
+            writer.batch = batch
 
     @property
     def direct(self) -> bool:
@@ -195,6 +203,11 @@ class Connection:
             return frame
         if not self._frames:
             return None
+        if self._batch and len(self._frames) > 1:
+            frames = [item[0] for item in self._frames]
+            self._frames.clear()
+            self._size = 0
+            return "\n".join(frames)
         frame, _, _ = self._frames.popleft()
         self._size -= len(frame)
         return frame

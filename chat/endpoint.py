@@ -96,7 +96,9 @@ class ChatEndpoint(WebSocketEndpoint):
         await websocket.accept()
         member = Member(new_member_id(), request.name)
         writer = direct_writer(websocket.scope)
-        connection = Connection(websocket, member, request.room, settings.queue_bytes, settings.send_timeout, writer)
+        connection = Connection(
+            websocket, member, request.room, settings.queue_bytes, settings.send_timeout, writer, request.batch
+        )
         self.connection = connection
         self.bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, anyio.current_time())
         if writer is None:

@@ -154,6 +154,7 @@ class JoinRequest:
     name: str
     since: int | None = None
     epoch: str | None = None
+    batch: bool = False
 
 
 def parse_join(room: str, query: Mapping[str, str]) -> JoinRequest:
@@ -167,7 +168,10 @@ def parse_join(room: str, query: Mapping[str, str]) -> JoinRequest:
         raise InvalidJoin("since must be a non-negative integer")
     if epoch is not None and not EPOCH_PATTERN.fullmatch(epoch):
         raise InvalidJoin("epoch must be the token a welcome frame gave")
-    return JoinRequest(room, name, None if since is None else int(since), epoch)
+    batch = query.get("batch", "0")
+    if batch not in ("0", "1"):
+        raise InvalidJoin("batch must be 0 or 1")
+    return JoinRequest(room, name, None if since is None else int(since), epoch, batch == "1")
 
 
 def parse_name(raw: str | None) -> str:

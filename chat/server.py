@@ -29,6 +29,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 
 from chat.exceptions import ConfigError
+from chat.frames import text_frame
 from chat.settings import Settings
 
 SHUTDOWN_GRACE = 3.0
@@ -40,7 +41,9 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O websockets protocol with direct writes, releasing sockets whose peer stopped reading."""
 
     stall_timeout = 30.0
+    batch = False
     _pending: list[bytes] | None = None
+    _batched: list[str] | None = None
     _pending_size = 0
     _stall_timer: TimerHandle | None = None
 
@@ -57,13 +60,22 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         """Send a text frame in this turn's write; ``wire`` is used as is unless an extension is on."""
         if self.close_sent or self.disconnected:
             return
+        if self.batch:
+            batched = self._batched
+            if batched is None:
+                batched = self._batched = []
+                if self._pending is None:
+                    self.loop.call_soon(self._flush)
+            batched.append(frame)
+            self._pending_size += len(frame)
+            return
         if self.conn.extensions:
-            self.conn.send_text(frame.encode())
-            wire = b"".join(self.conn.data_to_send())
+            wire = self._encode(frame)
         pending = self._pending
         if pending is None:
             pending = self._pending = []
-            self.loop.call_soon(self._flush)
+            if self._batched is None:
+                self.loop.call_soon(self._flush)
         pending.append(wire)
         self._pending_size += len(wire)
 
@@ -87,9 +99,21 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
+        batched, self._batched = self._batched, None
         self._pending_size = 0
-        if pending and not self.disconnected:
+        if self.disconnected:
+            return
+        if batched:
+            pending = pending or []
+            pending.append(self._encode("\n".join(batched)))
+        if pending:
             self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _encode(self, text: str) -> bytes:
+        if self.conn.extensions:
+            self.conn.send_text(text.encode())
+            return b"".join(self.conn.data_to_send())
+        return text_frame(text.encode())
 
     # --- never hold a stuck socket ----------------------------------------------------------------
 

@@ -269,3 +269,75 @@ async def test_writer_cancelled_marks_connection_gone() -> None:
         tg.cancel_scope.cancel()
     assert conn.gone
     assert not conn.is_open
+
+
+async def test_batch_member_gets_what_queued_in_one_message() -> None:
+    """With batch=1 the writer joins every queued frame into one message, one JSON object per line."""
+    sender = RecordingSender()
+    conn = Connection(sender, ALICE, "lobby", 10_000, WAIT, batch=True)
+    conn.send('{"n":1}')
+    conn.send('{"n":2}')
+    conn.welcome(WELCOME, 0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conn.run)
+        assert await sender.recorder.next() == Sent(WELCOME)
+        assert await sender.recorder.next() == Sent('{"n":1}\n{"n":2}')
+        conn.close(1000, "done")
+
+
+class StandInWriter:
+    """A direct writer that records frames and reports a settable buffer size."""
+
+    def __init__(self) -> None:
+        self.stall_timeout = 0.0
+        self.batch = False
+        self.frames: list[tuple[str, bytes]] = []
+        self.closed: tuple[int, str] | None = None
+        self.buffered = 0
+
+    def direct_write(self, frame: str, wire: bytes) -> None:
+        self.frames.append((frame, wire))
+        self.buffered += len(wire)
+
+    def direct_buffered(self) -> int:
+        return self.buffered
+
+    def direct_close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+def test_direct_writes_start_with_the_welcome_and_keep_order() -> None:
+    """Direct: frames wait for the welcome, then go to the writer at once, framed, in order."""
+    writer = StandInWriter()
+    conn = Connection(RecordingSender(), ALICE, "lobby", 10_000, WAIT, writer)
+    conn.deliver(message(1))
+    conn.send("early")
+    assert writer.frames == []
+    conn.welcome(WELCOME, 0)
+    conn.deliver(message(2))
+    assert [frame for frame, _ in writer.frames] == [WELCOME, message(1).frame, "early", message(2).frame]
+    assert writer.frames[1][1] == message(1).wire
+    assert writer.stall_timeout == WAIT
+
+
+def test_direct_welcome_drops_messages_its_history_holds() -> None:
+    """Direct: messages queued before a welcome at seq 1 are sent only from seq 2 on."""
+    writer = StandInWriter()
+    conn = Connection(RecordingSender(), ALICE, "lobby", 10_000, WAIT, writer)
+    conn.deliver(message(1))
+    conn.deliver(message(2))
+    conn.welcome(WELCOME, 1)
+    assert [frame for frame, _ in writer.frames] == [WELCOME, message(2).frame]
+
+
+def test_direct_overflow_closes_with_1013_through_the_writer() -> None:
+    """Direct: a frame that would take the socket's backlog past queue_bytes closes the member with 1013."""
+    writer = StandInWriter()
+    conn = Connection(RecordingSender(), ALICE, "lobby", 1000, WAIT, writer)
+    conn.welcome(WELCOME, 0)
+    writer.buffered = 990
+    conn.deliver(message(1))
+    assert writer.closed is not None and writer.closed[0] == SLOW_CONSUMER
+    assert not conn.is_open
+    conn.deliver(message(2))
+    assert [frame for frame, _ in writer.frames] == [WELCOME]
