@@ -10,7 +10,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from .clients import WAIT, Frame, joined
-from .conftest import StartServer
+from .server_process import StartServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
