@@ -93,7 +93,7 @@ class Connection:
         self.close_reason = ""
         self.gone = False
         self._websocket = websocket
-        self._frames: deque[tuple[str, int, bytes | None]] = deque()
+        self._frames: deque[tuple[str, int, bytes | None]] | None = None  # made when first needed
         self._size = 0
         self._limit = queue_bytes
         self._send_timeout = send_timeout
@@ -142,17 +142,17 @@ class Connection:
         """
         if not self.is_open:
             return
-        kept = deque(item for item in self._frames if item[1] == 0 or item[1] > seq)
+        kept = [item for item in self._frames or () if item[1] == 0 or item[1] > seq]
         self.last_seq = max(self.last_seq, seq)
         self._welcomed = True
         if self._writer is not None:
-            self._frames.clear()
+            self._frames = None
             self._size = 0
             self._writer.direct_write(frame, text_frame(frame.encode()))
             for queued, _, wire in kept:
                 self._push(queued, 0, wire)
             return
-        self._frames = kept
+        self._frames = deque(kept)
         self._size = sum(len(item[0]) for item in kept)
         self._welcome = frame
         self._wake()
@@ -163,7 +163,7 @@ class Connection:
             return
         self.close_code = code
         self.close_reason = reason
-        self._frames.clear()
+        self._frames = None
         self._size = 0
         if self._writer is not None:
             self._writer.direct_close(code, reason)
@@ -205,7 +205,7 @@ class Connection:
             return None
         if self._batch and len(self._frames) > 1:
             frames = [item[0] for item in self._frames]
-            self._frames.clear()
+            self._frames = None
             self._size = 0
             return "\n".join(frames)
         frame, _, _ = self._frames.popleft()
@@ -228,6 +228,8 @@ class Connection:
             self.close(SLOW_CONSUMER, "slow consumer: outbound buffer full")
             return
         self._size += len(frame)
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append((frame, seq, wire))
         self._wake()
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
@@ -37,6 +38,65 @@ DIRECT_EXTENSION = "chat.direct"
 SLOW_CONSUMER = 1013
 
 
+class _Inbox:
+    """The app's receive queue: one consumer, no put waiters; a fraction of an ``asyncio.Queue``'s memory."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class _Flag:
+    """uvicorn's ``writable`` event without the cost of an ``asyncio.Event`` per connection."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O websockets protocol with direct writes, releasing sockets whose peer stopped reading."""
 
@@ -46,6 +106,12 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     _batched: list[str] | None = None
     _pending_size = 0
     _stall_timer: TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lighter stand-ins for uvicorn's per-connection queue and event (memory per idle connection).
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
 
     # --- the chat.direct extension ----------------------------------------------------------------
 
@@ -124,6 +190,9 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             self._flush()
             self.writable.set()
         await super().send(message)
+        if message["type"] == "websocket.accept":
+            # The handshake is done: its request and response (headers and all) are not needed again.
+            self.request = self.response = None  # type: ignore[assignment]
         if closing:
             self._abort_later(self.close_timeout + 1.0)
 
