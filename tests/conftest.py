@@ -11,7 +11,7 @@ import pytest
 from chat.settings import Settings
 from tests.redis_server import RedisServer, redis_binary
 
-BACKENDS = os.environ.get("TEST_BACKENDS", "memory").split(",")  # TEMP: both once the suites settle
+BACKENDS = ["memory", "redis"]
 
 
 @pytest.fixture

@@ -1,0 +1,170 @@
+"""A real ``python -m chat`` process on a free loopback port, its log, and how to stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+import httpx
+
+READY_LINE = "Uvicorn running on"
+"""uvicorn logs this once the socket listens; "Application startup complete" comes before the bind, too early
+to connect. Both are INFO lines, so a server started with ``log_level`` above info never looks ready."""
+BIND_CLASH = "address already in use"
+START_TIMEOUT = 20.0
+"""The most a server may take to print its readiness line."""
+STOP_TIMEOUT = 10.0
+"""The most a server may take to exit after SIGTERM before it is killed."""
+BIND_ATTEMPTS = 5
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the server may still lose a race for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def command_line(port: int, backend_url: str, flags: Mapping[str, object]) -> list[str]:
+    """``python -m chat`` with one option per flag: ``queue_bytes=65536`` -> ``--queue-bytes 65536``."""
+    argv = [sys.executable, "-m", "chat", "--host", "127.0.0.1", "--port", str(port), "--backend", backend_url]
+    for name, value in flags.items():
+        option = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(option if value else "--no-" + name.replace("_", "-"))
+        else:
+            argv += [option, str(value)]
+    return argv
+
+
+class ServerProcess:
+    """One server process: its port, its merged stdout/stderr log, and its lifecycle."""
+
+    def __init__(self, argv: list[str], port: int, env: Mapping[str, str]) -> None:
+        self.port = port
+        self.argv = argv
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ready = False
+        self._eof = False
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+        )
+        self._reader = threading.Thread(target=self._read_log, name=f"chat-log-{port}", daemon=True)
+        self._reader.start()
+
+    # --- the log ---------------------------------------------------------------------------------
+
+    def _read_log(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", "replace")
+            with self._changed:
+                self._lines.append(line)
+                if READY_LINE in line:
+                    self._ready = True
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        """Everything the process printed so far (stdout and stderr)."""
+        with self._changed:
+            return "".join(self._lines)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> bool:
+        """Block until the readiness line (True) or the end of the log (False); raise after ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._ready or self._eof, timeout):
+                raise TimeoutError(f"server on port {self.port} not ready after {timeout} s:\n{''.join(self._lines)}")
+            return self._ready
+
+    # --- talking to it ---------------------------------------------------------------------------
+
+    @property
+    def base(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, room: str, **query: str | int) -> str:
+        """The WebSocket URL of ``room`` with the given query parameters (``name=``, ``since=``, ``epoch=``)."""
+        suffix = "?" + urlencode({key: str(value) for key, value in query.items()}) if query else ""
+        return f"ws://{self.base}/ws/{room}{suffix}"
+
+    async def healthz(self) -> dict[str, Any]:
+        """The ``/healthz`` body (asserting a 200)."""
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            response = await client.get(f"http://{self.base}/healthz")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert isinstance(body, dict)
+        return body
+
+    # --- stopping it -----------------------------------------------------------------------------
+
+    def terminate(self) -> None:
+        """Send SIGTERM if the process still runs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status, or None if the process still runs after ``timeout`` seconds."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> str | None:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; returns a complaint if it had to kill."""
+        complaint = None
+        self.terminate()
+        if self.wait_exit(STOP_TIMEOUT) is None:
+            complaint = f"server on port {self.port} ignored SIGTERM for {STOP_TIMEOUT} s and was killed"
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+        self._reader.join(STOP_TIMEOUT)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return complaint
+
+
+class StartServer(Protocol):
+    """Start a server on the backend under test; ``flags`` become CLI options, ``env`` extra variables."""
+
+    def __call__(self, *, env: Mapping[str, str] | None = None, **flags: object) -> ServerProcess: ...
+
+
+def launch(backend_url: str, flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> ServerProcess:
+    """Start a server on a free port, retrying when another process grabbed the port first."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("CHAT_")}
+    environ["PYTHONUNBUFFERED"] = "1"
+    environ.update(env or {})
+    logs = []
+    for _ in range(BIND_ATTEMPTS):
+        port = free_port()
+        server = ServerProcess(command_line(port, backend_url, flags), port, environ)
+        try:
+            ready = server.wait_ready()
+        except TimeoutError:
+            server.stop()
+            raise
+        if ready:
+            return server
+        server.stop()
+        logs.append(server.log)
+        if BIND_CLASH not in server.log:
+            break
+    raise RuntimeError("the chat server did not start:\n" + "\n---\n".join(logs))
