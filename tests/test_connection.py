@@ -337,7 +337,8 @@ def test_direct_overflow_closes_with_1013_through_the_writer() -> None:
     conn.welcome(WELCOME, 0)
     writer.buffered = 990
     conn.deliver(message(1))
-    assert writer.closed is not None and writer.closed[0] == SLOW_CONSUMER
+    assert writer.closed is not None
+    assert writer.closed[0] == SLOW_CONSUMER
     assert not conn.is_open
     conn.deliver(message(2))
     assert [frame for frame, _ in writer.frames] == [WELCOME]

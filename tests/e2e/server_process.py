@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-import httpx
+import httpx2 as httpx
 
 READY_LINE = "Uvicorn running on"
 """uvicorn logs this once the socket listens; "Application startup complete" comes before the bind, too early
@@ -92,6 +92,15 @@ class ServerProcess:
             if not self._changed.wait_for(lambda: self._ready or self._eof, timeout):
                 raise TimeoutError(f"server on port {self.port} not ready after {timeout} s:\n{''.join(self._lines)}")
             return self._ready
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = START_TIMEOUT) -> None:
+        """Block until ``text`` appeared ``count`` times in the log; raise after ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.log_count(text) >= count or self._eof, timeout):
+                raise TimeoutError(f"{text!r} not logged {count} times in {timeout} s:\n{''.join(self._lines)}")
+
+    def log_count(self, text: str) -> int:
+        return sum(text in line for line in self._lines)
 
     # --- talking to it ---------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
+import httpx2 as httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -68,8 +68,8 @@ class Member:
     def seqs(self) -> list[int]:
         return [frame["seq"] for frame in self.frames if frame["type"] == "message"]
 
-    async def wait_until(self, condition: Any, timeout: float = WAIT) -> None:
-        with anyio.fail_after(timeout):
+    async def wait_until(self, condition: Any, within: float = WAIT) -> None:
+        with anyio.fail_after(within):
             while not condition():
                 await self._changed.wait()
 
@@ -99,7 +99,7 @@ async def publish_until(member: Member, stop: anyio.Event, acked: list[int], ref
         def answered(ref: str = ref) -> bool:
             return any(f.get("ref") == ref and f["type"] in ("ack", "error") for f in member.frames)
 
-        await member.wait_until(lambda: answered() or member.close_code is not None, timeout=15)
+        await member.wait_until(lambda: answered() or member.close_code is not None, within=15)
         for frame in member.frames:
             if frame.get("ref") == ref:
                 if frame["type"] == "ack":
@@ -145,7 +145,7 @@ async def test_concurrent_senders_on_both_nodes_share_one_order(start_node: Any)
             for sender in (on_one[0], on_one[1], on_two[0], on_two[1]):
                 tg.start_soon(send, sender)
         for member in everyone:
-            await member.wait_until(lambda member=member: len(member.seqs()) == 400, timeout=20)
+            await member.wait_until(lambda member=member: len(member.seqs()) == 400, within=20)
         reference = [(f["seq"], f["text"]) for f in everyone[0].frames if f["type"] == "message"]
         assert [seq for seq, _ in reference] == list(range(1, 401))
         for member in everyone[1:]:
@@ -222,9 +222,7 @@ def worker_connections(parent: ServerProcess, port: int) -> dict[int, int]:
 async def test_two_workers_share_rooms(start_node: Any) -> None:
     """``--workers 2``: members served by different worker processes talk to each other."""
     node = start_node(workers=2)
-    with anyio.fail_after(20):
-        while node.log.count("Application startup complete") < 2:
-            await anyio.sleep(0.05)  # the parent says it runs before its workers have started
+    node.wait_log("Application startup complete", count=2)  # the parent is ready before its workers
     async with AsyncExitStack() as stack:
         clients: list[ClientConnection] = []
         with anyio.fail_after(20):
@@ -254,10 +252,10 @@ async def test_pubsub_links_killed_while_members_publish(start_node: Any, redis_
             tg.start_soon(publish_until, on_two[0], stop, acked, refused)
             await on_one[1].wait_until(lambda: len(on_one[1].seqs()) >= 20)
             assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") == "2"
-            await on_one[1].wait_until(lambda: len(on_one[1].seqs()) >= 80, timeout=10)
+            await on_one[1].wait_until(lambda: len(on_one[1].seqs()) >= 80, within=10)
             stop.set()
         for member in on_one + on_two:
-            await member.wait_until(lambda member=member: set(acked) <= set(member.seqs()), timeout=10)
+            await member.wait_until(lambda member=member: set(acked) <= set(member.seqs()), within=10)
             assert_exactly_once_in_order(member, acked)
 
 
@@ -274,10 +272,10 @@ async def test_frozen_redis_while_members_publish(start_node: Any, redis_server:
             await anyio.sleep(3)  # the fault itself lasts 3 s
             redis_server.thaw()
             before = len(acked)
-            await on_one[1].wait_until(lambda: len(acked) >= before + 20, timeout=15)
+            await on_one[1].wait_until(lambda: len(acked) >= before + 20, within=15)
             stop.set()
         for member in on_one + on_two:
-            await member.wait_until(lambda member=member: set(acked) <= set(member.seqs()), timeout=10)
+            await member.wait_until(lambda member=member: set(acked) <= set(member.seqs()), within=10)
             assert_exactly_once_in_order(member, acked)
 
 
@@ -296,16 +294,15 @@ async def test_redis_restarted_empty(start_node: Any, redis_server: RedisServer)
         epoch = ann.welcome["epoch"]
         redis_server.kill()
         await ann.ws.send(json.dumps({"type": "message", "text": "during", "ref": "d"}))
-        await ann.wait_until(lambda: any(f.get("ref") == "d" for f in ann.frames), timeout=10)
+        await ann.wait_until(lambda: any(f.get("ref") == "d" for f in ann.frames), within=10)
         assert [f["code"] for f in ann.frames if f.get("ref") == "d"] == ["unavailable"]
         assert await health_status(one) == 503
         redis_server.start()
-        with anyio.fail_after(5):
-            while await health_status(one) != 200 or await health_status(two) != 200:
-                await anyio.sleep(0.05)  # polling /healthz as an operator would
         for member in (ann, bob):
-            await member.wait_until(lambda member=member: member.close_code is not None, timeout=5)
+            await member.wait_until(lambda member=member: member.close_code is not None, within=5)
             assert member.close_code == 1012
+        assert await health_status(one) == 200
+        assert await health_status(two) == 200
     async with joined(two, ROOM, "ann", since=1, epoch=epoch) as (ws, welcome):
         assert welcome["recovered"] is False
         assert welcome["epoch"] != epoch
