@@ -8,7 +8,10 @@ writer task, so the writer never outlives the socket.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from asyncio import TimerHandle
 from typing import cast
 
 import anyio
@@ -19,14 +22,24 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 
+from chat.abuse import Misconduct, address_key
+from chat.auth import Identity
 from chat.connection import Connection, DirectWriter
-from chat.exceptions import ConnectionRefused, FrameTooLarge, InvalidJoin, RequestError, ServerBusy, Unavailable
+from chat.exceptions import (
+    ConnectionRefused,
+    FrameTooLarge,
+    RequestError,
+    ServerBusy,
+    Unavailable,
+)
 from chat.hub import Chat
 from chat.limits import TokenBucket
+from chat.logs import fields
 from chat.protocol import (
     HistoryQuery,
     Member,
     Ping,
+    Ref,
     SendText,
     Typing,
     decode,
@@ -43,6 +56,9 @@ logger = logging.getLogger("chat")
 
 DENIAL_EXTENSION = "websocket.http.response"
 DIRECT_EXTENSION = "chat.direct"
+POLICY_VIOLATION = 1008
+SLOW_CONSUMER = 1013
+MISCONDUCT = frozenset({"bad_request", "unsupported", "too_large"})
 
 
 def chat_of(scope: Scope) -> Chat:
@@ -54,13 +70,15 @@ def chat_of(scope: Scope) -> Chat:
 
 
 class ChatEndpoint(WebSocketEndpoint):
-    """One member in one room: ``/ws/{room}?name=N&since=S&epoch=E``."""
+    """One member in one room: ``/ws/{room}?name=N&since=S&epoch=E`` (and ``token=T`` when auth is on)."""
 
     encoding = None
     task_group: TaskGroup | None = None
     connection: Connection | None = None
     bucket: TokenBucket
-    admitted = False
+    admitted: str | None = None  # the client address this connection is counted under
+    expiry: TimerHandle | None = None
+    misconduct: Misconduct | None = None
 
     async def dispatch(self) -> None:
         """Run the receive loop; without direct writes, inside a task group that owns the writer."""
@@ -80,21 +98,35 @@ class ChatEndpoint(WebSocketEndpoint):
         return text if text is not None else bytes(message.get("bytes") or b"")
 
     async def on_connect(self, websocket: WebSocket) -> None:
-        """Validate the join, admit the connection, start its writer, join the room."""
+        """Check who connects, validate the join, admit the connection, start its writer, join the room."""
         chat = chat_of(websocket.scope)
         settings = chat.settings
+        address = client_address(websocket.scope)
         try:
-            request = parse_join(websocket.path_params.get("room", ""), websocket.query_params)
-        except InvalidJoin as exc:
+            identity = chat.access.check(
+                address, websocket.scope.get("headers", []), websocket.query_params, anyio.current_time()
+            )
+            request = parse_join(
+                websocket.path_params.get("room", ""),
+                websocket.query_params,
+                None if identity is None else identity.name,
+            )
+            chat.access.authorize(identity, request.room)
+            chat.access.acquire(address)
+        except ConnectionRefused as exc:
+            log_refusal(chat, address, exc)
             await refuse(websocket, exc)
             return
         if not chat.registry.admit():
+            chat.access.release(address)
+            log_refusal(chat, address, ServerBusy("server full"))
             await websocket.accept()
             await websocket.close(ServerBusy.close_code, "server full")
             return
-        self.admitted = True
+        self.admitted = address
+        chat.metrics.connections.inc()
         await websocket.accept()
-        member = Member(new_member_id(), request.name)
+        member = Member(new_member_id() if identity is None else identity.member_id, request.name)
         writer = direct_writer(websocket.scope)
         connection = Connection(
             websocket, member, request.room, settings.queue_bytes, settings.send_timeout, writer, request.batch
@@ -104,39 +136,80 @@ class ChatEndpoint(WebSocketEndpoint):
         if writer is None:
             assert self.task_group is not None, "on_connect runs inside dispatch (or a test's task group)"
             self.task_group.start_soon(self._write, chat, connection)
+        if identity is not None:
+            self.expiry = close_on_expiry(chat, connection, identity)
+        logger.info(
+            "%s", fields(event="connect", room=request.room, member=member.id, name=member.name, address=address)
+        )
         try:
             await chat.join(connection, request)
         except Unavailable as exc:
             connection.close(ServerBusy.close_code, f"unavailable: {exc.detail}")
 
     async def on_receive(self, websocket: WebSocket, data: str | bytes) -> None:
-        """Answer one client frame; bad input gets an error frame and the connection stays."""
+        """Answer one client frame; bad input gets an error frame and the connection stays (up to a limit)."""
         connection = self.connection
         if connection is None or not connection.is_open:
             return
         chat = chat_of(websocket.scope)
-        if _frame_size(data, chat.settings.max_frame) > chat.settings.max_frame:
-            connection.close(FrameTooLarge.close_code, f"frame larger than {chat.settings.max_frame} bytes")
+        settings = chat.settings
+        if _frame_size(data, settings.max_frame) > settings.max_frame:
+            connection.close(FrameTooLarge.close_code, f"frame larger than {settings.max_frame} bytes")
             return
         try:
-            request = decode(data, chat.settings.max_text)
+            request = decode(data, settings.max_text)
             if not self.bucket.allow(anyio.current_time()):
-                ref = getattr(request, "ref", None)
-                connection.send(encode_error("rate_limited", "too many frames: slow down", ref))
+                self._rate_limited(chat, connection, getattr(request, "ref", None))
                 return
+            if self.misconduct is not None:
+                self.misconduct.good_frame()
             await self._answer(chat, connection, request)
         except RequestError as exc:
             connection.send(encode_request_error(exc))
+            chat.metrics.errors.labels(exc.code).inc()
+            limit = settings.max_bad_frames
+            if exc.code in MISCONDUCT and limit and self._misconduct().bad_frame(limit):
+                chat.metrics.policy_closes.labels("bad_frames").inc()
+                connection.close(POLICY_VIOLATION, f"{limit} bad frames in a row")
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Leave the room and give the connection's place back."""
         chat = chat_of(websocket.scope)
-        if self.connection is not None:
-            self.connection.gone = True
-            await chat.leave(self.connection)
-        if self.admitted:
-            self.admitted = False
-            chat.registry.release()
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        connection = self.connection
+        try:
+            if connection is not None:
+                connection.gone = True
+                code = connection.close_code or close_code
+                if code == SLOW_CONSUMER and (connection.close_code is None or connection.close_reason[:4] == "slow"):
+                    chat.metrics.slow_consumers.inc()
+                line = fields(event="disconnect", room=connection.room, member=connection.member.id, code=code)
+                logger.info("%s", line)
+                await chat.leave(connection)
+        finally:
+            # Even when cancelled while leaving: a place never given back would lock its address out.
+            if self.admitted is not None:
+                chat.access.release(self.admitted)
+                self.admitted = None
+                chat.registry.release()
+                chat.metrics.connections.dec()
+
+    def _rate_limited(self, chat: Chat, connection: Connection, ref: Ref) -> None:
+        """Refuse a frame over the rate limit; close a connection that keeps going over it."""
+        connection.send(encode_error("rate_limited", "too many frames: slow down", ref))
+        chat.metrics.rate_limited.inc()
+        chat.metrics.errors.labels("rate_limited").inc()
+        limit = chat.settings.max_rate_limited_per_minute
+        if limit and self._misconduct().rate_limited(anyio.current_time(), limit):
+            chat.metrics.policy_closes.labels("rate_limited").inc()
+            connection.close(POLICY_VIOLATION, f"{limit} frames over the rate limit within a minute")
+
+    def _misconduct(self) -> Misconduct:
+        if self.misconduct is None:
+            self.misconduct = Misconduct(anyio.current_time())
+        return self.misconduct
 
     async def _answer(self, chat: Chat, connection: Connection, request: object) -> None:
         if isinstance(request, SendText):
@@ -171,10 +244,42 @@ def direct_writer(scope: Scope) -> DirectWriter | None:
     return None if extension is None else cast(DirectWriter, extension["writer"])
 
 
+def client_address(scope: Scope) -> str:
+    """The key the client's address is counted under (uvicorn puts the forwarded address in ``client``)."""
+    client = scope.get("client")
+    return address_key(client[0] if client else None)
+
+
+def close_on_expiry(chat: Chat, connection: Connection, identity: Identity) -> TimerHandle:
+    """A timer (no task) that closes the connection with 1008 when its token expires."""
+
+    def expire() -> None:
+        if connection.is_open:
+            chat.metrics.policy_closes.labels("token_expired").inc()
+            connection.close(POLICY_VIOLATION, "token expired")
+
+    delay = max(0.0, identity.expires - time.time())
+    return asyncio.get_running_loop().call_later(delay, expire)
+
+
+def log_refusal(chat: Chat, address: str, error: ConnectionRefused) -> None:
+    """Count the refusal by reason and log it (a few lines a second at most; never a token)."""
+    chat.metrics.refusals.labels(error.reason).inc()
+    unlogged = chat.refusal_log.allow(time.monotonic())
+    if unlogged is None:
+        return
+    status = error.close_code if isinstance(error, ServerBusy) else error.http_status
+    line = fields(
+        event="refused", address=address, status=status, reason=error.reason, detail=error.detail,
+        unlogged=unlogged or None,
+    )  # fmt: skip
+    logger.info("%s", line)
+
+
 async def refuse(websocket: WebSocket, error: ConnectionRefused) -> None:
     """Refuse before accept: an HTTP status with a JSON body where the server can, else a close frame."""
     if DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
-        body = {"type": "error", "code": "forbidden", "detail": error.detail}
+        body = {"type": "error", "code": error.code, "detail": error.detail}
         await websocket.send_denial_response(JSONResponse(body, status_code=error.http_status))
     else:
         await websocket.close(error.close_code, error.detail)

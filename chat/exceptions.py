@@ -2,6 +2,7 @@
 
 ChatError
  ├── ConfigError               settings that cannot work (raised at startup)
+ ├── ApiError                  an operator's API request answered with HTTP ``status`` and a JSON error
  ├── RequestError              answered with an ``error`` frame; the connection stays open
  │    ├── BadRequest           bad_request
  │    ├── TooLarge             too_large
@@ -10,9 +11,11 @@ ChatError
  │    ├── Unavailable          unavailable (the backend cannot serve right now)
  │    └── Forbidden            forbidden
  └── ConnectionRefused         the connection is refused or closed with ``close_code``
-      ├── InvalidJoin          1008, or HTTP 403 before accept
+      ├── InvalidJoin          1008, or HTTP 403 before accept (bad room or name, origin, rooms claim)
+      │    └── InvalidToken    (chat.auth) missing, expired, badly signed or unusable token
       ├── FrameTooLarge        1009
-      └── ServerBusy           1013
+      ├── ServerBusy           1013
+      └── TooManyConnections   1013, or HTTP 429 before accept (per-address limits)
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ class ChatError(Exception):
 
 class ConfigError(ChatError):
     """A setting has a value the server cannot work with."""
+
+
+class ApiError(ChatError):
+    """An operator's API request the server refuses: HTTP ``status``, JSON ``{"type":"error","code","detail"}``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
 
 
 class RequestError(ChatError):
@@ -73,6 +85,14 @@ class ConnectionRefused(ChatError):
 
     close_code: ClassVar[int]
     http_status: ClassVar[int]
+    code: ClassVar[ErrorCode] = "forbidden"
+    reason = "invalid_join"
+    """What the refusal is counted as (a metrics label)."""
+
+    def __init__(self, detail: str, reason: str | None = None) -> None:
+        super().__init__(detail)
+        if reason is not None:
+            self.reason = reason
 
 
 class InvalidJoin(ConnectionRefused):
@@ -88,3 +108,11 @@ class FrameTooLarge(ConnectionRefused):
 class ServerBusy(ConnectionRefused):
     close_code = 1013
     http_status = 503
+    reason = "server_full"
+
+
+class TooManyConnections(ConnectionRefused):
+    close_code = 1013
+    http_status = 429
+    code = "rate_limited"
+    reason = "connections_per_ip"

@@ -7,12 +7,17 @@ the app also works mounted in a host that never runs the sub-app's lifespan.
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import anyio
 
+from chat.access import Access
 from chat.backends import Backend, open_backend
 from chat.connection import Connection
 from chat.exceptions import Unavailable
+from chat.logs import Throttle, fields
+from chat.metrics import Metrics
 from chat.protocol import JoinRequest, Member, Message, Signal, encode_welcome
 from chat.rooms import RoomRegistry
 from chat.settings import Settings
@@ -20,6 +25,8 @@ from chat.settings import Settings
 logger = logging.getLogger("chat")
 
 GOING_AWAY = 1001
+REFUSAL_LOG_RATE = 10.0
+"""Refusal lines per second at most: a flood of refused handshakes must not become a flood of log lines."""
 
 
 class Chat:
@@ -28,7 +35,13 @@ class Chat:
     def __init__(self, settings: Settings | None = None, backend: Backend | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.backend = backend or open_backend(self.settings)
-        self.registry = RoomRegistry(self.backend, self.settings.max_connections)
+        self.access = Access(self.settings)
+        self.metrics = Metrics(self.settings)
+        self.registry = RoomRegistry(self.backend, self.settings.max_connections, self.metrics)
+        self.backend.on_state = self._backend_state
+        self._backend_up: bool | None = None
+        self.refusal_log = Throttle(REFUSAL_LOG_RATE)
+        self._received = self.metrics.received.labels("member")
         self._started = False
         self._start_lock = anyio.Lock()
 
@@ -40,6 +53,8 @@ class Chat:
             if not self._started:
                 await self.backend.start(self.registry.deliver)
                 self._started = True
+                if self._backend_up is None:
+                    self._backend_state(await self.backend.healthy())
 
     async def stop(self) -> None:
         """Close every connection with 1001 and disconnect the backend."""
@@ -49,13 +64,15 @@ class Chat:
         if self._started:
             self._started = False
             await self.backend.stop()
+        self.metrics.process_stopped(os.getpid())
 
     async def join(self, connection: Connection, request: JoinRequest) -> None:
         """Register the member, announce it, and queue its welcome (history, members, seq, epoch)."""
         await self.start()
-        await self.registry.add(connection)
+        first = await self.registry.add(connection)
         try:
-            await self.backend.join(connection.room, connection.member)
+            if first:
+                await self.backend.join(connection.room, connection.member)
             snapshot = await self.backend.snapshot(connection.room, request.since, request.epoch)
             members = await self.backend.members(connection.room)
         except Unavailable:
@@ -80,10 +97,14 @@ class Chat:
         except Unavailable as exc:
             logger.warning("leave of %s from %s not announced: %s", connection.member.id, connection.room, exc.detail)
 
-    async def publish(self, room: str, sender: Member, text: str) -> Message:
+    async def publish(self, room: str, sender: Member, text: str, source: str = "member") -> Message:
         """Store and deliver a message; raises Unavailable when the backend cannot take it."""
         await self.start()
-        return await self.backend.publish(room, sender, text)
+        started = time.perf_counter()
+        message = await self.backend.publish(room, sender, text)
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        (self._received if source == "member" else self.metrics.received.labels(source)).inc()
+        return message
 
     async def typing(self, room: str, member: Member) -> None:
         """Tell the room's other members that ``member`` is typing."""
@@ -96,9 +117,19 @@ class Chat:
             healthy = await self.backend.healthy()
         except Unavailable:
             healthy = False
+        self._backend_state(healthy)
         return healthy, {
             "status": "ok" if healthy else "degraded",
             "backend": self.backend.name,
             "connections": self.registry.connections,
             "rooms": self.registry.room_count,
         }
+
+    def _backend_state(self, up: bool) -> None:
+        """Log a change of the backend's state and show it in the metrics."""
+        self.metrics.backend_up.set(1 if up else 0)
+        if up != self._backend_up:
+            previous, self._backend_up = self._backend_up, up
+            if previous is not None or not up:
+                log = logger.info if up else logger.warning
+                log("%s", fields(event="backend", state="up" if up else "down", backend=self.backend.name))

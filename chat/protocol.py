@@ -140,7 +140,15 @@ class Restart:
     epoch: str
 
 
-Event = Message | Signal | Restart
+@dataclass(frozen=True)
+class Remove:
+    """The operator removes a member from a room: each process closes that member's connections there."""
+
+    room: str
+    member_id: str
+
+
+Event = Message | Signal | Restart | Remove
 
 
 # --- joining a room ----------------------------------------------------------------------------
@@ -157,11 +165,15 @@ class JoinRequest:
     batch: bool = False
 
 
-def parse_join(room: str, query: Mapping[str, str]) -> JoinRequest:
-    """Validate the room and the query parameters, or raise InvalidJoin saying what is wrong."""
+def parse_join(room: str, query: Mapping[str, str], name: str | None = None) -> JoinRequest:
+    """Validate the room and the query parameters, or raise InvalidJoin saying what is wrong.
+
+    A ``name`` given here (a token's) wins over the query's, which is then not even looked at.
+    """
     if not ROOM_PATTERN.fullmatch(room):
         raise InvalidJoin("invalid room: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
-    name = parse_name(query.get("name"))
+    if name is None:
+        name = parse_name(query.get("name"))
     since = query.get("since")
     epoch = query.get("epoch")
     if since is not None and not (since.isascii() and since.isdigit() and len(since) <= 18):
@@ -257,6 +269,11 @@ def _decode_object(obj: dict[str, Any], max_text: int) -> ClientRequest:
     if not isinstance(kind, str):
         raise BadRequest("a frame needs a string 'type'", ref)
     raise BadRequest(f"unknown type {kind[:32]!r}: expected message, typing, history or ping", ref)
+
+
+def check_text(text: str, max_text: int) -> str:
+    """A message text as every member's must be: not blank, at most ``max_text`` characters, valid Unicode."""
+    return _checked_text(text, max_text, None)
 
 
 def _checked_text(text: str, max_text: int, ref: Ref) -> str:

@@ -11,6 +11,10 @@
   closed with 1013, and a connection still open ``close_timeout`` seconds after its close (or after
   the app finished with it) is reset;
 - a text frame that is not UTF-8 closes with 1007 without a traceback in the log.
+
+``ChatHttpProtocol`` is uvicorn's httptools protocol with a deadline and a size limit for each
+request head, so that half-open handshakes (slowloris) cannot hold sockets and memory. Every log
+handler redacts tokens (``chat.logs.RedactSecrets``): uvicorn prints request lines, query and all.
 """
 
 from __future__ import annotations
@@ -18,14 +22,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import os
+import shutil
 import socket
 import struct
+import tempfile
 from asyncio import TimerHandle
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
@@ -36,6 +45,8 @@ from chat.settings import Settings
 SHUTDOWN_GRACE = 3.0
 DIRECT_EXTENSION = "chat.direct"
 SLOW_CONSUMER = 1013
+MAX_REQUEST_HEAD = 32768
+"""Bytes of request line and headers at most (uvicorn's httptools protocol sets no limit of its own)."""
 
 
 class _Inbox:
@@ -269,31 +280,114 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         super().send_receive_event_to_app()
 
 
+class ChatHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with ``handshake_timeout`` seconds and ``MAX_REQUEST_HEAD`` bytes per request head.
+
+    A client that connects and then sends its request line and headers slowly, or endlessly, gets
+    a 408 or 431 and is disconnected; uvicorn itself waits for a first request forever.
+    """
+
+    _head_timer: TimerHandle | None = None
+    _head_size = 0
+
+    def __init__(self, *args: Any, handshake_timeout: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake_timeout = handshake_timeout
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._expect_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_timer is not None:
+            self._head_size += len(data)
+            if self._head_size > MAX_REQUEST_HEAD:
+                self._refuse_head(b"431 Request Header Fields Too Large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._expect_head()
+
+    def on_headers_complete(self) -> None:
+        self._head_arrived()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_arrived()
+        super().connection_lost(exc)
+
+    def _expect_head(self) -> None:
+        if self._head_timer is None:
+            self._head_size = 0
+            self._head_timer = self.loop.call_later(self.handshake_timeout, self._refuse_head, b"408 Request Timeout")
+
+    def _head_arrived(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse_head(self, status: bytes) -> None:
+        self._head_arrived()
+        if self.transport.is_closing():
+            return
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        self.transport.close()
+
+
 def run(settings: Settings) -> None:
     """Serve the app with uvicorn until SIGTERM or Ctrl-C; workers rebuild ``settings`` from ``CHAT_*``."""
     if settings.workers > 1 and settings.backend.startswith("memory:"):
         raise ConfigError("--workers above 1 needs a shared backend (redis://...): with memory:// rooms would split")
+    own_metrics_dir = None
+    if settings.workers > 1 and settings.metrics and not settings.metrics_dir:
+        own_metrics_dir = tempfile.mkdtemp(prefix="chat-metrics-")
+        settings = settings.replace(metrics_dir=own_metrics_dir)
+    if settings.metrics_dir:
+        prepare_metrics_dir(settings.metrics_dir)
     os.environ.update(settings.to_env())
-    uvicorn.run(
-        "chat.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        ws="chat.server:ChatWebSocketProtocol",
-        ws_max_size=settings.max_frame,
-        ws_ping_interval=settings.ws_ping_interval or None,
-        ws_ping_timeout=settings.ws_ping_timeout or None,
-        ws_per_message_deflate=settings.ws_per_message_deflate,
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE) + 2,
-        log_level=settings.log_level,
-        log_config=log_config(settings.log_level),
-        lifespan="on",
-    )
+    try:
+        uvicorn.run(
+            "chat.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            http=functools.partial(ChatHttpProtocol, handshake_timeout=settings.handshake_timeout),  # type: ignore[arg-type]
+            ws="chat.server:ChatWebSocketProtocol",
+            ws_max_size=settings.max_frame,
+            ws_ping_interval=settings.ws_ping_interval or None,
+            ws_ping_timeout=settings.ws_ping_timeout or None,
+            ws_per_message_deflate=settings.ws_per_message_deflate,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            timeout_graceful_shutdown=int(SHUTDOWN_GRACE) + 2,
+            log_level=settings.log_level,
+            log_config=log_config(settings.log_level),
+            lifespan="on",
+        )
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def prepare_metrics_dir(path: str) -> None:
+    """Make the workers' shared metrics directory, empty of an earlier run's files, and point prometheus-client at it.
+
+    prometheus-client chooses its multiprocess mode from ``PROMETHEUS_MULTIPROC_DIR`` when it is
+    first imported, so this runs before any worker starts.
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
 def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, with the ``chat`` loggers printed the same way."""
+    """uvicorn's logging, with the ``chat`` loggers printed the same way, and secrets redacted from every line."""
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["chat"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    config.setdefault("filters", {})["redact"] = {"()": "chat.logs.RedactSecrets"}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "redact"]
     return config

@@ -9,6 +9,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from dataclasses import field as _field
 from typing import Any
 
 from chat.exceptions import ConfigError
@@ -40,18 +41,45 @@ class Settings:
     ws_ping_timeout: float = 20.0
     ws_per_message_deflate: bool = False
     log_level: str = "info"
+    # Who may connect (off by default: anyone may, under any name).
+    jwt_secret: str = _field(default="", repr=False)
+    jwt_public_key: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    allowed_origins: str = ""
+    # Abuse limits (0 turns each off).
+    max_connections_per_ip: int = 100
+    handshake_rate_per_ip: float = 50.0
+    handshake_burst_per_ip: int = 200
+    max_bad_frames: int = 50
+    max_rate_limited_per_minute: int = 200
+    handshake_timeout: float = 10.0
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # The operator's view.
+    api_key: str = _field(default="", repr=False)
+    metrics: bool = True
+    metrics_dir: str = ""
+
+    @property
+    def auth(self) -> bool:
+        """Whether connections need a signed token."""
+        return bool(self.jwt_secret or self.jwt_public_key)
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the setting."""
         positive = (
             "history_size", "history_on_join", "max_rooms", "max_text", "max_frame",
             "rate_burst", "queue_bytes", "max_connections", "workers", "send_timeout",
-            "presence_ttl",
+            "presence_ttl", "handshake_burst_per_ip", "handshake_timeout",
         )  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:  # "not >" also refuses NaN
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("history_ttl", "rate_per_second", "ws_ping_interval", "ws_ping_timeout"):
+        non_negative = (
+            "history_ttl", "rate_per_second", "ws_ping_interval", "ws_ping_timeout", "max_connections_per_ip",
+            "handshake_rate_per_ip", "max_bad_frames", "max_rate_limited_per_minute",
+        )  # fmt: skip
+        for name in non_negative:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
         if not 0 < self.port < 65536:
@@ -60,6 +88,8 @@ class Settings:
             raise ConfigError("history_on_join must not exceed history_size")
         if "://" not in self.backend:
             raise ConfigError(f"backend must be a URL such as memory:// or redis://host:6379/0, got {self.backend!r}")
+        if self.jwt_secret and self.jwt_public_key:
+            raise ConfigError("set jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 from starlette.websockets import WebSocketDisconnect
 
-from chat.backends.base import Backend, Deliver, Snapshot
+from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
 from chat.protocol import Event, Member, Message, Signal
 from chat.settings import Settings
 
@@ -243,6 +243,15 @@ class GatedBackend(Backend):
         raise NotImplementedError
 
     async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
+        raise NotImplementedError
+
+    async def remove(self, room: str, member_id: str) -> None:
+        raise NotImplementedError
+
+    async def rooms(self) -> list[RoomSummary]:
+        raise NotImplementedError
+
+    async def exists(self, room: str) -> bool:
         raise NotImplementedError
 
     async def healthy(self) -> bool:

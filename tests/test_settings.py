@@ -226,3 +226,48 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "CHAT_MAX_CONNECTIONS_PER_IP", "CHAT_HANDSHAKE_RATE_PER_IP", "CHAT_MAX_BAD_FRAMES",
+        "CHAT_MAX_RATE_LIMITED_PER_MINUTE",
+    ],
+)  # fmt: skip
+def test_abuse_limits_may_be_off_but_not_negative(variable: str) -> None:
+    """Each abuse limit is turned off with 0 and refuses negative values."""
+    name = variable.removeprefix("CHAT_").lower()
+    assert getattr(Settings.from_env({variable: "0"}), name) == 0
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({variable: "-1"})
+
+
+@pytest.mark.parametrize("variable", ["CHAT_HANDSHAKE_TIMEOUT", "CHAT_HANDSHAKE_BURST_PER_IP"])
+def test_handshake_timeout_and_burst_must_be_positive(variable: str) -> None:
+    """A handshake needs some time, and a bucket at least one token."""
+    with pytest.raises(ConfigError, match=variable.removeprefix("CHAT_").lower()):
+        Settings.from_env({variable: "0"})
+
+
+def test_security_defaults_keep_the_local_run_open() -> None:
+    """Out of the box: no auth, no API, metrics on, the documented abuse limits."""
+    settings = Settings()
+    assert not settings.auth
+    assert (settings.api_key, settings.allowed_origins) == ("", "")
+    assert settings.metrics
+    assert (settings.max_connections_per_ip, settings.handshake_rate_per_ip, settings.handshake_burst_per_ip) == (
+        100, 50.0, 200,
+    )  # fmt: skip
+    assert (settings.max_bad_frames, settings.max_rate_limited_per_minute) == (50, 200)
+
+
+def test_to_env_round_trips_the_security_fields() -> None:
+    """Secrets, keys, origins and limits reach worker processes intact."""
+    settings = Settings(
+        jwt_secret="s", jwt_audience="a", jwt_issuer="i", allowed_origins="https://x.example,*",
+        max_connections_per_ip=0, handshake_rate_per_ip=2.5, handshake_burst_per_ip=3, max_bad_frames=4,
+        max_rate_limited_per_minute=5, handshake_timeout=0.5, forwarded_allow_ips="*", api_key="k", metrics=False,
+        metrics_dir="/tmp/m",
+    )  # fmt: skip
+    assert Settings.from_env(settings.to_env()) == settings

@@ -16,6 +16,7 @@ from chat.protocol import Event, Member, Message, Signal
 from chat.settings import Settings
 
 Deliver = Callable[[Event], None]
+StateListener = Callable[[bool], None]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,14 @@ class Snapshot:
     recovered: bool = False
 
 
+@dataclass(frozen=True)
+class RoomSummary:
+    """A room as the operator's listing shows it."""
+
+    room: str
+    members: int
+
+
 class Backend(abc.ABC):
     """One per process. Every coroutine may raise ``Unavailable`` when the backend cannot serve."""
 
@@ -36,6 +45,12 @@ class Backend(abc.ABC):
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
         self.settings = settings
+        self.on_state: StateListener | None = None
+
+    def state_changed(self, up: bool) -> None:
+        """Tell the listener (the app's logs and metrics) that the backend went up or down."""
+        if self.on_state is not None:
+            self.on_state(up)
 
     @abc.abstractmethod
     async def start(self, deliver: Deliver) -> None:
@@ -80,6 +95,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
         """Up to ``limit`` messages with seq below ``before`` (or the latest), oldest first."""
+
+    @abc.abstractmethod
+    async def remove(self, room: str, member_id: str) -> None:
+        """Deliver a ``Remove`` everywhere: every process closes the member's connections in the room."""
+
+    @abc.abstractmethod
+    async def rooms(self) -> list[RoomSummary]:
+        """Every room the backend keeps (with members, or with history not yet expired), cluster-wide."""
+
+    @abc.abstractmethod
+    async def exists(self, room: str) -> bool:
+        """Whether the backend keeps anything of the room."""
 
     @abc.abstractmethod
     async def healthy(self) -> bool:

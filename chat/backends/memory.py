@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Callable
 from itertools import islice
 
-from chat.backends.base import Backend, Deliver, Snapshot
-from chat.protocol import Member, Message, Signal
+from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
+from chat.protocol import Member, Message, Remove, Signal
 from chat.settings import Settings
 
 
@@ -108,6 +108,17 @@ class MemoryBackend(Backend):
         state = self._rooms.get(room)
         return state.before(before, limit) if state else []
 
+    async def remove(self, room: str, member_id: str) -> None:
+        self._send(room, Remove(room, member_id))
+
+    async def rooms(self) -> list[RoomSummary]:
+        self._sweep()
+        return [RoomSummary(room, len(state.members)) for room, state in self._rooms.items()]
+
+    async def exists(self, room: str) -> bool:
+        self._sweep()
+        return room in self._rooms
+
     async def healthy(self) -> bool:
         return True
 
@@ -117,7 +128,7 @@ class MemoryBackend(Backend):
         self._sweep()
         return len(self._rooms)
 
-    def _send(self, room: str, event: Message | Signal) -> None:
+    def _send(self, room: str, event: Message | Signal | Remove) -> None:
         if self._deliver is not None and room in self._subscribed:
             self._deliver(event)
 

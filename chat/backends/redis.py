@@ -8,7 +8,8 @@ Keys of room R (the ``{R}`` hash tag keeps them in one cluster slot), all expiri
     chat:{R}:history   the latest ``history_size`` message frames, oldest first
     chat:{R}:presence  sorted set: member entry -> expiry (ms), kept alive by heartbeats
 
-Channel ``chat:{R}`` carries ``m:<epoch>:<message frame>`` and ``s:<join/leave/typing frame>``.
+Channel ``chat:{R}`` carries ``m:<epoch>:<message frame>``, ``s:<join/leave/typing frame>`` and
+``r:<member id>`` (the operator removes that member: every process closes its connections).
 Publishing is one Lua script: next seq, append to the capped history, publish.
 
 Each process has one pub/sub connection for every room with local members. It remembers the last
@@ -38,14 +39,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from chat.backends.base import Backend, Deliver, Snapshot
+from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
 from chat.exceptions import Unavailable
-from chat.protocol import Member, Message, Restart, Signal, encode_json, message_frame_parts
+from chat.protocol import Member, Message, Remove, Restart, Signal, encode_json, message_frame_parts
 from chat.settings import Settings
 
 logger = logging.getLogger("chat.redis")
 
 CONTROL_CHANNEL = "chat:_control"
+ROOM_SCAN_BATCH = 1000
 SUBSCRIBE_TIMEOUT = 5.0
 STARTUP_WAIT = 2.0
 BACKOFF_FIRST = 0.05
@@ -167,6 +169,11 @@ def _room_of(channel: str) -> str:
     return channel[len("chat:{") : -1]
 
 
+def _room_of_key(key: str) -> str:
+    """The room of a ``chat:{R}:...`` key."""
+    return key[len("chat:{") : key.rindex("}")]
+
+
 def _new_epoch() -> str:
     return secrets.token_urlsafe(9)
 
@@ -222,10 +229,12 @@ class RedisBackend(Backend):
             await self._link_ready.wait()
         if not self._link_up:
             logger.warning("redis at %s not reachable yet; serving degraded until it is", _safe_url(self.url))
+            self.state_changed(False)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         self._pubsub = None  # closing below; members leaving meanwhile must not use the half-closed link
+        self._link_up = False  # stopping on purpose is not the backend going down
         if runner is not None:
             runner.cancel()
             with suppress(asyncio.CancelledError):
@@ -297,6 +306,31 @@ class RedisBackend(Backend):
         frame = Signal("leave", room, member).frame
         await self._call(self._leave, [_keys(room)[3]], [entry, _channel(room), frame])
 
+    async def remove(self, room: str, member_id: str) -> None:
+        try:
+            await self._redis.publish(_channel(room), "r:" + member_id)
+        except (RedisError, OSError) as exc:
+            raise Unavailable("backend unavailable") from exc
+
+    async def rooms(self) -> list[RoomSummary]:
+        try:
+            keys = {key async for key in self._redis.scan_iter("chat:{*}:epoch", ROOM_SCAN_BATCH)}  # SCAN may repeat
+            rooms = sorted(_room_of_key(key) for key in keys)
+            now_ms = time.time_ns() // 1_000_000
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.zcount(_keys(room)[3], now_ms, "+inf")
+                counts = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("backend unavailable") from exc
+        return [RoomSummary(room, int(count)) for room, count in zip(rooms, counts, strict=True)]
+
+    async def exists(self, room: str) -> bool:
+        try:
+            return bool(await self._redis.exists(_keys(room)[0]))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("backend unavailable") from exc
+
     async def members(self, room: str) -> list[Member]:
         entries = await self._call(self._members, [_keys(room)[3]], [])
         return [_member(entry) for entry in entries]
@@ -349,6 +383,8 @@ class RedisBackend(Backend):
             except Exception:
                 logger.exception("redis pub/sub listener failed; restarting it")
             finally:
+                if self._link_up:
+                    self.state_changed(False)
                 self._link_up = False
                 self._pubsub = None
             self.listener_restarts += 1
@@ -382,6 +418,7 @@ class RedisBackend(Backend):
                 self._link_up = self._link_was_up = True
                 self._link_ready.set()
                 logger.info("redis pub/sub link up (%d rooms)", len(self._subscribed))
+                self.state_changed(True)
             else:
                 await self._sync(_room_of(channel))
         elif kind == "message" and channel != CONTROL_CHANNEL:
@@ -407,6 +444,9 @@ class RedisBackend(Backend):
             return  # not (or no longer) subscribed here
         if data.startswith("s:"):
             self._deliver(Signal.from_frame(data[2:]))
+            return
+        if data.startswith("r:"):
+            self._deliver(Remove(room, data[2:]))
             return
         _, epoch, frame = data.split(":", 2)
         message = Message.from_frame(frame)

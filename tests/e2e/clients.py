@@ -239,17 +239,24 @@ async def send_message(ws: ClientConnection, text: str, ref: str | int | None = 
 
 
 async def say(ws: ClientConnection, *texts: str, within: float = WAIT) -> list[int]:
-    """Send messages with refs and wait for every ack; returns their seqs (other frames read meanwhile are dropped)."""
+    """Send messages with refs; wait for every ack and for each message's own echo; returns their seqs.
+
+    Other frames read meanwhile are dropped. The echo is awaited too because an ack may come before
+    it (on Redis the echo makes a round trip through pub/sub), and a test's next read must not find it.
+    """
     refs = {f"say-{index}": index for index in range(len(texts))}
     for ref, index in refs.items():
         await send_message(ws, texts[index], ref)
     seqs: dict[int, int] = {}
+    echoed: set[int] = set()
     with anyio.fail_after(within):
-        while len(seqs) < len(refs):
+        while len(seqs) < len(refs) or not echoed.issuperset(seqs.values()):
             frame = parse(await ws.recv())
             assert frame["type"] != "error", frame
             if frame["type"] == "ack" and frame["ref"] in refs:
                 seqs[refs[frame["ref"]]] = frame["seq"]
+            elif frame["type"] == "message":
+                echoed.add(frame["seq"])
     return [seqs[index] for index in range(len(texts))]
 
 

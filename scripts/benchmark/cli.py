@@ -1,0 +1,475 @@
+"""``scripts/bench``: parse the options, run each scenario against each server, print the tables (or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmark import procfs, report, scenarios
+from benchmark.pool import WorkerError, WorkerPool
+from benchmark.scenarios import Common, FanoutParams, IdleParams, RoomsParams, Row, ScenarioFailed, SlowParams
+from benchmark.servers import KINDS, ROOT, Server, ServerFailed, ServerOptions, redis_available
+
+SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle")
+DEFAULT_SERVERS = ("chat", "chat-redis", "seed", "raw")
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark the chat server against the seed and raw references with real WebSocket clients.",
+        epilog="Each scenario starts every server itself on a free loopback port; ratios between servers are "
+        "the figures that count.",
+    )
+    parser.add_argument("--scenario", default="all", help=f"comma-separated, from {', '.join(SCENARIOS)}, or all")
+    parser.add_argument(
+        "--servers", default=",".join(DEFAULT_SERVERS), help="comma-separated, from " + ", ".join(KINDS)
+    )
+    parser.add_argument("--duration", type=float, help="seconds measured: the fanout window, each rooms step")
+    parser.add_argument(
+        "--members",
+        help="the scenario's size, comma-separated for several: fanout room size (200,1000), slow_consumer room size "
+        "(50), idle connections (5000,15000), rooms connections (2000)",
+    )
+    parser.add_argument("--room-size", type=int, help="rooms: members per room (10)")
+    parser.add_argument("--rooms", type=int, help="idle: rooms the connections spread over (100)")
+    parser.add_argument(
+        "--rates", help="rooms: messages per second per client to try, ascending (0.5 x 1.5^n, then 2 bisection steps)"
+    )
+    parser.add_argument("--p99-limit", type=float, help="rooms: a rate is held while p99 stays under this, ms (100)")
+    parser.add_argument("--messages", type=int, help="slow_consumer: messages to publish (5000)")
+    parser.add_argument("--message-bytes", type=int, help="text size (fanout/rooms 100, slow_consumer 2048)")
+    parser.add_argument("--window", type=int, help="fanout/slow_consumer: unacknowledged messages in flight (10)")
+    parser.add_argument("--clients", type=int, default=2, help="client processes (2)")
+    parser.add_argument(
+        "--client-pace-ms",
+        type=float,
+        default=1.0,
+        help="pause per event-loop iteration of a client process, so that it reads in batches; adds at most "
+        "this to every latency (1.0; 0 reads every frame as it comes, at more CPU for clients and server)",
+    )
+    parser.add_argument("--concurrency", type=int, help="handshakes in flight per client process (100)")
+    parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate (chat gets it on)")
+    parser.add_argument(
+        "--query", action="append", default=[], metavar="K=V", help="extra query parameter on every connection"
+    )
+    parser.add_argument(
+        "--chat-arg", action="append", default=[], metavar="ARG", help="extra argument for python -m chat (repeatable)"
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the server on the first CPU and the clients and harness on the others, so that the server has "
+        "a core of its own (default on with 2 CPUs or more; --no-pin lets the scheduler place everything)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for other processes to leave the CPUs alone (60)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="run a server again when other processes took more than 15%% of a core while it was measured (2)",
+    )
+    parser.add_argument("--server-log-level", default="warning", help="log level of every server (warning)")
+    parser.add_argument("--quick", action="store_true", help="tiny parameters: a smoke run of a few seconds per server")
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout (the tables go to stderr)")
+    parser.add_argument("--logs", type=Path, help="directory for the server logs (default: a temporary one)")
+    return parser
+
+
+def floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+def ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+@dataclasses.dataclass
+class Plan:
+    scenarios: list[str]
+    servers: list[str]
+    common: Common
+    fanout: FanoutParams
+    rooms: RoomsParams
+    slow: SlowParams
+    idle: IdleParams
+
+
+def plan(arguments: argparse.Namespace) -> Plan:
+    chosen = SCENARIOS if arguments.scenario == "all" else tuple(arguments.scenario.split(","))
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)} or all")
+    servers = [name for name in arguments.servers.split(",") if name]
+    unknown = [name for name in servers if name not in KINDS]
+    if unknown:
+        raise SystemExit(f"unknown server {unknown[0]!r}: choose from {', '.join(KINDS)}")
+    query = "".join(f"&{item}" for item in arguments.query)
+    common = Common(deflate=arguments.deflate, query=query)
+    fanout, rooms, slow, idle = FanoutParams(), RoomsParams(), SlowParams(), IdleParams()
+    if arguments.quick:
+        common = dataclasses.replace(common, connect_timeout=5.0)
+        fanout = FanoutParams(members=[20], duration=1.0, warmup=0.3, stall=2.0, drain=3.0)
+        rooms = RoomsParams(connections=40, room_size=10, rates=[1, 5], step=1.0, settle=0.3, refine=0)
+        slow = SlowParams(members=6, messages=300, stall=2.0, limit=8.0, drain=2.0)
+        idle = IdleParams(connections=[60], rooms=5, settle=0.3)
+    members = ints(arguments.members) if arguments.members else None
+    size = arguments.message_bytes
+    if arguments.concurrency:
+        common = dataclasses.replace(common, concurrency=arguments.concurrency)
+    fanout = dataclasses.replace(
+        fanout,
+        members=members or fanout.members,
+        duration=arguments.duration or fanout.duration,
+        window=arguments.window or fanout.window,
+        size=size or fanout.size,
+    )
+    rooms = dataclasses.replace(
+        rooms,
+        connections=members[0] if members else rooms.connections,
+        room_size=arguments.room_size or rooms.room_size,
+        rates=floats(arguments.rates) if arguments.rates else rooms.rates,
+        step=arguments.duration or rooms.step,
+        size=size or rooms.size,
+        p99_limit_ms=arguments.p99_limit or rooms.p99_limit_ms,
+    )
+    slow = dataclasses.replace(
+        slow,
+        members=members[0] if members else slow.members,
+        messages=arguments.messages or slow.messages,
+        size=size or slow.size,
+        window=arguments.window or slow.window,
+    )
+    idle = dataclasses.replace(idle, connections=members or idle.connections, rooms=arguments.rooms or idle.rooms)
+    if slow.members < 3:
+        raise SystemExit("slow_consumer needs at least 3 members (publisher, slow one, one other)")
+    return Plan(list(chosen), servers, common, fanout, rooms, slow, idle)
+
+
+def variants(name: str, plan: Plan) -> list[tuple[str, Callable[[WorkerPool, Server], Row]]]:
+    """The runs of one scenario: (label, run(pool, server)) for each size."""
+    common = plan.common
+    if name == "fanout":
+        return [(f"{members} members", fanout_run(common, plan.fanout, members)) for members in plan.fanout.members]
+    if name == "rooms":
+        label = f"{plan.rooms.connections} conns, rooms of {plan.rooms.room_size}"
+        return [(label, lambda pool, server: scenarios.run_rooms(pool, server, common, plan.rooms))]
+    if name == "slow_consumer":
+        label = f"{plan.slow.members} members, {plan.slow.messages} x {plan.slow.size} B"
+        return [(label, lambda pool, server: scenarios.run_slow_consumer(pool, server, common, plan.slow))]
+    return [(f"{count} conns", idle_run(common, plan.idle, count)) for count in plan.idle.connections]
+
+
+def fanout_run(common: Common, params: FanoutParams, members: int) -> Callable[[WorkerPool, Server], Row]:
+    return lambda pool, server: scenarios.run_fanout(pool, server, common, params, members)
+
+
+def idle_run(common: Common, params: IdleParams, connections: int) -> Callable[[WorkerPool, Server], Row]:
+    return lambda pool, server: scenarios.run_idle(pool, server, common, params, connections)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+QUIET_CPU = 0.10
+"""Other processes are quiet while they use less than this share of one core."""
+
+
+def wait_quiet(pool: WorkerPool, limit: float) -> tuple[float, float]:
+    """Wait (at most ``limit`` s) until processes other than ours use < QUIET_CPU; (seconds waited, their share)."""
+    started = time.monotonic()
+    share = 0.0
+    while True:
+        before = procfs.system_cpu_seconds()[0] - pool.cpu_seconds() - procfs.cpu_seconds(os.getpid())
+        time.sleep(0.5)
+        after = procfs.system_cpu_seconds()[0] - pool.cpu_seconds() - procfs.cpu_seconds(os.getpid())
+        share = (after - before) / 0.5
+        waited = time.monotonic() - started
+        if share < QUIET_CPU or waited >= limit:
+            return waited, share
+
+
+def run_one(
+    pool: WorkerPool,
+    kind_name: str,
+    options: ServerOptions,
+    label: str,
+    run: Callable[[WorkerPool, Server], Row],
+    quiet_wait: float,
+) -> tuple[Row, WorkerPool]:
+    """Start the server, run the scenario, stop the server; any failure becomes the row's ``error``."""
+    row: Row = {"server": kind_name, "variant": label}
+    kind = KINDS[kind_name]
+    if kind.redis and not redis_available():
+        row["error"] = "skipped: no redis-server on PATH"
+        row["skipped"] = True
+        return row, pool
+    if quiet_wait > 0:
+        waited, share = wait_quiet(pool, quiet_wait)
+        if waited > 1:
+            log(f"  waited {waited:.0f} s for other processes to calm down ({100 * share:.0f}% of a core)")
+    started = time.monotonic()
+    server: Server | None = None
+    try:
+        server = Server(kind, options, f"{int(time.time() * 1000)}")
+        row.update(run(pool, server))
+    except (ServerFailed, ScenarioFailed, WorkerError) as exc:
+        row["error"] = str(exc).strip()
+        if server is not None and not server.alive:
+            row["error"] += f"\n{server.log()}"
+    except Exception as exc:  # a bug in the harness must not hide the other servers' results
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        try:
+            pool.call("disconnect", scenarios.DISCONNECT_TIMEOUT + 5, within=scenarios.DISCONNECT_TIMEOUT)
+        except WorkerError as exc:
+            log(f"  client processes did not disconnect ({exc}); restarting them")
+            pool.restart()
+        finally:
+            if server is not None:
+                complaint = server.stop()
+                if complaint:
+                    row.setdefault("note", complaint)
+    row["wall_seconds"] = round(time.monotonic() - started, 1)
+    return row, pool
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for package in ("picows", "websockets", "uvicorn", "starlette", "uvloop", "redis"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "chat_commit": chat_commit(),
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(memory / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def pinning(pin: bool) -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """With ``--pin``: (the server's CPUs, the clients' and the harness's); the harness pins itself."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    server, clients = frozenset(cpus[:1]), frozenset(cpus[1:])
+    os.sched_setaffinity(0, clients)
+    return server, clients
+
+
+def chat_commit() -> str | None:
+    """The commit of the chat server measured, with ``+dirty`` when chat/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "chat"], capture_output=True, text=True, cwd=ROOT, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def raise_file_limit() -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends the run like Ctrl-C: the ``finally`` blocks stop the servers and the clients."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, terminate)
+    the_plan = plan(arguments)
+    soft, _ = raise_file_limit()
+    largest = max([*the_plan.idle.connections, the_plan.rooms.connections, *the_plan.fanout.members])
+    if soft < largest + 200:
+        log(f"warning: RLIMIT_NOFILE is {soft}; runs with {largest} connections will fail (raise ulimit -Hn)")
+    workdir = arguments.logs or Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    server_cpus, client_cpus = pinning(arguments.pin)
+    options = ServerOptions(
+        deflate=arguments.deflate,
+        log_level=arguments.server_log_level,
+        chat_args=tuple(part for arg in arguments.chat_arg for part in shlex.split(arg)),
+        workdir=workdir,
+        cpus=server_cpus,
+    )
+    document: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "scripts/bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "clients": arguments.clients,
+        "client_pace_ms": arguments.client_pace_ms,
+        "pinned": {"server": sorted(server_cpus), "clients": sorted(client_cpus or ())} if server_cpus else None,
+        "deflate": arguments.deflate,
+        "query": the_plan.common.query,
+        "parameters": {
+            "fanout": dataclasses.asdict(the_plan.fanout),
+            "rooms": dataclasses.asdict(the_plan.rooms),
+            "slow_consumer": dataclasses.asdict(the_plan.slow),
+            "idle": dataclasses.asdict(the_plan.idle),
+        },
+        "logs": str(workdir),
+        "results": {},
+    }
+    log(f"chat benchmark: {', '.join(the_plan.scenarios)} on {', '.join(the_plan.servers)}; "
+        f"{arguments.clients} client processes; server logs in {workdir}")  # fmt: skip
+    pool = WorkerPool(arguments.clients, arguments.client_pace_ms / 1000, client_cpus)
+    client_capacity = 100.0 * min(arguments.clients, len(client_cpus or os.sched_getaffinity(0)))
+    tables: list[str] = []
+    try:
+        for name in the_plan.scenarios:
+            rows: list[Row] = []
+            for label, run in variants(name, the_plan):
+                for kind_name in the_plan.servers:
+                    log(f"- {name} [{label}] {kind_name} ...")
+                    for attempt in range(1 + max(0, arguments.retries)):
+                        row, pool = run_one(pool, kind_name, options, label, run, arguments.quiet_wait)
+                        busy = disturbance(row)
+                        log(f"  {summary(name, row)} ({row['wall_seconds']} s)")
+                        if busy <= DISTURBED_PCT or row.get("error"):
+                            break
+                        if attempt < arguments.retries:
+                            log(f"  other processes took up to {busy:.0f}% of a core while measuring: once more")
+                    note_disturbance(row, busy, attempt)
+                    note_client_saturation(row, client_capacity)
+                    rows.append(row)
+            table = report.TABLES[name](rows)
+            tables.append(table)
+            document["results"][name] = rows
+    finally:
+        pool.close()
+    header = describe(document, arguments, server_cpus, client_cpus)
+    output = header + "\n\n" + "\n\n".join(tables)
+    if arguments.json:
+        log(output)
+        print(json.dumps(document, indent=1, default=str))
+    else:
+        print(output)
+    rows = [row for results in document["results"].values() for row in results]
+    return 1 if any(row.get("error") and not row.get("skipped") for row in rows) else 0
+
+
+DISTURBED_PCT = 15.0
+
+
+def describe(
+    document: dict[str, Any],
+    arguments: argparse.Namespace,
+    server_cpus: frozenset[int] | None,
+    client_cpus: frozenset[int] | None,
+) -> str:
+    """The lines above the tables: when, what, on which machine, with which clients."""
+    host = document["machine"]
+    pinned = ""
+    if server_cpus:
+        pinned = f"; server pinned to CPU {sorted(server_cpus)}, clients to {sorted(client_cpus or ())}"
+    return (
+        f"{document['date']}  {document['command']}\n"
+        f"chat at {host['chat_commit']}; machine: {host['cores']} cores ({host['cpu']}), {host['memory_gib']} GiB, "
+        f"Linux {host['kernel']}, Python {host['python']}; {arguments.clients} client processes "
+        f"(picows {host['versions']['picows']} on uvloop, pace {arguments.client_pace_ms:g} ms); "
+        f"deflate {'on' if arguments.deflate else 'off'}{pinned}"
+    )
+
+
+def disturbance(row: Row) -> float:
+    """The most CPU (% of a core) that processes other than ours took in any measurement window of the row."""
+    windows = [row, *row.get("steps", [])]
+    return max(float(window.get("other_cpu_pct") or 0.0) for window in windows)
+
+
+def note_disturbance(row: Row, busy: float, attempt: int) -> None:
+    """Say so on the row when other processes took CPU while it measured."""
+    row["attempts"] = attempt + 1
+    if busy > DISTURBED_PCT:
+        note = f"other processes used up to {busy:.0f}% of a core while measuring: figures disturbed"
+        row["note"] = f"{row['note']}; {note}" if row.get("note") else note
+
+
+def note_client_saturation(row: Row, capacity: float) -> None:
+    """Say so when the client processes used nearly all the CPU they could: the figures may be theirs."""
+    windows = [row, *(step for step in row.get("steps", []) if step.get("held"))]
+    busiest = max(float(window.get("client_cpu_pct") or 0.0) for window in windows)
+    if busiest > 0.9 * capacity:
+        note = f"the clients used {busiest:.0f}% CPU of at most {capacity:.0f}%: they may be the bottleneck"
+        row["note"] = f"{row['note']}; {note}" if row.get("note") else note
+
+
+def summary(name: str, row: Row) -> str:
+    if row.get("error"):
+        return "FAILED: " + str(row["error"]).splitlines()[0]
+    if name == "fanout":
+        return (
+            f"{report.number(row.get('deliveries_per_s'))} deliveries/s, p50 {report.number(row.get('p50_ms'), 2)} ms, "
+            f"p99 {report.number(row.get('p99_ms'), 2)} ms, {report.number(row.get('cpu_ms_per_1k'), 2)} CPU ms/1k, "
+            f"lost {row.get('lost')}, server CPU {report.number(row.get('server_cpu_pct'))}%, "
+            f"client CPU {report.number(row.get('client_cpu_pct'))}%, "
+            f"other {report.number(row.get('other_cpu_pct'))}%"
+        )
+    if name == "rooms":
+        steps = "; ".join(
+            f"{step['rate_per_client']:g}/s: p50 {report.number(step['p50_ms'], 1)} "
+            f"p99 {report.number(step['p99_ms'], 1)} ms {100 * step['delivered_ratio']:.0f}% "
+            f"srv {step['server_cpu_pct']:.0f}% cli {step['client_cpu_pct']:.0f}% "
+            f"other {report.number(step['other_cpu_pct'])}%"
+            for step in row.get("steps", [])
+        )
+        return f"held {report.number(row.get('held_rate_per_client'), 1)} msg/s/client; steps: {steps}"
+    if name == "slow_consumer":
+        return (
+            f"published {row.get('published')}, delivered {report.number(row.get('delivered_pct'), 1)}%, "
+            f"p99 {report.number(row.get('p99_ms'), 2)} ms, peak {report.number(row.get('peak_rss_mb'), 1)} MB, "
+            f"slow closed after {report.number(row.get('slow_closed_s'), 2)} s, stalled {row.get('stalled')}"
+        )
+    return (
+        f"{report.number(row.get('kib_per_connection'), 1)} KiB/conn, "
+        f"{report.number(row.get('handshakes_per_s'))} handshakes/s, open {row.get('open')}, "
+        f"server CPU {report.number(row.get('server_cpu_pct'))}%, "
+        f"client CPU {report.number(row.get('client_cpu_pct'))}%, "
+        f"other {report.number(row.get('other_cpu_pct'))}%"
+    )

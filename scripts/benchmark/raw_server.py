@@ -1,0 +1,76 @@
+"""Reference server ``raw``: the ``websockets`` library alone, fanning out with ``websockets.broadcast()``.
+
+The practical limit for a Python server: ``broadcast`` encodes each frame once and writes it to
+every member's transport synchronously, with no per-member buffer and no backpressure. Same minimal
+protocol as ``seed``: a ``welcome`` on connect, each incoming text wrapped into a ``message`` frame
+with a per-room seq, no acks. Runs on uvloop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import time
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import uvloop
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+from benchmark.reference import encode, message_text
+
+rooms: dict[str, set[ServerConnection]] = {}
+seqs: dict[str, int] = {}
+ids = itertools.count(1)
+
+
+def parse_path(path: str) -> tuple[str, str]:
+    """``/ws/{room}?name=N`` -> (room, name)."""
+    parts = urlsplit(path)
+    room = unquote(parts.path.rsplit("/", 1)[-1])
+    name = parse_qs(parts.query).get("name", ["guest"])[0]
+    return room, name
+
+
+async def chat(websocket: ServerConnection) -> None:
+    room, name = parse_path(websocket.request.path if websocket.request else "/ws/lobby")
+    me = {"id": f"m{next(ids)}", "name": name}
+    welcome = {"type": "welcome", "room": room, "you": me, "members": [], "seq": seqs.get(room, 0)}
+    await websocket.send(encode(welcome))
+    members = rooms.setdefault(room, set())
+    members.add(websocket)
+    try:
+        async for data in websocket:
+            text = message_text(data if isinstance(data, str) else data.decode())
+            seq = seqs[room] = seqs.get(room, 0) + 1
+            frame = {
+                "type": "message",
+                "room": room,
+                "seq": seq,
+                "from": me,
+                "text": text,
+                "ts": int(time.time() * 1000),
+            }
+            broadcast(members, encode(frame))
+    finally:
+        members.discard(websocket)
+
+
+async def serve_forever(host: str, port: int) -> None:
+    async with serve(chat, host, port, max_size=65536) as server:
+        print(f"raw server listening on {host}:{port}", flush=True)
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The raw websockets chat server (benchmark reference).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="warning")
+    arguments = parser.parse_args()
+    logging.basicConfig(level=arguments.log_level.upper())
+    uvloop.run(serve_forever(arguments.host, arguments.port))
+
+
+if __name__ == "__main__":
+    main()

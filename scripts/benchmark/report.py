@@ -1,0 +1,173 @@
+"""The tables: one per scenario, each server on a row, with its ratios to the two reference servers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Row = dict[str, Any]
+Column = tuple[str, Callable[[Row], str]]
+REFERENCES = ("seed", "raw")
+
+
+def number(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and digits == 0:
+        return f"{value:,}"
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def render(title: str, columns: Sequence[Column], rows: Sequence[Row]) -> str:
+    """A plain-text table; a failed row shows its error after the first two columns."""
+    header = [name for name, _ in columns]
+    body: list[list[str]] = []
+    failures: list[str] = []
+    for row in rows:
+        if row.get("error"):
+            cells = [cell(row) for _, cell in columns[:2]] + ["FAILED"] + [""] * (len(columns) - 3)
+            failures.append(f"  {row['server']} ({row.get('variant', '')}): {row['error']}")
+        else:
+            cells = [cell(row) for _, cell in columns]
+        body.append(cells)
+    widths = [max(len(line[index]) for line in [header, *body]) for index in range(len(header))]
+    lines = [title, "  ".join(name.rjust(width) for name, width in zip(header, widths, strict=True))]
+    lines += ["  ".join(text.rjust(width) for text, width in zip(cells, widths, strict=True)) for cells in body]
+    notes = [f"  {row['server']} ({row.get('variant', '')}): {row['note']}" for row in rows if row.get("note")]
+    if notes:
+        lines += ["notes:", *notes]
+    if failures:
+        lines += ["failures:", *failures]
+    return "\n".join(lines)
+
+
+def add_ratios(rows: list[Row], metrics: Sequence[str]) -> None:
+    """``row["ratio"][metric][ref]`` = row's metric / the reference's, within the same variant."""
+    for row in rows:
+        ratios: dict[str, dict[str, float | None]] = {}
+        for metric in metrics:
+            ratios[metric] = {}
+            for reference in REFERENCES:
+                other = next(
+                    (r for r in rows if r["server"] == reference and r.get("variant") == row.get("variant")), None
+                )
+                mine = row.get(metric)
+                theirs = other.get(metric) if other and not other.get("error") else None
+                ok = isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs
+                ratios[metric][reference] = mine / theirs if ok else None  # type: ignore[operator]
+        row["ratio"] = ratios
+
+
+def ratio(metric: str, reference: str) -> Callable[[Row], str]:
+    def cell(row: Row) -> str:
+        value = row.get("ratio", {}).get(metric, {}).get(reference)
+        return "-" if value is None else f"{value:.2f}"
+
+    return cell
+
+
+def field(key: str, digits: int = 0) -> Callable[[Row], str]:
+    return lambda row: number(row.get(key), digits)
+
+
+def server_column() -> Column:
+    return ("server", lambda row: str(row["server"]))
+
+
+def fanout_table(rows: list[Row]) -> str:
+    add_ratios(rows, ["deliveries_per_s", "cpu_ms_per_1k", "p99_ms"])
+    columns: list[Column] = [
+        server_column(),
+        ("members", field("members")),
+        ("deliveries/s", field("deliveries_per_s")),
+        ("/seed", ratio("deliveries_per_s", "seed")),
+        ("/raw", ratio("deliveries_per_s", "raw")),
+        ("p50 ms", field("p50_ms", 2)),
+        ("p99 ms", field("p99_ms", 2)),
+        ("CPU ms/1k deliv", field("cpu_ms_per_1k", 2)),
+        ("/seed", ratio("cpu_ms_per_1k", "seed")),
+        ("/raw", ratio("cpu_ms_per_1k", "raw")),
+        ("lost", field("lost")),
+        ("server CPU%", field("server_cpu_pct")),
+        ("client CPU%", field("client_cpu_pct")),
+        ("other CPU%", field("other_cpu_pct")),
+    ]
+    return render("fanout: one room, one publisher (<= window unacknowledged), every member receives", columns, rows)
+
+
+def rooms_table(rows: list[Row]) -> str:
+    add_ratios(rows, ["held_rate_per_client", "held_cpu_ms_per_1k"])
+
+    def failed_at(row: Row) -> str:
+        if row.get("failed_rate_per_client") is None:
+            return "-"
+        ratio_text = number(100 * (row.get("failed_delivered_ratio") or 0.0))
+        return f"{number(row['failed_rate_per_client'], 1)} (p99 {number(row.get('failed_p99_ms'), 1)}, {ratio_text}%)"
+
+    columns: list[Column] = [
+        server_column(),
+        ("conns", field("connections")),
+        ("held msg/s/client", field("held_rate_per_client", 1)),
+        ("/seed", ratio("held_rate_per_client", "seed")),
+        ("/raw", ratio("held_rate_per_client", "raw")),
+        ("publish/s", field("held_publish_per_s")),
+        ("deliveries/s", field("held_deliveries_per_s")),
+        ("p99 ms", field("held_p99_ms", 1)),
+        ("CPU ms/1k deliv", field("held_cpu_ms_per_1k", 2)),
+        ("next rate failed (p99 ms, delivered)", failed_at),
+        ("client CPU%", field("held_client_cpu_pct")),
+    ]
+    return render("rooms: every client publishes open loop; highest rate held with p99 under the limit", columns, rows)
+
+
+def slow_table(rows: list[Row]) -> str:
+    def closed(row: Row) -> str:
+        value = row.get("slow_closed_s")
+        return "never" if value is None else f"{value:.2f} s"
+
+    columns: list[Column] = [
+        server_column(),
+        ("members", field("members")),
+        ("published", field("published")),
+        ("in s", field("publish_seconds", 1)),
+        ("delivered to others", lambda row: f"{number(row.get('delivered'))} ({number(row.get('delivered_pct'), 1)}%)"),
+        ("complete", field("members_complete")),
+        ("p50 ms", field("p50_ms", 2)),
+        ("p99 ms", field("p99_ms", 2)),
+        ("peak RSS MB", field("peak_rss_mb", 1)),
+        ("+MB", lambda row: number((row.get("peak_rss_mb") or 0) - (row.get("baseline_rss_mb") or 0), 1)),
+        ("slow one closed after", closed),
+        ("stalled", field("stalled")),
+    ]
+    return render("slow_consumer: one member stops reading; what reaches the others", columns, rows)
+
+
+def idle_table(rows: list[Row]) -> str:
+    add_ratios(rows, ["kib_per_connection", "handshakes_per_s"])
+    columns: list[Column] = [
+        server_column(),
+        ("conns", field("connections")),
+        ("KiB/conn", field("kib_per_connection", 1)),
+        ("/seed", ratio("kib_per_connection", "seed")),
+        ("/raw", ratio("kib_per_connection", "raw")),
+        ("handshakes/s", field("handshakes_per_s")),
+        ("/seed", ratio("handshakes_per_s", "seed")),
+        ("/raw", ratio("handshakes_per_s", "raw")),
+        ("CPU ms/handshake", field("cpu_ms_per_handshake", 2)),
+        ("RSS MB", field("rss_mb", 1)),
+        ("server CPU%", field("server_cpu_pct")),
+        ("client CPU%", field("client_cpu_pct")),
+    ]
+    return render("idle: connections that only join; memory per connection, handshakes per second", columns, rows)
+
+
+TABLES: dict[str, Callable[[list[Row]], str]] = {
+    "fanout": fanout_table,
+    "rooms": rooms_table,
+    "slow_consumer": slow_table,
+    "idle": idle_table,
+}
