@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from .clients import WAIT, Frame, joined
+from .clients import WAIT, Frame, RawClient
 from .server_process import StartServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -28,20 +28,27 @@ async def read_lines(ws: ClientConnection, count: int) -> tuple[list[Frame], int
     return frames, messages
 
 
-async def test_batch_member_gets_a_burst_in_fewer_messages(start_server: StartServer) -> None:
+async def test_batch_member_gets_a_burst_in_fewer_messages(start_server: StartServer, backend_url: str) -> None:
     """A burst of 200 messages reaches a batch=1 member complete and in order, packed in fewer messages."""
     server = start_server(rate_per_second=0)
-    async with joined(server, "lobby", "sender") as (sender, _):
-        batch = await connect(server.url("lobby", name="batched", batch=1), open_timeout=WAIT)
-        async with batch:
-            welcome, _ = await read_lines(batch, 1)
-            assert welcome[0]["type"] == "welcome"
-            for index in range(200):
-                await sender.send(json.dumps({"type": "message", "text": f"m{index}"}))
-            frames, messages = await read_lines(batch, 200)
-            assert [frame["text"] for frame in frames] == [f"m{i}" for i in range(200)]
-            assert [frame["seq"] for frame in frames] == list(range(1, 201))
-            assert messages < 200
+    batch = await connect(server.url("lobby", name="batched", batch=1), open_timeout=WAIT)
+    async with batch:
+        welcome, _ = await read_lines(batch, 1)
+        assert welcome[0]["type"] == "welcome"
+        sender = RawClient(server.port, "/ws/lobby?name=sender")
+        try:
+            burst = [json.dumps({"type": "message", "text": f"m{index}"}).encode() for index in range(200)]
+            sender.send_frames(burst)
+            frames, messages = await read_lines(batch, 201)
+        finally:
+            sender.close()
+        frames = [frame for frame in frames if frame["type"] == "message"]
+        assert [frame["text"] for frame in frames] == [f"m{i}" for i in range(200)]
+        assert [frame["seq"] for frame in frames] == list(range(1, 201))
+        if backend_url.startswith("memory"):
+            # In one process a burst read at once is fanned out within one loop turn, so it must be
+            # packed; through Redis frames come back as the network delivers them, packed or not.
+            assert messages < 10
 
 
 async def test_batch_must_be_0_or_1(start_server: StartServer) -> None:
