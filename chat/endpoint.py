@@ -56,6 +56,7 @@ logger = logging.getLogger("chat")
 
 DENIAL_EXTENSION = "websocket.http.response"
 DIRECT_EXTENSION = "chat.direct"
+LEAVE_TIMEOUT = 5.0
 POLICY_VIOLATION = 1008
 SLOW_CONSUMER = 1013
 MISCONDUCT = frozenset({"bad_request", "unsupported", "too_large"})
@@ -235,7 +236,10 @@ class ChatEndpoint(WebSocketEndpoint):
     async def _write(self, chat: Chat, connection: Connection) -> None:
         """Drain the connection's buffer; once it is closed or gone, take the member out of the room."""
         await connection.run()
-        await chat.leave(connection)
+        # Shielded: the receive loop may end now and cancel this task while the leave is half done
+        # (unregistered here, not yet announced), and nobody else would announce it.
+        with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
+            await chat.leave(connection)
 
 
 def direct_writer(scope: Scope) -> DirectWriter | None:
