@@ -19,7 +19,8 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from benchmark.reference import encode, message_text
 
-rooms: dict[str, set[ServerConnection]] = {}
+rooms: dict[str, dict[ServerConnection, None]] = {}
+"""Room -> members in join order (a dict, so that every run sends in the same order, as seed's list does)."""
 seqs: dict[str, int] = {}
 ids = itertools.count(1)
 
@@ -37,8 +38,8 @@ async def chat(websocket: ServerConnection) -> None:
     me = {"id": f"m{next(ids)}", "name": name}
     welcome = {"type": "welcome", "room": room, "you": me, "members": [], "seq": seqs.get(room, 0)}
     await websocket.send(encode(welcome))
-    members = rooms.setdefault(room, set())
-    members.add(websocket)
+    members = rooms.setdefault(room, {})
+    members[websocket] = None
     try:
         async for data in websocket:
             text = message_text(data if isinstance(data, str) else data.decode())
@@ -53,7 +54,7 @@ async def chat(websocket: ServerConnection) -> None:
             }
             broadcast(members, encode(frame))
     finally:
-        members.discard(websocket)
+        members.pop(websocket, None)
 
 
 async def serve_forever(host: str, port: int) -> None:
