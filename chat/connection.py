@@ -27,6 +27,8 @@ from chat.frames import text_frame
 from chat.protocol import Member, Message
 
 SLOW_CONSUMER = 1013
+DIRECT_EXTENSION = "chat.direct"
+"""The ASGI extension through which a server offers a ``DirectWriter`` (``scope["extensions"]``)."""
 
 
 class Sender(Protocol):

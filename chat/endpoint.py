@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket
 
 from chat.abuse import Misconduct, address_key
 from chat.auth import Identity
-from chat.connection import Connection, DirectWriter
+from chat.connection import DIRECT_EXTENSION, SLOW_CONSUMER, Connection, DirectWriter
 from chat.exceptions import (
     ConnectionRefused,
     FrameTooLarge,
@@ -55,10 +55,8 @@ from chat.protocol import (
 logger = logging.getLogger("chat")
 
 DENIAL_EXTENSION = "websocket.http.response"
-DIRECT_EXTENSION = "chat.direct"
 LEAVE_TIMEOUT = 5.0
 POLICY_VIOLATION = 1008
-SLOW_CONSUMER = 1013
 MISCONDUCT = frozenset({"bad_request", "unsupported", "too_large"})
 
 

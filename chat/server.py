@@ -38,13 +38,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from chat.connection import DIRECT_EXTENSION, SLOW_CONSUMER
 from chat.exceptions import ConfigError
 from chat.frames import text_frame
 from chat.settings import Settings
 
 SHUTDOWN_GRACE = 3.0
-DIRECT_EXTENSION = "chat.direct"
-SLOW_CONSUMER = 1013
 MAX_REQUEST_HEAD = 32768
 """Bytes of request line and headers at most (uvicorn's httptools protocol sets no limit of its own)."""
 

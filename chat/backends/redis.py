@@ -214,6 +214,7 @@ class RedisBackend(Backend):
         self._local: dict[str, dict[str, str]] = {}  # room -> member id -> presence entry
         self._pubsub: Any = None
         self._link_up = False
+        self._link_was_up = False  # the current link got as far as subscribing
         self._link_ready = anyio.Event()
         self._runner: asyncio.Task[None] | None = None
         self.listener_restarts = 0
@@ -391,7 +392,6 @@ class RedisBackend(Backend):
             await anyio.sleep(delay)
             delay = BACKOFF_FIRST if self._link_was_up else min(delay * 2, BACKOFF_MAX)
 
-    _link_was_up = False
 
     async def _listen(self) -> None:
         pubsub = self._subscriber.pubsub()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -242,8 +242,8 @@ async def test_two_workers_share_rooms(start_node: Any) -> None:
                     got += frame["type"] == "message"
 
 
-async def test_pubsub_links_killed_while_members_publish(start_node: Any, redis_server: RedisServer) -> None:
-    """CLIENT KILL TYPE pubsub mid-stream: every acked message reaches every member once, in order."""
+async def publish_through(start_node: Any, fault: Callable[[Member, list[int]], Awaitable[None]]) -> None:
+    """Members on two nodes publish while ``fault`` runs; then every acked message reached everyone once, in order."""
     one, two = start_node(), start_node()
     async with members(one, 2, "one-") as on_one, members(two, 2, "two-") as on_two:
         stop, acked, refused = anyio.Event(), list[int](), list[str]()
@@ -251,32 +251,34 @@ async def test_pubsub_links_killed_while_members_publish(start_node: Any, redis_
             tg.start_soon(publish_until, on_one[0], stop, acked, refused)
             tg.start_soon(publish_until, on_two[0], stop, acked, refused)
             await on_one[1].wait_until(lambda: len(on_one[1].seqs()) >= 20)
-            assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") == "2"
-            await on_one[1].wait_until(lambda: len(on_one[1].seqs()) >= 80, within=10)
+            await fault(on_one[1], acked)
             stop.set()
         for member in on_one + on_two:
             await member.wait_until(lambda member=member: set(acked) <= set(member.seqs()), within=10)
             assert_exactly_once_in_order(member, acked)
+
+
+async def test_pubsub_links_killed_while_members_publish(start_node: Any, redis_server: RedisServer) -> None:
+    """CLIENT KILL TYPE pubsub mid-stream: every acked message reaches every member once, in order."""
+
+    async def kill_pubsub_links(watcher: Member, acked: list[int]) -> None:
+        assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") == "2"
+        await watcher.wait_until(lambda: len(watcher.seqs()) >= 80, within=10)
+
+    await publish_through(start_node, kill_pubsub_links)
 
 
 async def test_frozen_redis_while_members_publish(start_node: Any, redis_server: RedisServer) -> None:
     """Redis frozen for 3 s (SIGSTOP/SIGCONT): every acked message reaches every member once, in order."""
-    one, two = start_node(), start_node()
-    async with members(one, 2, "one-") as on_one, members(two, 2, "two-") as on_two:
-        stop, acked, refused = anyio.Event(), list[int](), list[str]()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(publish_until, on_one[0], stop, acked, refused)
-            tg.start_soon(publish_until, on_two[0], stop, acked, refused)
-            await on_one[1].wait_until(lambda: len(on_one[1].seqs()) >= 20)
-            redis_server.freeze()
-            await anyio.sleep(3)  # the fault itself lasts 3 s
-            redis_server.thaw()
-            before = len(acked)
-            await on_one[1].wait_until(lambda: len(acked) >= before + 20, within=15)
-            stop.set()
-        for member in on_one + on_two:
-            await member.wait_until(lambda member=member: set(acked) <= set(member.seqs()), within=10)
-            assert_exactly_once_in_order(member, acked)
+
+    async def freeze_redis(watcher: Member, acked: list[int]) -> None:
+        redis_server.freeze()
+        await anyio.sleep(3)  # the fault itself lasts 3 s
+        redis_server.thaw()
+        before = len(acked)
+        await watcher.wait_until(lambda: len(acked) >= before + 20, within=15)
+
+    await publish_through(start_node, freeze_redis)
 
 
 async def health_status(node: ServerProcess) -> int:
