@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from asyncio import TimerHandle
+from functools import partial
 from typing import cast
 
 import anyio
@@ -38,6 +39,7 @@ from chat.logs import fields
 from chat.protocol import (
     HistoryQuery,
     Member,
+    Message,
     Ping,
     Ref,
     SendText,
@@ -58,6 +60,8 @@ DENIAL_EXTENSION = "websocket.http.response"
 LEAVE_TIMEOUT = 5.0
 POLICY_VIOLATION = 1008
 MISCONDUCT = frozenset({"bad_request", "unsupported", "too_large"})
+MAX_PUBLISHING = 64
+"""A member's messages on their way to the backend at once; beyond that its next frame waits."""
 
 
 def chat_of(scope: Scope) -> Chat:
@@ -78,6 +82,8 @@ class ChatEndpoint(WebSocketEndpoint):
     admitted: str | None = None  # the client address this connection is counted under
     expiry: TimerHandle | None = None
     misconduct: Misconduct | None = None
+    publishing = 0  # messages started and not yet answered
+    _publish_slot: asyncio.Future[None] | None = None
 
     async def dispatch(self) -> None:
         """Run the receive loop; without direct writes, inside a task group that owns the writer."""
@@ -212,13 +218,18 @@ class ChatEndpoint(WebSocketEndpoint):
 
     async def _answer(self, chat: Chat, connection: Connection, request: object) -> None:
         if isinstance(request, SendText):
-            try:
-                message = await chat.publish(connection.room, connection.member, request.text)
-            except Unavailable as exc:
-                exc.ref = request.ref
-                raise
-            if request.ref is not None:
-                connection.send(encode_ack(request.ref, message.seq))
+            # Not awaited: the member's next messages may follow at once (a Redis backend sends
+            # the publishes of one turn in one round trip); the ack goes out when this one is done.
+            started = time.perf_counter()
+            future = chat.start_publish(connection.room, connection.member, request.text)
+            if future.done():
+                self._answer_publish(chat, connection, request.ref, started, future)
+                return
+            self.publishing += 1
+            future.add_done_callback(partial(self._publish_done, chat, connection, request.ref, started))
+            if self.publishing >= MAX_PUBLISHING:
+                self._publish_slot = asyncio.get_running_loop().create_future()
+                await self._publish_slot
         elif isinstance(request, Typing):
             await chat.typing(connection.room, connection.member)
         elif isinstance(request, HistoryQuery):
@@ -230,6 +241,35 @@ class ChatEndpoint(WebSocketEndpoint):
             connection.send(encode_history(connection.room, messages, request.ref))
         elif isinstance(request, Ping):
             connection.send(encode_pong(request.ref))
+
+    def _publish_done(
+        self, chat: Chat, connection: Connection, ref: Ref, started: float, future: asyncio.Future[Message]
+    ) -> None:
+        self.publishing -= 1
+        slot = self._publish_slot
+        if slot is not None and not slot.done():
+            slot.set_result(None)
+        self._answer_publish(chat, connection, ref, started, future)
+
+    def _answer_publish(
+        self, chat: Chat, connection: Connection, ref: Ref, started: float, future: asyncio.Future[Message]
+    ) -> None:
+        """Ack a published message, or answer why it could not be."""
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            chat.published(started)
+            if ref is not None:
+                connection.send(encode_ack(ref, future.result().seq))
+        elif isinstance(error, Unavailable):
+            error.ref = ref
+            connection.send(encode_request_error(error))
+            chat.metrics.errors.labels(error.code).inc()
+        else:
+            logger.error("publishing failed", exc_info=error)
+            connection.send(encode_error("unavailable", "message not published", ref))
+            chat.metrics.errors.labels("unavailable").inc()
 
     async def _write(self, chat: Chat, connection: Connection) -> None:
         """Drain the connection's buffer; once it is closed or gone, take the member out of the room."""

@@ -6,6 +6,7 @@ the app also works mounted in a host that never runs the sub-app's lifespan.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -102,9 +103,21 @@ class Chat:
         await self.start()
         started = time.perf_counter()
         message = await self.backend.publish(room, sender, text)
+        self.published(started, source)
+        return message
+
+    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+        """Publish a member's message without waiting for it (the app has started: the member joined).
+
+        Messages started one after the other get their seqs in that order; call ``published``
+        once the future has the message.
+        """
+        return self.backend.start_publish(room, sender, text)
+
+    def published(self, started: float, source: str = "member") -> None:
+        """Count a published message, and how long it took since ``started`` (``time.perf_counter``)."""
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
         (self._received if source == "member" else self.metrics.received.labels(source)).inc()
-        return message
 
     async def typing(self, room: str, member: Member) -> None:
         """Tell the room's other members that ``member`` is typing."""

@@ -76,6 +76,18 @@ async def test_published_message_carries_room_sender_text_and_time(settings: Set
     assert before <= message.ts <= after
 
 
+async def test_started_publishes_get_seqs_in_call_order(settings: Settings) -> None:
+    """Publishes started without waiting (a member's messages on their way) get their seqs in call order."""
+    room = new_room()
+    async with started(settings) as (backend, sink):
+        await backend.subscribe(room)
+        futures = [backend.start_publish(room, ALICE, f"m{index}") for index in range(1, 41)]
+        messages = [await future for future in futures]
+        assert [(message.seq, message.text) for message in messages] == [(i, f"m{i}") for i in range(1, 41)]
+        received = [await sink.next() for _ in messages]
+    assert received == messages
+
+
 async def test_subscribed_room_messages_are_delivered_in_order(settings: Settings) -> None:
     """Messages of a subscribed room reach ``deliver`` in seq order, as published."""
     room = new_room()

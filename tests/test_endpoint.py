@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -17,7 +18,7 @@ from starlette.websockets import WebSocket
 from chat.app import create_app
 from chat.backends import Snapshot
 from chat.backends.memory import MemoryBackend
-from chat.endpoint import DENIAL_EXTENSION, ChatEndpoint, chat_of
+from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, chat_of
 from chat.exceptions import Unavailable
 from chat.hub import Chat
 from chat.protocol import Member, Message
@@ -397,12 +398,92 @@ async def test_ping_is_answered_with_pong(app: Starlette, task_group: TaskGroup)
     assert await client.next() == {"type": "pong", "ref": None}
 
 
+class Deferred(MemoryBackend):
+    """Publishes wait until ``release``, as they wait for a round trip to Redis."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        super().__init__(url, settings)
+        self.held: list[tuple[str, Member, str, asyncio.Future[Message]]] = []
+        self.holding = anyio.Event()
+        self.hold_count = 1
+
+    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.held.append((room, sender, text, future))
+        if len(self.held) >= self.hold_count:
+            self.holding.set()
+        return future
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for room, sender, text, future in held:
+            future.set_result(self._publish(room, sender, text))
+
+
+def deferred_app() -> tuple[Starlette, Deferred]:
+    settings = Settings(rate_per_second=0)
+    backend = Deferred("memory://", settings)
+    app = create_app(settings)
+    app.state.chat = Chat(settings, backend)
+    return app, backend
+
+
+async def test_messages_on_their_way_do_not_hold_up_the_next_frames(task_group: TaskGroup) -> None:
+    """A member's next frames are answered while its messages wait for the backend; seqs keep the sending order."""
+    app, backend = deferred_app()
+    client = Client(app)
+    await client.join(task_group)
+    for index in range(3):
+        await client.send_json(type="message", text=f"m{index}", ref=f"r{index}")
+    assert await client.ping() == []  # answered although nothing is published yet
+    assert [text for _, _, text, _ in backend.held] == ["m0", "m1", "m2"]
+    backend.release()
+    frames = await client.until("ack") + await client.until("ack") + await client.until("ack")
+    assert [(f["seq"], f["text"]) for f in frames if f["type"] == "message"] == [(1, "m0"), (2, "m1"), (3, "m2")]
+    assert [(f["ref"], f["seq"]) for f in frames if f["type"] == "ack"] == [("r0", 1), ("r1", 2), ("r2", 3)]
+
+
+async def test_a_member_has_at_most_max_publishing_messages_on_their_way(task_group: TaskGroup) -> None:
+    """Past MAX_PUBLISHING unanswered messages the member's next frame waits until one is answered."""
+    app, backend = deferred_app()
+    backend.hold_count = MAX_PUBLISHING
+    client = Client(app)
+    await client.join(task_group)
+
+    async def flood() -> None:
+        for index in range(MAX_PUBLISHING):
+            await client.send_json(type="message", text=f"m{index}", ref=f"r{index}")
+        await client.send_json(type="ping", ref="after")
+
+    task_group.start_soon(flood)
+    with anyio.fail_after(5):
+        await backend.holding.wait()
+    backend.release()
+    frames = await client.until("pong")  # without the bound the pong would come before any ack
+    assert [f["ref"] for f in frames if f["type"] == "ack"] == [f"r{index}" for index in range(MAX_PUBLISHING)]
+
+
+async def test_publish_failing_later_answers_unavailable(task_group: TaskGroup) -> None:
+    """A message the backend fails after a while gets an 'unavailable' error with its ref; the socket stays."""
+    app, backend = deferred_app()
+    client = Client(app)
+    await client.join(task_group)
+    await client.send_json(type="message", text="lost", ref="r")
+    _, _, _, future = backend.held.pop()
+    future.set_exception(Unavailable("backend unavailable"))
+    frame = await client.next()
+    assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unavailable", "r")
+    assert await client.ping() == []
+
+
 async def test_publish_failing_on_the_backend_answers_unavailable(task_group: TaskGroup) -> None:
     """A message the backend cannot take gets an 'unavailable' error echoing its ref; the socket stays."""
 
     class Failing(MemoryBackend):
-        async def publish(self, room: str, sender: Member, text: str) -> Message:
-            raise Unavailable("backend unavailable")
+        def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+            future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            future.set_exception(Unavailable("backend unavailable"))
+            return future
 
     settings = Settings()
     app = create_app(settings)

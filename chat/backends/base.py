@@ -8,6 +8,7 @@ URL scheme and imported lazily, so the Redis client is needed only for ``redis:/
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -71,6 +72,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def publish(self, room: str, sender: Member, text: str) -> Message:
         """Give the message the room's next seq, store it in history and deliver it everywhere."""
+
+    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+        """Publish without waiting: the future gets the message (or ``Unavailable``).
+
+        Messages started one after the other get their seqs in that order, so a member may have
+        several on their way at once. This default runs ``publish`` in a task, which keeps that
+        order only if ``publish`` fixes it before its first await; backends override it.
+        """
+        return asyncio.ensure_future(self.publish(room, sender, text))
 
     @abc.abstractmethod
     async def signal(self, signal: Signal) -> None:

@@ -6,6 +6,7 @@ and reaches the registry in one uninterrupted step: order is the same for every 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections import deque
@@ -67,6 +68,14 @@ class MemoryBackend(Backend):
         self._subscribed.discard(room)
 
     async def publish(self, room: str, sender: Member, text: str) -> Message:
+        return self._publish(room, sender, text)
+
+    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future.set_result(self._publish(room, sender, text))
+        return future
+
+    def _publish(self, room: str, sender: Member, text: str) -> Message:
         state = self._room(room)
         state.seq += 1
         message = Message(room, state.seq, sender, text, time.time_ns() // 1_000_000)

@@ -10,7 +10,9 @@ Keys of room R (the ``{R}`` hash tag keeps them in one cluster slot), all expiri
 
 Channel ``chat:{R}`` carries ``m:<epoch>:<message frame>``, ``s:<join/leave/typing frame>`` and
 ``r:<member id>`` (the operator removes that member: every process closes its connections).
-Publishing is one Lua script: next seq, append to the capped history, publish.
+Publishing is one Lua script: next seq, append to the capped history, publish. The publishes
+that a process starts in one event-loop turn go to Redis in one pipeline, so their pub/sub
+messages come back together and every member gets them in one write.
 
 Each process has one pub/sub connection for every room with local members. It remembers the last
 seq it delivered per room; a seq gap (a dropped link, a node that fell behind) is filled from
@@ -37,7 +39,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
 from chat.exceptions import Unavailable
@@ -178,6 +180,41 @@ def _new_epoch() -> str:
     return secrets.token_urlsafe(9)
 
 
+@dataclass(slots=True)
+class _Publish:
+    """A publish on its way: the script's keys and arguments, and the future its caller awaits."""
+
+    room: str
+    sender: Member
+    text: str
+    ts: int
+    head: str
+    tail: str
+    future: asyncio.Future[Message]
+    keys: list[str]
+    args: list[object]
+
+    def settle(self, reply: Any) -> None:
+        """Resolve the future from the script's reply: ``[seq, epoch]``, or an error."""
+        if self.future.done():
+            return  # its caller was cancelled
+        if isinstance(reply, BaseException):
+            error = Unavailable("backend unavailable")
+            error.__cause__ = reply
+            self.future.set_exception(error)
+            return
+        seq = int(reply[0])
+        message = Message(self.room, seq, self.sender, self.text, self.ts)
+        message.__dict__["frame"] = f"{self.head}{seq}{self.tail}"
+        self.future.set_result(message)
+
+
+def _fail(publishes: list[_Publish]) -> None:
+    for publish in publishes:
+        if not publish.future.done():
+            publish.future.set_exception(Unavailable("backend unavailable"))
+
+
 @dataclass
 class _Cursor:
     """The last seq this process delivered in a room, under which epoch."""
@@ -217,6 +254,8 @@ class RedisBackend(Backend):
         self._link_was_up = False  # the current link got as far as subscribing
         self._link_ready = anyio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._publishes: list[_Publish] = []  # started, not yet sent
+        self._publisher: asyncio.Task[None] | None = None
         self.listener_restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -233,6 +272,11 @@ class RedisBackend(Backend):
             self.state_changed(False)
 
     async def stop(self) -> None:
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.cancel()
+            with suppress(asyncio.CancelledError):
+                await publisher
         runner, self._runner = self._runner, None
         self._pubsub = None  # closing below; members leaving meanwhile must not use the half-closed link
         self._link_up = False  # stopping on purpose is not the backend going down
@@ -277,14 +321,7 @@ class RedisBackend(Backend):
                 await self._pubsub.unsubscribe(_channel(room))
 
     async def publish(self, room: str, sender: Member, text: str) -> Message:
-        ts = time.time_ns() // 1_000_000
-        head, tail = message_frame_parts(room, sender, text, ts)
-        epoch_key, seq_key, history_key, _ = _keys(room)
-        args = [_new_epoch(), self._ttl, head, tail, self.settings.history_size, _channel(room)]
-        seq, _ = await self._call(self._publish, [epoch_key, seq_key, history_key], args)
-        message = Message(room, int(seq), sender, text, ts)
-        message.__dict__["frame"] = f"{head}{seq}{tail}"
-        return message
+        return await self.start_publish(room, sender, text)
 
     async def signal(self, signal: Signal) -> None:
         try:
@@ -359,6 +396,61 @@ class RedisBackend(Backend):
             return await script(keys=list(keys), args=list(args))
         except (RedisError, OSError) as exc:
             raise Unavailable("backend unavailable") from exc
+
+    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+        ts = time.time_ns() // 1_000_000
+        head, tail = message_frame_parts(room, sender, text, ts)
+        epoch_key, seq_key, history_key, _ = _keys(room)
+        loop = asyncio.get_running_loop()
+        publish = _Publish(
+            room, sender, text, ts, head, tail, loop.create_future(),
+            [epoch_key, seq_key, history_key],
+            [_new_epoch(), self._ttl, head, tail, self.settings.history_size, _channel(room)],
+        )  # fmt: skip
+        self._publishes.append(publish)
+        if self._publisher is None:
+            self._publisher = loop.create_task(self._publish_queued(), name="chat-redis-publish")
+        return publish.future
+
+    async def _publish_queued(self) -> None:
+        """Send what queued as one pipeline, wait for its replies, repeat; one pipeline at a time keeps order."""
+        try:
+            while self._publishes:
+                batch, self._publishes = self._publishes, []
+                try:
+                    replies = await self._run_publishes(batch)
+                except (RedisError, OSError) as exc:
+                    replies = [exc] * len(batch)
+                except Exception as exc:
+                    logger.exception("redis publish failed")
+                    replies = [exc] * len(batch)
+                except BaseException:  # cancelled (the backend stops): nobody may wait forever
+                    _fail(batch)
+                    raise
+                for publish, reply in zip(batch, replies, strict=True):
+                    publish.settle(reply)
+        finally:
+            self._publisher = None
+            _fail(self._publishes)
+            self._publishes = []
+
+    async def _run_publishes(self, batch: list[_Publish]) -> list[Any]:
+        """One round trip; a script Redis lost (it restarted) is loaded again and those publishes sent again."""
+        replies = await self._pipeline(batch)
+        missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # NOSCRIPT: those did not run
+            self._publish.sha = await self._redis.script_load(self._publish.script)
+            again = await self._pipeline([batch[index] for index in missing])
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
+        return replies
+
+    async def _pipeline(self, batch: list[_Publish]) -> list[Any]:
+        sha = self._publish.sha
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for publish in batch:
+                pipe.execute_command("EVALSHA", sha, len(publish.keys), *publish.keys, *publish.args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
         keys = list(_keys(room)[:3])
