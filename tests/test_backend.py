@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -551,3 +552,17 @@ async def test_memory_events_go_nowhere_before_start() -> None:
     await backend.stop()
     await publish(backend, "lobby", 1)
     assert sink.pending() == []
+
+
+async def test_memory_history_costs_the_garbage_collector_nothing() -> None:
+    """Stored messages hold atomic values only, so a full history is not walked by every collection."""
+    settings = Settings(history_size=5, history_on_join=5)
+    backend = MemoryBackend("memory://", settings)
+    room = new_room()
+    await publish(backend, room, 8)
+    gc.collect()
+    history = backend._rooms[room].history
+    assert len(history) == 5
+    assert not any(gc.is_tracked(entry) for entry in history)
+    recent = await backend.history(room, None, 5)
+    assert [(m.seq, m.sender, m.text) for m in recent] == [(seq, ALICE, f"m{seq}") for seq in range(4, 9)]

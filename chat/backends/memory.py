@@ -10,36 +10,53 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import islice
 
 from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
 from chat.protocol import Member, Message, Remove, Signal
 from chat.settings import Settings
 
+_Stored = tuple[int, str, str, str, int, str]
+"""A message in history: seq, sender id, sender name, text, ts, frame. Atomic values only, so the
+garbage collector stops tracking it: a full history costs no time in collections."""
+
 
 class _Room:
-    __slots__ = ("epoch", "history", "members", "seq")
+    __slots__ = ("epoch", "history", "members", "name", "seq")
 
-    def __init__(self, history_size: int) -> None:
+    def __init__(self, name: str, history_size: int) -> None:
+        self.name = name
         self.epoch = secrets.token_urlsafe(9)
         self.seq = 0
-        self.history: deque[Message] = deque(maxlen=history_size)
+        self.history: deque[_Stored] = deque(maxlen=history_size)
         self.members: dict[str, Member] = {}
+
+    def store(self, message: Message) -> None:
+        sender = message.sender
+        self.history.append((message.seq, sender.id, sender.name, message.text, message.ts, message.frame))
 
     def after(self, seq: int) -> list[Message] | None:
         """Every retained message with seq above ``seq``, or None when some of them are gone."""
-        oldest = self.history[0].seq if self.history else self.seq + 1
+        oldest = self.history[0][0] if self.history else self.seq + 1
         if seq + 1 < oldest or seq > self.seq:
             return None
-        return list(islice(self.history, seq + 1 - oldest, None))
+        return self._messages(islice(self.history, seq + 1 - oldest, None))
 
     def before(self, seq: int | None, limit: int) -> list[Message]:
         """Up to ``limit`` messages with seq below ``seq``, oldest first."""
         if not self.history:
             return []
-        end = len(self.history) if seq is None else max(0, min(len(self.history), seq - self.history[0].seq))
-        return list(islice(self.history, max(0, end - limit), end))
+        end = len(self.history) if seq is None else max(0, min(len(self.history), seq - self.history[0][0]))
+        return self._messages(islice(self.history, max(0, end - limit), end))
+
+    def _messages(self, stored: Iterable[_Stored]) -> list[Message]:
+        messages = []
+        for seq, sender_id, sender_name, text, ts, frame in stored:
+            message = Message(self.name, seq, Member(sender_id, sender_name), text, ts)
+            message.__dict__["frame"] = frame
+            messages.append(message)
+        return messages
 
 
 class MemoryBackend(Backend):
@@ -79,7 +96,7 @@ class MemoryBackend(Backend):
         state = self._room(room)
         state.seq += 1
         message = Message(room, state.seq, sender, text, time.time_ns() // 1_000_000)
-        state.history.append(message)
+        state.store(message)
         if not state.members:
             self._mark_idle(room)
         self._send(room, message)
@@ -145,7 +162,7 @@ class MemoryBackend(Backend):
         self._sweep()
         state = self._rooms.get(room)
         if state is None:
-            state = self._rooms[room] = _Room(self.settings.history_size)
+            state = self._rooms[room] = _Room(room, self.settings.history_size)
             self._mark_idle(room)
         return state
 
