@@ -10,7 +10,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
@@ -44,9 +44,19 @@ class Member:
 
     id: str
     name: str
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, str]:
         return {"id": self.id, "name": self.name}
+
+    @property
+    def json(self) -> str:
+        """``as_dict()`` as JSON, encoded once: it goes into every frame the member's name appears in."""
+        encoded = self._json
+        if encoded is None:
+            encoded = _dumps(self.as_dict())
+            object.__setattr__(self, "_json", encoded)
+        return encoded
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ class Message:
 def message_frame_parts(room: str, sender: Member, text: str, ts: int) -> tuple[str, str]:
     """A message frame in two parts, to be joined around its seq (which a backend may assign)."""
     head = '{"type":"message","room":' + _dumps(room) + ',"seq":'
-    tail = ',"from":' + _dumps(sender.as_dict()) + ',"text":' + _dumps(text) + ',"ts":' + str(ts) + "}"
+    tail = ',"from":' + sender.json + ',"text":' + _dumps(text) + ',"ts":' + str(ts) + "}"
     return head, tail
 
 
@@ -111,7 +121,7 @@ class Signal:
     @cached_property
     def frame(self) -> str:
         key = "from" if self.kind == "typing" else "member"
-        return _dumps({"type": self.kind, "room": self.room, key: self.member.as_dict()})
+        return f'{{"type":"{self.kind}","room":{_dumps(self.room)},"{key}":{self.member.json}}}'
 
 
     @cached_property
@@ -321,18 +331,12 @@ def encode_welcome(
     recovered: bool,
 ) -> str:
     """The first frame a member gets; history items are the stored message frames, oldest first."""
-    head = _dumps(
-        {
-            "type": "welcome",
-            "room": room,
-            "you": you.as_dict(),
-            "members": [member.as_dict() for member in members],
-            "seq": seq,
-            "epoch": epoch,
-            "recovered": recovered,
-        }
-    )
-    return head[:-1] + ',"history":[' + ",".join(message.frame for message in history) + "]}"
+    return (
+        '{"type":"welcome","room":' + _dumps(room) + ',"you":' + you.json
+        + ',"members":[' + ",".join(member.json for member in members)
+        + f'],"seq":{seq},"epoch":{_dumps(epoch)},"recovered":{"true" if recovered else "false"},"history":['
+        + ",".join(message.frame for message in history) + "]}"
+    )  # fmt: skip
 
 
 def encode_ack(ref: Ref, seq: int) -> str:

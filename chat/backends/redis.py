@@ -593,9 +593,11 @@ def _safe_url(url: str) -> str:
 
 def _entry(member: Member) -> str:
     """A member as its presence entry (the JSON of its ``{"id", "name"}``)."""
-    return encode_json(member.as_dict())
+    return member.json
 
 
 def _member(entry: str) -> Member:
     data = json.loads(entry)
-    return Member(data["id"], data["name"])
+    member = Member(data["id"], data["name"])
+    object.__setattr__(member, "_json", entry)  # the entry is its JSON already
+    return member
