@@ -111,6 +111,41 @@ class _Flag:
         await waiter
 
 
+class _Flusher:
+    """Flushes every socket written to in this event-loop turn: one callback per turn, not one per socket."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[ChatWebSocketProtocol] = []
+        self._scheduled = False
+
+    def add(self, protocol: ChatWebSocketProtocol) -> None:
+        self._dirty.append(protocol)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for protocol in dirty:
+            protocol._flush()
+
+
+_flushers: dict[asyncio.AbstractEventLoop, _Flusher] = {}
+
+
+def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        if len(_flushers) > 8:  # loops of finished servers (tests); one per process otherwise
+            _flushers.clear()
+        flusher = _flushers[loop] = _Flusher(loop)
+    return flusher
+
+
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O websockets protocol with direct writes, releasing sockets whose peer stopped reading."""
 
@@ -126,6 +161,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         # Lighter stand-ins for uvicorn's per-connection queue and event (memory per idle connection).
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
+        self._flusher = _flusher(self.loop)
 
     # --- the chat.direct extension ----------------------------------------------------------------
 
@@ -145,7 +181,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             if batched is None:
                 batched = self._batched = []
                 if self._pending is None:
-                    self.loop.call_soon(self._flush)
+                    self._flusher.add(self)
             batched.append(frame)
             self._pending_size += len(frame)
             return
@@ -155,7 +191,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         if pending is None:
             pending = self._pending = []
             if self._batched is None:
-                self.loop.call_soon(self._flush)
+                self._flusher.add(self)
         pending.append(wire)
         self._pending_size += len(wire)
 
