@@ -132,9 +132,19 @@ class Connection:
 
     def deliver(self, message: Message) -> None:
         """Queue a room message unless this member already has it (seq at or below ``last_seq``)."""
-        if message.seq > self.last_seq:
-            self.last_seq = message.seq
-            self._push(message.frame, message.seq, message.wire if self._writer is not None else None)
+        seq = message.seq
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        writer = self._writer
+        if writer is None or not self._welcomed:
+            self._push(message.frame, seq, None if writer is None else message.wire)
+        elif self.close_code is None and not self.gone:  # the hot path of every broadcast, inlined
+            wire = message.wire
+            if writer.direct_buffered() + len(wire) > self._limit:
+                self.close(SLOW_CONSUMER, "slow consumer: outbound buffer full")
+            else:
+                writer.direct_write(message.frame, wire)
 
     def welcome(self, frame: str, seq: int) -> None:
         """Send the welcome frame first, then what queued meanwhile that its history does not hold.
