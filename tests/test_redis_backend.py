@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from contextlib import asynccontextmanager
 
 import anyio
@@ -191,3 +192,35 @@ async def test_redis_restarted_empty_restarts_the_room(redis_server: RedisServer
         restart = next(e for e in b.events if isinstance(e, Restart))
         assert restart.epoch != old_epoch
         await b.wait_until(lambda: b.seqs()[-1:] == [1] and len(b.seqs()) == 2)
+
+
+async def test_publishes_on_their_way_fail_when_the_backend_stops(redis_server: RedisServer) -> None:
+    """Stopping with publishes started but not sent, or sent and not answered, fails them: nobody waits forever."""
+    async with nodes(redis_server.url, count=1) as (node,):
+        queued = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"m{index}") for index in range(3)]
+        await node.backend.stop()
+    for future in queued:
+        with anyio.fail_after(5), pytest.raises(Unavailable):
+            await future
+
+
+async def test_publishes_of_one_turn_share_a_round_trip(redis_server: RedisServer) -> None:
+    """Publishes started in one turn go in one pipeline; later ones wait for it and keep their order."""
+    async with nodes(redis_server.url, count=1) as (node,):
+        backend = node.backend
+        await backend.publish(ROOM, Member("m1", "ann"), "first")  # Redis learns the script (NOSCRIPT otherwise)
+        pipelines: list[int] = []
+        send = backend._pipeline
+
+        async def counted(batch: list[Any]) -> list[Any]:
+            pipelines.append(len(batch))
+            return await send(batch)
+
+        backend._pipeline = counted  # type: ignore[method-assign]
+        first = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"a{index}") for index in range(5)]
+        await anyio.sleep(0)  # the pipeline of the first five is on its way
+        second = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"b{index}") for index in range(5)]
+        seqs = [(await future).seq for future in first + second]
+        assert seqs == list(range(2, 12))
+        assert pipelines == [5, 5]
+        await node.wait_until(lambda: node.seqs() == list(range(1, 12)))

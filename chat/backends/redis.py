@@ -277,6 +277,8 @@ class RedisBackend(Backend):
             publisher.cancel()
             with suppress(asyncio.CancelledError):
                 await publisher
+        _fail(self._publishes)  # a publisher cancelled before it ran failed nothing
+        self._publishes = []
         runner, self._runner = self._runner, None
         self._pubsub = None  # closing below; members leaving meanwhile must not use the half-closed link
         self._link_up = False  # stopping on purpose is not the backend going down
