@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from chat.backends.redis import RedisBackend
@@ -218,7 +219,7 @@ async def test_publishes_of_one_turn_share_a_round_trip(redis_server: RedisServe
 
         backend._pipeline = counted  # type: ignore[method-assign]
         first = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"a{index}") for index in range(5)]
-        await anyio.sleep(0)  # the pipeline of the first five is on its way
+        await anyio.lowlevel.checkpoint()  # the pipeline of the first five is on its way
         second = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"b{index}") for index in range(5)]
         seqs = [(await future).seq for future in first + second]
         assert seqs == list(range(2, 12))
