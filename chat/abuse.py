@@ -82,9 +82,6 @@ class AddressLimits:
         else:
             self._open.pop(key, None)
 
-    def open_connections(self, key: str) -> int:
-        return self._open.get(key, 0)
-
 
 class Misconduct:
     """One connection's record: bad frames in a row, and rate-limited frames in the current minute.

@@ -110,11 +110,6 @@ class Connection:
             writer.batch = batch
 
     @property
-    def direct(self) -> bool:
-        """Whether frames go straight to the socket (no writer task needed)."""
-        return self._writer is not None
-
-    @property
     def is_open(self) -> bool:
         """True until a close is requested or the socket went away."""
         return self.close_code is None and not self.gone

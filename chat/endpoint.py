@@ -29,6 +29,7 @@ from chat.connection import DIRECT_EXTENSION, SLOW_CONSUMER, Connection, DirectW
 from chat.exceptions import (
     ConnectionRefused,
     FrameTooLarge,
+    RateLimited,
     RequestError,
     ServerBusy,
     Unavailable,
@@ -46,7 +47,6 @@ from chat.protocol import (
     Typing,
     decode,
     encode_ack,
-    encode_error,
     encode_history,
     encode_pong,
     encode_request_error,
@@ -73,9 +73,10 @@ def chat_of(scope: Scope) -> Chat:
 
 
 class ChatEndpoint(WebSocketEndpoint):
-    """One member in one room: ``/ws/{room}?name=N&since=S&epoch=E`` (and ``token=T`` when auth is on)."""
+    """One member in one room: ``/ws/{room}?name=N&since=S&epoch=E&batch=1`` (and ``token=T`` when auth is on)."""
 
     encoding = None
+    chat: Chat  # set by on_connect
     task_group: TaskGroup | None = None
     connection: Connection | None = None
     bucket: TokenBucket
@@ -104,7 +105,7 @@ class ChatEndpoint(WebSocketEndpoint):
 
     async def on_connect(self, websocket: WebSocket) -> None:
         """Check who connects, validate the join, admit the connection, start its writer, join the room."""
-        chat = chat_of(websocket.scope)
+        chat = self.chat = chat_of(websocket.scope)
         settings = chat.settings
         address = client_address(websocket.scope)
         try:
@@ -156,7 +157,7 @@ class ChatEndpoint(WebSocketEndpoint):
         connection = self.connection
         if connection is None or not connection.is_open:
             return
-        chat = chat_of(websocket.scope)
+        chat = self.chat  # on_connect set it before making the connection
         settings = chat.settings
         if _frame_size(data, settings.max_frame) > settings.max_frame:
             connection.close(FrameTooLarge.close_code, f"frame larger than {settings.max_frame} bytes")
@@ -170,8 +171,7 @@ class ChatEndpoint(WebSocketEndpoint):
                 self.misconduct.good_frame()
             await self._answer(chat, connection, request)
         except RequestError as exc:
-            connection.send(encode_request_error(exc))
-            chat.metrics.errors.labels(exc.code).inc()
+            _refuse_frame(chat, connection, exc)
             limit = settings.max_bad_frames
             if exc.code in MISCONDUCT and limit and self._misconduct().bad_frame(limit):
                 chat.metrics.policy_closes.labels("bad_frames").inc()
@@ -203,9 +203,8 @@ class ChatEndpoint(WebSocketEndpoint):
 
     def _rate_limited(self, chat: Chat, connection: Connection, ref: Ref) -> None:
         """Refuse a frame over the rate limit; close a connection that keeps going over it."""
-        connection.send(encode_error("rate_limited", "too many frames: slow down", ref))
+        _refuse_frame(chat, connection, RateLimited("too many frames: slow down", ref))
         chat.metrics.rate_limited.inc()
-        chat.metrics.errors.labels("rate_limited").inc()
         limit = chat.settings.max_rate_limited_per_minute
         if limit and self._misconduct().rate_limited(anyio.current_time(), limit):
             chat.metrics.policy_closes.labels("rate_limited").inc()
@@ -264,12 +263,10 @@ class ChatEndpoint(WebSocketEndpoint):
                 connection.send(encode_ack(ref, future.result().seq))
         elif isinstance(error, Unavailable):
             error.ref = ref
-            connection.send(encode_request_error(error))
-            chat.metrics.errors.labels(error.code).inc()
+            _refuse_frame(chat, connection, error)
         else:
             logger.error("publishing failed", exc_info=error)
-            connection.send(encode_error("unavailable", "message not published", ref))
-            chat.metrics.errors.labels("unavailable").inc()
+            _refuse_frame(chat, connection, Unavailable("message not published", ref))
 
     async def _write(self, chat: Chat, connection: Connection) -> None:
         """Drain the connection's buffer; once it is closed or gone, take the member out of the room."""
@@ -278,6 +275,12 @@ class ChatEndpoint(WebSocketEndpoint):
         # (unregistered here, not yet announced), and nobody else would announce it.
         with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
             await chat.leave(connection)
+
+
+def _refuse_frame(chat: Chat, connection: Connection, error: RequestError) -> None:
+    """Answer a frame with its ``error`` frame, and count it."""
+    connection.send(encode_request_error(error))
+    chat.metrics.errors.labels(error.code).inc()
 
 
 def direct_writer(scope: Scope) -> DirectWriter | None:

@@ -8,8 +8,7 @@ ChatError
  │    ├── TooLarge             too_large
  │    ├── RateLimited          rate_limited
  │    ├── Unsupported          unsupported
- │    ├── Unavailable          unavailable (the backend cannot serve right now)
- │    └── Forbidden            forbidden
+ │    └── Unavailable          unavailable (the backend cannot serve right now)
  └── ConnectionRefused         the connection is refused or closed with ``close_code``
       ├── InvalidJoin          1008, or HTTP 403 before accept (bad room or name, origin, rooms claim)
       │    └── InvalidToken    (chat.auth) missing, expired, badly signed or unusable token
@@ -74,10 +73,6 @@ class Unsupported(RequestError):
 
 class Unavailable(RequestError):
     code = "unavailable"
-
-
-class Forbidden(RequestError):
-    code = "forbidden"
 
 
 class ConnectionRefused(ChatError):

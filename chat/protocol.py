@@ -58,6 +58,14 @@ class Member:
             object.__setattr__(self, "_json", encoded)
         return encoded
 
+    @classmethod
+    def from_json(cls, encoded: str) -> Member:
+        """A member from its ``json`` (as a backend stored it), keeping that encoding."""
+        data = json.loads(encoded)
+        member = cls(data["id"], data["name"])
+        object.__setattr__(member, "_json", encoded)
+        return member
+
 
 @dataclass(frozen=True)
 class Message:
@@ -91,13 +99,20 @@ class Message:
         return text_frame(self.frame.encode())
 
     @classmethod
+    def with_frame(cls, room: str, seq: int, sender: Member, text: str, ts: int, frame: str) -> Message:
+        """A message whose encoded frame is known already (a backend built or stored it)."""
+        message = cls(room, seq, sender, text, ts)
+        message.__dict__["frame"] = frame  # what the ``frame`` cached property would compute
+        return message
+
+    @classmethod
     def from_frame(cls, frame: str) -> Message:
         """Rebuild a message from its encoded frame (as a backend stored it)."""
         data = json.loads(frame)
         sender = data["from"]
-        message = cls(data["room"], data["seq"], Member(sender["id"], sender["name"]), data["text"], data["ts"])
-        message.__dict__["frame"] = frame
-        return message
+        return cls.with_frame(
+            data["room"], data["seq"], Member(sender["id"], sender["name"]), data["text"], data["ts"], frame
+        )
 
 
 def message_frame_parts(room: str, sender: Member, text: str, ts: int) -> tuple[str, str]:

@@ -120,9 +120,9 @@ class RoomRegistry:
         if isinstance(event, Remove):
             self.remove_member(event.room, event.member_id)
             return
-        frame, wire = event.frame, event.wire
+        frame, wire, sender = event.frame, event.wire, event.member.id
         for connection in members:
-            if connection.member.id != event.member.id:
+            if connection.member.id != sender:
                 connection.send(frame, wire)
 
     def remove_member(self, room: str, member_id: str) -> int:

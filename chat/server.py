@@ -1,10 +1,13 @@
 """Running under uvicorn: the server process, and the websocket protocol it serves with.
 
-``ChatWebSocketProtocol`` is uvicorn's sans-I/O websockets protocol with three changes:
+``ChatWebSocketProtocol`` is uvicorn's sans-I/O websockets protocol with these changes:
 
 - direct writes: it offers the app the ``chat.direct`` ASGI extension, through which whole frames,
   framed once per broadcast, go into the socket's buffer without an await; everything written in
-  one event-loop turn leaves in one write (one system call instead of one per frame);
+  one event-loop turn leaves in one write (one system call instead of one per frame), and for a
+  member that joined with ``batch=1`` in one WebSocket message;
+- lighter per-connection state: a plain list for the app's receive queue, a flag for ``writable``,
+  and the handshake's request and response dropped once accepted;
 - no stuck sockets: uvicorn's own close waits for a send buffer that never drains when the peer
   stopped reading, and its keepalive then closes the transport gracefully, which waits for the same
   buffer. Here a close never waits, a socket that takes nothing for ``stall_timeout`` seconds is
@@ -29,6 +32,7 @@ import shutil
 import socket
 import struct
 import tempfile
+import weakref
 from asyncio import TimerHandle
 from pathlib import Path
 from typing import Any
@@ -114,10 +118,9 @@ class _Flag:
 class _Flusher:
     """Flushes every socket written to in this event-loop turn: one callback per turn, not one per socket."""
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    __slots__ = ("_dirty", "_scheduled")  # no reference to the loop: it keys the flusher weakly
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._dirty: list[ChatWebSocketProtocol] = []
         self._scheduled = False
 
@@ -125,7 +128,7 @@ class _Flusher:
         self._dirty.append(protocol)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._run)
+            protocol.loop.call_soon(self._run)
 
     def _run(self) -> None:
         dirty, self._dirty = self._dirty, []
@@ -134,15 +137,14 @@ class _Flusher:
             protocol._flush()
 
 
-_flushers: dict[asyncio.AbstractEventLoop, _Flusher] = {}
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
 
 
 def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    """The loop's flusher (one per serving loop; gone with it)."""
     flusher = _flushers.get(loop)
     if flusher is None:
-        if len(_flushers) > 8:  # loops of finished servers (tests); one per process otherwise
-            _flushers.clear()
-        flusher = _flushers[loop] = _Flusher(loop)
+        flusher = _flushers[loop] = _Flusher()
     return flusher
 
 
@@ -151,8 +153,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     stall_timeout = 30.0
     batch = False
-    _pending: list[bytes] | None = None
-    _batched: list[str] | None = None
+    _pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
     _pending_size = 0
     _stall_timer: TimerHandle | None = None
 
@@ -176,22 +177,16 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         """Send a text frame in this turn's write; ``wire`` is used as is unless an extension is on."""
         if self.close_sent or self.disconnected:
             return
-        if self.batch:
-            batched = self._batched
-            if batched is None:
-                batched = self._batched = []
-                if self._pending is None:
-                    self._flusher.add(self)
-            batched.append(frame)
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = []
+            self._flusher.add(self)
+        if self.batch:  # the turn's frames leave as one message, joined in _flush
+            pending.append(frame)
             self._pending_size += len(frame)
             return
         if self.conn.extensions:
             wire = self._encode(frame)
-        pending = self._pending
-        if pending is None:
-            pending = self._pending = []
-            if self._batched is None:
-                self._flusher.add(self)
         pending.append(wire)
         self._pending_size += len(wire)
 
@@ -215,14 +210,12 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
-        batched, self._batched = self._batched, None
         self._pending_size = 0
-        if self.disconnected:
+        if self.disconnected or not pending:
             return
-        if batched:
-            pending = pending or []
-            pending.append(self._encode("\n".join(batched)))
-        if pending:
+        if self.batch:
+            self.transport.write(self._encode("\n".join(pending)))
+        else:
             self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def _encode(self, text: str) -> bytes:

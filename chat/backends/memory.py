@@ -51,12 +51,10 @@ class _Room:
         return self._messages(islice(self.history, max(0, end - limit), end))
 
     def _messages(self, stored: Iterable[_Stored]) -> list[Message]:
-        messages = []
-        for seq, sender_id, sender_name, text, ts, frame in stored:
-            message = Message(self.name, seq, Member(sender_id, sender_name), text, ts)
-            message.__dict__["frame"] = frame
-            messages.append(message)
-        return messages
+        return [
+            Message.with_frame(self.name, seq, Member(sender_id, sender_name), text, ts, frame)
+            for seq, sender_id, sender_name, text, ts, frame in stored
+        ]
 
 
 class MemoryBackend(Backend):

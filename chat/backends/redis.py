@@ -10,9 +10,10 @@ Keys of room R (the ``{R}`` hash tag keeps them in one cluster slot), all expiri
 
 Channel ``chat:{R}`` carries ``m:<epoch>:<message frame>``, ``s:<join/leave/typing frame>`` and
 ``r:<member id>`` (the operator removes that member: every process closes its connections).
-Publishing is one Lua script: next seq, append to the capped history, publish. The publishes
-that a process starts in one event-loop turn go to Redis in one pipeline, so their pub/sub
-messages come back together and every member gets them in one write.
+Publishing is one Lua script: next seq, append to the capped history, publish. A process sends
+its publishes as pipelines, one at a time: what was started while one was on its way (at least
+everything started in one event-loop turn) goes in the next, so their pub/sub messages come back
+together and every member gets them in one write.
 
 Each process has one pub/sub connection for every room with local members. It remembers the last
 seq it delivered per room; a seq gap (a dropped link, a node that fell behind) is filled from
@@ -24,7 +25,6 @@ and resubscribes every room; whatever it dies of is logged and it is started aga
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -57,6 +57,7 @@ BACKOFF_MAX = 1.0
 
 # Every script that reads or writes a room's sequence starts here (KEYS: epoch, seq, history;
 # ARGV[1]: a fresh epoch, ARGV[2]: the keys' TTL): a room Redis does not know starts a new epoch.
+# Each such script ends by refreshing the three keys' TTL (after INCR/RPUSH may have made them).
 _ENSURE_EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -64,6 +65,8 @@ if not epoch then
   redis.call('SET', KEYS[1], epoch)
   redis.call('DEL', KEYS[2], KEYS[3])
 end
+"""
+_REFRESH_TTL = """
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 """
 
@@ -75,8 +78,10 @@ local seq = redis.call('INCR', KEYS[2])
 local frame = ARGV[3] .. seq .. ARGV[4]
 redis.call('RPUSH', KEYS[3], frame)
 redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
-for i = 2, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 redis.call('PUBLISH', ARGV[6], 'm:' .. epoch .. ':' .. frame)
+"""
+    + _REFRESH_TTL
+    + """
 return {seq, epoch}
 """
 )
@@ -100,6 +105,9 @@ if first < 0 then first = 0 end
 if first < length then
   for _, frame in ipairs(redis.call('LRANGE', KEYS[3], first, -1)) do table.insert(result, frame) end
 end
+"""
+    + _REFRESH_TTL
+    + """
 return result
 """
 )
@@ -182,17 +190,15 @@ def _new_epoch() -> str:
 
 @dataclass(slots=True)
 class _Publish:
-    """A publish on its way: the script's keys and arguments, and the future its caller awaits."""
+    """A publish on its way: the message without its seq, and the future its caller awaits."""
 
     room: str
     sender: Member
     text: str
     ts: int
-    head: str
+    head: str  # the frame is head + seq + tail
     tail: str
     future: asyncio.Future[Message]
-    keys: list[str]
-    args: list[object]
 
     def settle(self, reply: Any) -> None:
         """Resolve the future from the script's reply: ``[seq, epoch]``, or an error."""
@@ -204,9 +210,9 @@ class _Publish:
             self.future.set_exception(error)
             return
         seq = int(reply[0])
-        message = Message(self.room, seq, self.sender, self.text, self.ts)
-        message.__dict__["frame"] = f"{self.head}{seq}{self.tail}"
-        self.future.set_result(message)
+        self.future.set_result(
+            Message.with_frame(self.room, seq, self.sender, self.text, self.ts, f"{self.head}{seq}{self.tail}")
+        )
 
 
 def _fail(publishes: list[_Publish]) -> None:
@@ -332,7 +338,7 @@ class RedisBackend(Backend):
             raise Unavailable("backend unavailable") from exc
 
     async def join(self, room: str, member: Member) -> None:
-        entry = _entry(member)
+        entry = member.json  # a presence entry is the member's JSON
         presence = _keys(room)[3]
         frame = Signal("join", room, member).frame
         await self._call(self._join, [presence], [entry, self._presence_ms, self._ttl, _channel(room), frame])
@@ -340,7 +346,7 @@ class RedisBackend(Backend):
 
     async def leave(self, room: str, member: Member) -> None:
         local = self._local.get(room, {})
-        entry = local.pop(member.id, None) or _entry(member)
+        entry = local.pop(member.id, None) or member.json
         if not local:
             self._local.pop(room, None)
         frame = Signal("leave", room, member).frame
@@ -373,7 +379,7 @@ class RedisBackend(Backend):
 
     async def members(self, room: str) -> list[Member]:
         entries = await self._call(self._members, [_keys(room)[3]], [])
-        return [_member(entry) for entry in entries]
+        return [Member.from_json(entry) for entry in entries]
 
     async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
         return await self._read_snapshot(room, since, epoch, self.settings.history_on_join)
@@ -402,13 +408,8 @@ class RedisBackend(Backend):
     def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
         ts = time.time_ns() // 1_000_000
         head, tail = message_frame_parts(room, sender, text, ts)
-        epoch_key, seq_key, history_key, _ = _keys(room)
         loop = asyncio.get_running_loop()
-        publish = _Publish(
-            room, sender, text, ts, head, tail, loop.create_future(),
-            [epoch_key, seq_key, history_key],
-            [_new_epoch(), self._ttl, head, tail, self.settings.history_size, _channel(room)],
-        )  # fmt: skip
+        publish = _Publish(room, sender, text, ts, head, tail, loop.create_future())
         self._publishes.append(publish)
         if self._publisher is None:
             self._publisher = loop.create_task(self._publish_queued(), name="chat-redis-publish")
@@ -448,10 +449,16 @@ class RedisBackend(Backend):
         return replies
 
     async def _pipeline(self, batch: list[_Publish]) -> list[Any]:
-        sha = self._publish.sha
+        sha, epoch, ttl, size = self._publish.sha, _new_epoch(), self._ttl, self.settings.history_size
         async with self._redis.pipeline(transaction=False) as pipe:
             for publish in batch:
-                pipe.execute_command("EVALSHA", sha, len(publish.keys), *publish.keys, *publish.args)
+                room = publish.room
+                # KEYS: epoch, seq, history. ARGV: a fresh epoch (used only by a room Redis does not
+                # know; rooms may share one), TTL, frame head and tail, history size, channel.
+                keys = _keys(room)[:3]
+                pipe.execute_command(
+                    "EVALSHA", sha, 3, *keys, epoch, ttl, publish.head, publish.tail, size, _channel(room)
+                )
             return list(await pipe.execute(raise_on_error=False))
 
     async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
@@ -592,14 +599,3 @@ def _safe_url(url: str) -> str:
     netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return parts._replace(netloc=netloc).geturl()
 
-
-def _entry(member: Member) -> str:
-    """A member as its presence entry (the JSON of its ``{"id", "name"}``)."""
-    return member.json
-
-
-def _member(entry: str) -> Member:
-    data = json.loads(entry)
-    member = Member(data["id"], data["name"])
-    object.__setattr__(member, "_json", entry)  # the entry is its JSON already
-    return member

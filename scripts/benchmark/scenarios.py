@@ -160,9 +160,9 @@ def spread(members: list[tuple[str, str, str]], workers: int, first: int = 0) ->
 def source_address(number: int) -> str:
     """The loopback address the ``number``-th connection to a server comes from (PER_ADDRESS to each).
 
-    Real servers see many client addresses; a server that limits connections per address (as chat
-    does, 100 by default) would refuse a benchmark that came from 127.0.0.1 alone. All of
-    127.0.0.0/8 reaches the loopback interface without any configuration.
+    Real servers see many client addresses, and one source address has only the kernel's ephemeral
+    port range (about 28000 ports) towards a server port (chat's per-address limits are off in the
+    benchmark all the same). All of 127.0.0.0/8 reaches the loopback interface without configuration.
     """
     block = number // PER_ADDRESS
     return f"127.{1 + block // 62500}.{block // 250 % 250}.{1 + block % 250}"
