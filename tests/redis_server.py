@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-READY_LINE = "Ready to accept connections"
+READY_LINE = b"Ready to accept connections"
 
 
 def redis_binary() -> str | None:
@@ -31,32 +32,39 @@ class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and return once it accepts connections."""
+        """Start the server and return once it accepts connections; fail if it does not within ``timeout`` s."""
         binary = redis_binary()
         assert binary is not None, "redis-server is not installed"
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", str(self.workdir), "--loglevel", "notice"]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.process.stdout is not None
+        output = self.process.stdout.fileno()
         deadline = time.monotonic() + timeout
-        seen: list[str] = []
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if READY_LINE in line:
-                os.set_blocking(self.process.stdout.fileno(), False)
-                return
+        seen = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(output, selectors.EVENT_READ)
+            while READY_LINE not in seen:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    break  # not ready in time
+                chunk = os.read(output, 65536)  # readable: returns at once
+                if not chunk:
+                    break  # the server exited
+                seen += chunk
+        if READY_LINE in seen:
+            os.set_blocking(output, False)
+            return
         self.kill()
-        raise RuntimeError("redis-server did not start:\n" + "".join(seen[-20:]))
+        lines = seen.decode(errors="replace").splitlines(keepends=True)
+        raise RuntimeError("redis-server did not start:\n" + "".join(lines[-20:]))
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL); its data is gone."""
@@ -84,8 +92,13 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
     def command(self, *args: str) -> str:
-        """Run one command through redis-cli and return its output."""
+        """Run one command through redis-cli and return its output; raise if redis-cli fails.
+
+        redis-cli fails when it cannot reach the server; an error reply is output like any other.
+        """
         cli = shutil.which("redis-cli")
         assert cli is not None, "redis-cli is not installed"
         result = subprocess.run([cli, "-p", str(self.port), *args], capture_output=True, text=True, timeout=10)
+        if result.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout.strip()

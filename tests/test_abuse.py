@@ -73,6 +73,9 @@ def test_handshake_buckets_are_bounded() -> None:
     for address in ("a", "b", "c"):
         assert limits.allow_handshake(address, 0.0)
     assert not limits.allow_handshake("a", 0.0)  # "a" is now the most recently seen
+    assert limits.allow_handshake("d", 0.0)  # one address too many: "b", the least recently seen, goes
+    assert not limits.allow_handshake("a", 0.0)  # "a" was kept: its bucket is still empty
+    assert limits.allow_handshake("b", 0.0)  # "b" was dropped: it starts again with a full bucket
     for index in range(1000):
         limits.allow_handshake(f"x{index}", 0.0)
     assert limits.tracked == 3

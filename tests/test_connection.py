@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -31,12 +33,20 @@ def seqs(frames: list[str]) -> list[int]:
     return [json.loads(frame)["seq"] for frame in frames if json.loads(frame)["type"] == "message"]
 
 
+@asynccontextmanager
+async def running(conn: Connection) -> AsyncIterator[None]:
+    """The connection's writer runs during the block; the block must close it, and the writer return, within WAIT."""
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.run)
+            yield
+
+
 async def test_nothing_is_sent_before_the_welcome() -> None:
     """Frames queued before the welcome wait; the writer sends nothing until welcome() is called."""
     sender = RecordingSender()
     conn = connection(sender)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(conn.run)
+    async with running(conn):
         conn.send("early")
         await anyio.wait_all_tasks_blocked()
         assert sender.recorder.actions == []
@@ -48,8 +58,7 @@ async def test_welcome_goes_first_then_queued_frames_in_order() -> None:
     """After welcome(), the welcome frame is sent first, then what queued meanwhile, oldest first."""
     sender = RecordingSender()
     conn = connection(sender)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(conn.run)
+    async with running(conn):
         conn.send("one")
         conn.send("two")
         conn.welcome(WELCOME, 0)
@@ -69,8 +78,7 @@ async def test_welcome_drops_queued_messages_it_already_holds() -> None:
     conn.deliver(message(6))
     conn.welcome(WELCOME, 5)
     assert conn.buffered == len("signal") + len(message(6).frame)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(conn.run)
+    async with running(conn):
         for expected in (WELCOME, "signal", message(6).frame):
             assert await sender.recorder.next() == Sent(expected)
         conn.close(1000, "done")
@@ -83,8 +91,7 @@ async def test_messages_at_or_below_last_seq_are_not_delivered_twice() -> None:
     conn.welcome(WELCOME, 3)
     for seq in (2, 3, 4, 4, 3, 5):
         conn.deliver(message(seq))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(conn.run)
+    async with running(conn):
         assert await sender.recorder.next() == Sent(WELCOME)
         assert [await sender.recorder.next() for _ in range(2)] == [Sent(message(4).frame), Sent(message(5).frame)]
         conn.close(1000, "done")
@@ -96,8 +103,7 @@ async def test_frames_sent_while_the_writer_waits_wake_it() -> None:
     """A frame queued while the writer is idle is sent without any other nudge."""
     sender = RecordingSender()
     conn = connection(sender)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(conn.run)
+    async with running(conn):
         conn.welcome(WELCOME, 0)
         assert await sender.recorder.next() == Sent(WELCOME)
         await anyio.wait_all_tasks_blocked()
@@ -152,20 +158,31 @@ async def test_welcome_frame_is_not_bounded_by_the_buffer() -> None:
     big = json.dumps({"type": "welcome", "history": ["x" * 100]})
     conn.welcome(big, 0)
     assert conn.is_open
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(conn.run)
+    async with running(conn):
         assert await sender.recorder.next() == Sent(big)
         conn.close(1000, "done")
 
 
 async def test_frames_after_close_are_ignored() -> None:
     """send, deliver and welcome after close change nothing."""
-    conn = connection(RecordingSender())
+    sender = RecordingSender()
+    conn = connection(sender)
     conn.close(1000, "bye")
     conn.send("late")
     conn.deliver(message(1))
     conn.welcome(WELCOME, 0)
     assert conn.buffered == 0
+    with anyio.fail_after(WAIT):
+        await conn.run()
+    assert sender.recorder.actions == [Closed(1000, "bye")]
+    # A direct connection writes as frames come, so there a late frame would reach the socket.
+    writer = StandInWriter()
+    direct = Connection(RecordingSender(), ALICE, "lobby", 10_000, WAIT, writer)
+    direct.close(1000, "bye")
+    direct.send("late")
+    direct.deliver(message(1))
+    direct.welcome(WELCOME, 0)
+    assert (writer.frames, writer.closed) == ([], (1000, "bye"))
 
 
 async def test_first_close_wins() -> None:
@@ -197,12 +214,10 @@ async def test_run_returns_once_closed_while_idle() -> None:
     sender = RecordingSender()
     conn = connection(sender)
     conn.welcome(WELCOME, 0)
-    with anyio.fail_after(WAIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(conn.run)
-            assert await sender.recorder.next() == Sent(WELCOME)
-            await anyio.wait_all_tasks_blocked()
-            conn.close(1001, "going away")
+    async with running(conn):
+        assert await sender.recorder.next() == Sent(WELCOME)
+        await anyio.wait_all_tasks_blocked()
+        conn.close(1001, "going away")
     assert sender.recorder.actions[-1] == Closed(1001, "going away")
 
 
@@ -252,11 +267,9 @@ async def test_close_interrupts_a_stuck_send() -> None:
     sender = RecordingSender(block=True)
     conn = connection(sender, send_timeout=3600)
     conn.welcome(WELCOME, 0)
-    with anyio.fail_after(WAIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(conn.run)
-            await sender.sending.wait()
-            conn.close(1008, "policy")
+    async with running(conn):
+        await sender.sending.wait()
+        conn.close(1008, "policy")
     assert sender.recorder.actions == [Closed(1008, "policy")]
 
 
@@ -278,8 +291,7 @@ async def test_batch_member_gets_what_queued_in_one_message() -> None:
     conn.send('{"n":1}')
     conn.send('{"n":2}')
     conn.welcome(WELCOME, 0)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(conn.run)
+    async with running(conn):
         assert await sender.recorder.next() == Sent(WELCOME)
         assert await sender.recorder.next() == Sent('{"n":1}\n{"n":2}')
         conn.close(1000, "done")

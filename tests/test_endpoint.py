@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import anyio
@@ -103,12 +103,28 @@ class Client:
         return self.endpoint.connection.member
 
 
+MakeApp = Callable[..., Starlette]
+
+
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[Starlette]:
+async def make_app(settings: Settings) -> AsyncIterator[MakeApp]:
+    """Makes chat apps on the backend under test, with settings replaced as given; each is stopped afterwards."""
+    made: list[Starlette] = []
+
+    def make(**changes: Any) -> Starlette:
+        application = create_app(settings.replace(**changes))
+        made.append(application)
+        return application
+
+    yield make
+    for application in made:
+        await chat_of({"app": application}).stop()
+
+
+@pytest.fixture
+def app(make_app: MakeApp) -> Starlette:
     """The chat app on the backend under test; its backend is stopped afterwards."""
-    application = create_app(settings)
-    yield application
-    await chat_of({"app": application}).stop()
+    return make_app()
 
 
 @pytest.fixture
@@ -183,21 +199,18 @@ async def test_invalid_join_without_denial_support_closes_with_1008(app: Starlet
 
 
 async def test_connection_over_the_cap_is_accepted_then_closed_with_1013(
-    settings: Settings, task_group: TaskGroup
+    make_app: MakeApp, task_group: TaskGroup
 ) -> None:
     """Beyond max_connections the socket is accepted and closed with 1013, never registered."""
-    app = create_app(settings.replace(max_connections=1))
-    try:
-        first, second = Client(app), Client(app)
-        await first.join(task_group)
-        await second.connect(task_group)
-        assert second.ws.recorder.actions == [Accepted(), Closed(1013, "server full")]
-        assert chat(app).registry.connections == 1
-        assert chat(app).registry.rooms() == {ROOM: [first.endpoint.connection]}
-        await second.disconnect()
-        assert chat(app).registry.connections == 1
-    finally:
-        await chat(app).stop()
+    app = make_app(max_connections=1)
+    first, second = Client(app), Client(app)
+    await first.join(task_group)
+    await second.connect(task_group)
+    assert second.ws.recorder.actions == [Accepted(), Closed(1013, "server full")]
+    assert chat(app).registry.connections == 1
+    assert chat(app).registry.rooms() == {ROOM: [first.endpoint.connection]}
+    await second.disconnect()
+    assert chat(app).registry.connections == 1
 
 
 async def test_join_failing_on_the_backend_closes_with_1013(task_group: TaskGroup) -> None:
@@ -281,63 +294,51 @@ async def test_bad_request_keeps_the_connection(app: Starlette, task_group: Task
     assert client.endpoint.connection.is_open
 
 
-async def test_frame_over_max_frame_closes_with_1009_and_leaves(settings: Settings, task_group: TaskGroup) -> None:
+async def test_frame_over_max_frame_closes_with_1009_and_leaves(make_app: MakeApp, task_group: TaskGroup) -> None:
     """A frame larger than max_frame bytes closes the socket with 1009; the member leaves the room."""
-    app = create_app(settings.replace(max_frame=100, max_text=50))
-    try:
-        bystander, client = Client(app), Client(app)
-        await bystander.join(task_group)
-        await client.join(task_group)
-        await bystander.until("join")
-        await client.send("é" * 51)  # 51 characters, 102 bytes
-        assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
-        leave = await bystander.until("leave")
-        assert leave[-1]["member"]["id"] == client.member.id
-        assert chat(app).registry.rooms() == {ROOM: [bystander.endpoint.connection]}
-    finally:
-        await chat(app).stop()
+    app = make_app(max_frame=100, max_text=50)
+    bystander, client = Client(app), Client(app)
+    await bystander.join(task_group)
+    await client.join(task_group)
+    await bystander.until("join")
+    await client.send("é" * 51)  # 51 characters, 102 bytes
+    assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
+    leave = await bystander.until("leave")
+    assert leave[-1]["member"]["id"] == client.member.id
+    assert chat(app).registry.rooms() == {ROOM: [bystander.endpoint.connection]}
 
 
-async def test_frame_of_exactly_max_frame_bytes_is_not_closed(settings: Settings, task_group: TaskGroup) -> None:
+async def test_frame_of_exactly_max_frame_bytes_is_not_closed(make_app: MakeApp, task_group: TaskGroup) -> None:
     """A frame of exactly max_frame bytes is not closed: it is handled as usual."""
-    app = create_app(settings.replace(max_frame=100, max_text=50))
-    try:
-        client = Client(app)
-        await client.join(task_group)
-        await client.send("é" * 50)  # 100 bytes: allowed, and 50 characters: fits max_text
-        (message,) = await client.until("message")
-        assert message["text"] == "é" * 50
-    finally:
-        await chat(app).stop()
+    app = make_app(max_frame=100, max_text=50)
+    client = Client(app)
+    await client.join(task_group)
+    await client.send("é" * 50)  # 100 bytes: allowed, and 50 characters: fits max_text
+    (message,) = await client.until("message")
+    assert message["text"] == "é" * 50
 
 
-async def test_binary_frame_over_max_frame_closes_with_1009(settings: Settings, task_group: TaskGroup) -> None:
+async def test_binary_frame_over_max_frame_closes_with_1009(make_app: MakeApp, task_group: TaskGroup) -> None:
     """Binary frames count against max_frame too."""
-    app = create_app(settings.replace(max_frame=100, max_text=50))
-    try:
-        client = Client(app)
-        await client.join(task_group)
-        await client.send(b"x" * 101)
-        assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
-    finally:
-        await chat(app).stop()
+    app = make_app(max_frame=100, max_text=50)
+    client = Client(app)
+    await client.join(task_group)
+    await client.send(b"x" * 101)
+    assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
 
 
-async def test_frames_after_close_are_ignored(settings: Settings, task_group: TaskGroup) -> None:
+async def test_frames_after_close_are_ignored(make_app: MakeApp, task_group: TaskGroup) -> None:
     """Once the connection is closing, further frames get no answer."""
-    app = create_app(settings.replace(max_frame=100, max_text=50))
-    try:
-        client = Client(app)
-        await client.join(task_group)
-        await client.send(b"x" * 101)
-        assert isinstance(await client.ws.recorder.next(), Closed)
-        await client.send_json(type="ping", ref=1)
-        await client.send_json(type="message", text="late")
-        await anyio.wait_all_tasks_blocked()
-        assert client.ws.recorder.pending() == []
-        assert await chat(app).backend.history(ROOM, None, 10) == []
-    finally:
-        await chat(app).stop()
+    app = make_app(max_frame=100, max_text=50)
+    client = Client(app)
+    await client.join(task_group)
+    await client.send(b"x" * 101)
+    assert isinstance(await client.ws.recorder.next(), Closed)
+    await client.send_json(type="ping", ref=1)
+    await client.send_json(type="message", text="late")
+    await anyio.wait_all_tasks_blocked()
+    assert client.ws.recorder.pending() == []
+    assert await chat(app).backend.history(ROOM, None, 10) == []
 
 
 async def test_receive_before_connect_is_ignored(app: Starlette) -> None:
@@ -347,22 +348,19 @@ async def test_receive_before_connect_is_ignored(app: Starlette) -> None:
     assert client.ws.recorder.actions == []
 
 
-async def test_rate_limited_frame_is_refused_and_not_published(settings: Settings, task_group: TaskGroup) -> None:
+async def test_rate_limited_frame_is_refused_and_not_published(make_app: MakeApp, task_group: TaskGroup) -> None:
     """Past the burst a frame gets rate_limited (echoing its ref), is not published, and the socket stays."""
-    app = create_app(settings.replace(rate_burst=2, rate_per_second=0.001))
-    try:
-        client = Client(app)
-        await client.join(task_group)
-        await client.send_json(type="ping", ref=1)
-        await client.send_json(type="ping", ref=2)
-        await client.send_json(type="message", text="too many", ref=3)
-        frames = [await client.next() for _ in range(3)]
-        assert frames[2] == {"type": "error", "code": "rate_limited", "detail": frames[2]["detail"], "ref": 3}
-        assert await chat(app).backend.history(ROOM, None, 10) == []
-        assert client.endpoint.connection is not None
-        assert client.endpoint.connection.is_open
-    finally:
-        await chat(app).stop()
+    app = make_app(rate_burst=2, rate_per_second=0.001)
+    client = Client(app)
+    await client.join(task_group)
+    await client.send_json(type="ping", ref=1)
+    await client.send_json(type="ping", ref=2)
+    await client.send_json(type="message", text="too many", ref=3)
+    frames = [await client.next() for _ in range(3)]
+    assert frames[2] == {"type": "error", "code": "rate_limited", "detail": frames[2]["detail"], "ref": 3}
+    assert await chat(app).backend.history(ROOM, None, 10) == []
+    assert client.endpoint.connection is not None
+    assert client.endpoint.connection.is_open
 
 
 async def test_typing_reaches_the_others_only(app: Starlette, task_group: TaskGroup) -> None:

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from chat.backends.redis import RedisBackend
@@ -52,12 +51,7 @@ async def nodes(url: str, count: int = 2, **settings: float) -> AsyncIterator[li
     try:
         for node in started:
             with anyio.fail_after(10):
-                while True:
-                    try:
-                        await node.backend.subscribe(ROOM)
-                        break
-                    except Unavailable:
-                        await anyio.sleep(0.05)  # the pub/sub link is still connecting
+                await node.backend.subscribe(ROOM)  # waits for the pub/sub link if it is still connecting
         yield started
     finally:
         for node in started:
@@ -77,8 +71,26 @@ async def publish_until(node: Node, member: Member, stop: anyio.Event, acked: li
         await anyio.sleep(0.01)  # pacing, not synchronisation
 
 
-def in_order_without_gaps(seqs: list[int]) -> bool:
-    return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+@asynccontextmanager
+async def publishing(a: Node, b: Node) -> AsyncIterator[list[int]]:
+    """Both nodes publish steadily; the block runs once ``a`` delivered 20, and publishing stops when it ends.
+
+    Yields the seqs Redis acknowledged, filled in as the publishes are answered.
+    """
+    stop, acked = anyio.Event(), list[int]()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(publish_until, a, Member("m1", "ann"), stop, acked)
+        tg.start_soon(publish_until, b, Member("m2", "bob"), stop, acked)
+        await a.wait_until(lambda: len(a.seqs()) >= 20)
+        yield acked
+        stop.set()
+
+
+async def assert_every_ack_arrived(nodes: tuple[Node, ...], acked: list[int]) -> None:
+    """Every node delivers up to the last acked seq, and delivered each seq from 1 once, in order."""
+    for node in nodes:
+        await node.wait_until(lambda node=node: max(node.seqs()) >= max(acked))  # type: ignore[misc]
+        assert node.seqs() == list(range(1, max(node.seqs()) + 1))
 
 
 async def test_message_published_on_one_node_reaches_the_other(redis_server: RedisServer) -> None:
@@ -139,39 +151,25 @@ async def test_recovery_snapshot_works_from_another_node(redis_server: RedisServ
 async def test_pubsub_links_killed_mid_stream_lose_nothing(redis_server: RedisServer) -> None:
     """CLIENT KILL TYPE pubsub while both nodes publish: every acked message arrives once, in order."""
     async with nodes(redis_server.url) as (a, b):
-        stop, acked = anyio.Event(), list[int]()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(publish_until, a, Member("m1", "ann"), stop, acked)
-            tg.start_soon(publish_until, b, Member("m2", "bob"), stop, acked)
-            await a.wait_until(lambda: len(a.seqs()) >= 20)
+        async with publishing(a, b) as acked:
             assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") == "2"
             await a.wait_until(lambda: len(a.seqs()) >= 60)
             await b.wait_until(lambda: len(b.seqs()) >= 60)
-            stop.set()
-        for node in (a, b):
-            await node.wait_until(lambda node=node: max(node.seqs()) >= max(acked))  # type: ignore[misc]
-            assert node.seqs() == list(range(1, max(node.seqs()) + 1))
+        await assert_every_ack_arrived((a, b), acked)
         assert a.backend.listener_restarts >= 1
 
 
 async def test_frozen_redis_loses_nothing(redis_server: RedisServer) -> None:
     """Redis stopped for 3 s (SIGSTOP) while both nodes publish: every acked message arrives once, in order."""
     async with nodes(redis_server.url) as (a, b):
-        stop, acked = anyio.Event(), list[int]()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(publish_until, a, Member("m1", "ann"), stop, acked)
-            tg.start_soon(publish_until, b, Member("m2", "bob"), stop, acked)
-            await a.wait_until(lambda: len(a.seqs()) >= 20)
+        async with publishing(a, b) as acked:
             redis_server.freeze()
             await anyio.sleep(3)  # the fault itself lasts 3 s
             assert not await a.backend.healthy()
             redis_server.thaw()
             before = len(acked)
             await a.wait_until(lambda: len(acked) >= before + 20, within=10)
-            stop.set()
-        for node in (a, b):
-            await node.wait_until(lambda node=node: max(node.seqs()) >= max(acked))  # type: ignore[misc]
-            assert node.seqs() == list(range(1, max(node.seqs()) + 1))
+        await assert_every_ack_arrived((a, b), acked)
 
 
 async def test_redis_restarted_empty_restarts_the_room(redis_server: RedisServer) -> None:
@@ -204,6 +202,24 @@ async def test_publishes_on_their_way_fail_when_the_backend_stops(redis_server: 
         with anyio.fail_after(5), pytest.raises(Unavailable):
             await future
 
+    async with nodes(redis_server.url, count=1) as (node,):
+        backend = node.backend
+        sending, answered = anyio.Event(), anyio.Event()
+
+        async def unanswered(batch: list[Any]) -> list[Any]:
+            sending.set()
+            await answered.wait()  # never set: Redis never answers
+            raise AssertionError("the pipeline was answered")
+
+        backend._pipeline = unanswered  # type: ignore[method-assign]
+        in_flight = [backend.start_publish(ROOM, Member("m1", "ann"), f"s{index}") for index in range(3)]
+        with anyio.fail_after(5):
+            await sending.wait()  # the three are sent, waiting for their replies
+        await backend.stop()
+    for future in in_flight:
+        with anyio.fail_after(5), pytest.raises(Unavailable):
+            await future
+
 
 async def test_publishes_of_one_turn_share_a_round_trip(redis_server: RedisServer) -> None:
     """Publishes started in one turn go in one pipeline; later ones wait for it and keep their order."""
@@ -212,14 +228,17 @@ async def test_publishes_of_one_turn_share_a_round_trip(redis_server: RedisServe
         await backend.publish(ROOM, Member("m1", "ann"), "first")  # Redis learns the script (NOSCRIPT otherwise)
         pipelines: list[int] = []
         send = backend._pipeline
+        sending = anyio.Event()
 
         async def counted(batch: list[Any]) -> list[Any]:
             pipelines.append(len(batch))
+            sending.set()
             return await send(batch)
 
         backend._pipeline = counted  # type: ignore[method-assign]
         first = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"a{index}") for index in range(5)]
-        await anyio.lowlevel.checkpoint()  # the pipeline of the first five is on its way
+        with anyio.fail_after(5):
+            await sending.wait()  # the pipeline of the first five is on its way
         second = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"b{index}") for index in range(5)]
         seqs = [(await future).seq for future in first + second]
         assert seqs == list(range(2, 12))

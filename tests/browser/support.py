@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.e2e.server_process import ServerProcess, free_port, launch
+from tests.e2e.server_process import ServerProcess, free_port, launch, stop_and_check
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -32,7 +32,6 @@ WAIT_MS = 15_000
 """The longest one expectation waits (Playwright's ``expect`` retries until then)."""
 DESKTOP: Mapping[str, int] = {"width": 1280, "height": 800}
 PHONE: Mapping[str, int] = {"width": 360, "height": 740}
-FORBIDDEN_IN_LOG = "Traceback"
 
 
 def missing_browser() -> str | None:
@@ -158,14 +157,7 @@ class Servers:
 
     def stop_all(self) -> list[str]:
         """Stop every process; the complaints (killed, or a traceback in the log)."""
-        problems = []
-        for process in self.processes:
-            complaint = process.stop()
-            if complaint:
-                problems.append(complaint)
-            if FORBIDDEN_IN_LOG in process.log:
-                problems.append(f"server on port {process.port} logged a traceback:\n{process.log}")
-        return problems
+        return stop_and_check(self.processes)
 
 
 def page_url(process: ServerProcess, prefix: str = "", **query: str) -> str:

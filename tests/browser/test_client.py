@@ -13,7 +13,7 @@ from websockets.sync.client import connect
 
 from tests.e2e.server_process import ServerProcess
 
-from .support import PHONE, Person, Servers, page_url, require_browser
+from .support import PHONE, WAIT_MS, Person, Servers, page_url, require_browser
 
 require_browser()
 
@@ -70,6 +70,7 @@ def test_two_people_chat_and_another_room_sees_nothing(
     bob.say("And the scissors.")
     expect(ann.messages).to_have_count(3)
     expect(ann.message("basket").locator(".author")).to_have_text("Bob")
+    expect(bob.messages).to_have_count(3)
     assert ann.seqs() == bob.seqs() == [1, 2, 3]
 
     # The other room saw none of it, and its member list has only its own member.
@@ -180,8 +181,13 @@ def test_history_on_demand_and_scrolling(server: ServerProcess, open_page: OpenP
     expect(ann.messages).to_have_count(50)
     assert ann.seqs() == list(range(71, 121))
     scroller = ann.page.locator("#scroller")
-    at_bottom = "s => s.scrollHeight - s.scrollTop - s.clientHeight < 2"
-    assert scroller.evaluate(at_bottom)
+
+    def wait_at_bottom() -> None:
+        """Wait (bounded) until the scroller is at the bottom: the client scrolls after it renders."""
+        at_bottom = "s => s.scrollHeight - s.scrollTop - s.clientHeight < 2"
+        ann.page.wait_for_function(at_bottom, arg=scroller.element_handle(), timeout=WAIT_MS)
+
+    wait_at_bottom()
 
     # Older history on demand: scrolling up to the top fetches the previous page and keeps the reader's place.
     scroller.hover()
@@ -205,12 +211,12 @@ def test_history_on_demand_and_scrolling(server: ServerProcess, open_page: OpenP
     expect(jump).to_be_visible()
     jump.click()
     expect(jump).to_be_hidden()
-    assert scroller.evaluate(at_bottom)
+    wait_at_bottom()
 
     # At the bottom it stays at the bottom.
     seed(server, "library", 1)
     expect(ann.messages).to_have_count(122)
-    assert scroller.evaluate(at_bottom)
+    wait_at_bottom()
 
 
 def test_errors_are_shown_inline(servers: Servers, open_page: OpenPage) -> None:

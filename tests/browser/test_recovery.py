@@ -175,6 +175,8 @@ def test_a_refused_join_shows_why_and_does_not_loop(
     assert len(proxy.websocket_attempts()) == 2
     # Refused twice while the server answers: it stays put, however long it waits.
     ann.page.clock.run_for(10 * 60 * 1000)
+    ann.page.evaluate("0")  # a round trip: the page's events so far (a WebSocket it opened) have reached us
+    proxy.wait_turned_away(len(ann.socket_urls))  # and every handshake the page started has reached the proxy
     assert len(proxy.websocket_attempts()) == 2
     expect(ann.status).to_have_attribute("data-status", "refused")
 

@@ -8,11 +8,12 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import httpx2 as httpx
+import pytest
 
 READY_LINE = "Uvicorn running on"
 """uvicorn logs this once the socket listens; "Application startup complete" comes before the bind, too early
@@ -23,6 +24,8 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 """The most a server may take to exit after SIGTERM before it is killed."""
 BIND_ATTEMPTS = 5
+FORBIDDEN_IN_LOG = "Traceback"
+"""A server whose log holds this fails the test that ran it."""
 
 
 def free_port() -> int:
@@ -94,13 +97,19 @@ class ServerProcess:
             return self._ready
 
     def wait_log(self, text: str, count: int = 1, timeout: float = START_TIMEOUT) -> None:
-        """Block until ``text`` appeared ``count`` times in the log; raise after ``timeout``."""
+        """Block until ``text`` appeared ``count`` times in the log; raise after ``timeout``, or if the log
+        ended (the process exited) before that."""
         with self._changed:
             if not self._changed.wait_for(lambda: self.log_count(text) >= count or self._eof, timeout):
                 raise TimeoutError(f"{text!r} not logged {count} times in {timeout} s:\n{''.join(self._lines)}")
+            if (seen := self.log_count(text)) < count:
+                log = "".join(self._lines)
+                raise AssertionError(f"the log ended with {text!r} logged {seen} of {count} times:\n{log}")
 
     def log_count(self, text: str) -> int:
-        return sum(text in line for line in self._lines)
+        """How many lines read so far contain ``text``."""
+        with self._changed:  # a reentrant lock: ``wait_log`` calls this while holding it
+            return sum(text in line for line in self._lines)
 
     # --- talking to it ---------------------------------------------------------------------------
 
@@ -150,6 +159,18 @@ class ServerProcess:
         return complaint
 
 
+def stop_and_check(servers: Iterable[ServerProcess]) -> list[str]:
+    """Stop every server; the problems found: a server that had to be killed, or a traceback in a log."""
+    problems = []
+    for server in servers:
+        complaint = server.stop()
+        if complaint:
+            problems.append(complaint)
+        if FORBIDDEN_IN_LOG in server.log:
+            problems.append(f"server on port {server.port} logged a traceback:\n{server.log}")
+    return problems
+
+
 class StartServer(Protocol):
     """Start a server on the backend under test; ``flags`` become CLI options, ``env`` extra variables."""
 
@@ -177,3 +198,22 @@ def launch(backend_url: str, flags: Mapping[str, object], env: Mapping[str, str]
         if BIND_CLASH not in server.log:
             break
     raise RuntimeError("the chat server did not start:\n" + "\n---\n".join(logs))
+
+
+def servers_on(
+    backend_url: str, defaults: Mapping[str, object] | None = None, base_env: Mapping[str, str] | None = None
+) -> Iterator[StartServer]:
+    """For a fixture to ``yield from``: a factory of servers on ``backend_url`` (each call's flags over
+    ``defaults``, its ``env`` over ``base_env``); afterwards each server is stopped, and the test fails
+    if one had to be killed or logged a traceback."""
+    servers: list[ServerProcess] = []
+
+    def start(*, env: Mapping[str, str] | None = None, **flags: object) -> ServerProcess:
+        server = launch(backend_url, {**(defaults or {}), **flags}, {**(base_env or {}), **(env or {})})
+        servers.append(server)
+        return server
+
+    yield start
+    problems = stop_and_check(servers)
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)

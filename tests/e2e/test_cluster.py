@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.redis_server import RedisServer
 
-from .clients import WAIT, Frame, expect, joined, parse, wait_for, wait_leave
-from .server_process import ServerProcess, launch
+from .clients import WAIT, Frame, expect, joined, messages, parse, wait_for, wait_leave
+from .server_process import ServerProcess, StartServer, servers_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -28,20 +28,9 @@ FLAGS: dict[str, object] = {"rate_per_second": 0, "presence_ttl": 2}
 
 
 @pytest.fixture
-def start_node(redis_server: RedisServer) -> Iterator[Any]:
+def start_node(redis_server: RedisServer) -> Iterator[StartServer]:
     """A factory of server processes on the test's Redis; each is stopped and its log checked afterwards."""
-    nodes: list[ServerProcess] = []
-
-    def start(**flags: object) -> ServerProcess:
-        node = launch(redis_server.url, {**FLAGS, **flags})
-        nodes.append(node)
-        return node
-
-    yield start
-    problems = [complaint for node in nodes if (complaint := node.stop())]
-    problems += [f"port {node.port} logged a traceback:\n{node.log}" for node in nodes if "Traceback" in node.log]
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    yield from servers_on(redis_server.url, FLAGS)
 
 
 class Member:
@@ -234,12 +223,10 @@ async def test_two_workers_share_rooms(start_node: Any) -> None:
                     break
         for ws in clients:
             await ws.send("from a worker")
+        names = sorted(f"m{index}" for index in range(len(clients)))
         for ws in clients:
-            with anyio.fail_after(10):
-                got = 0
-                while got < len(clients):
-                    frame = parse(await ws.recv())
-                    got += frame["type"] == "message"
+            got = await messages(ws, len(clients), within=10)
+            assert sorted(frame["from"]["name"] for frame in got) == names, got
 
 
 async def publish_through(start_node: Any, fault: Callable[[Member, list[int]], Awaitable[None]]) -> None:
@@ -253,6 +240,7 @@ async def publish_through(start_node: Any, fault: Callable[[Member, list[int]], 
             await on_one[1].wait_until(lambda: len(on_one[1].seqs()) >= 20)
             await fault(on_one[1], acked)
             stop.set()
+        assert set(refused) <= {"unavailable"}, refused  # a fault may refuse a publish, and only as unavailable
         for member in on_one + on_two:
             await member.wait_until(lambda member=member: set(acked) <= set(member.seqs()), within=10)
             assert_exactly_once_in_order(member, acked)

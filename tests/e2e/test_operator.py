@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection
 from tests.redis_server import RedisServer
 
 from .clients import WAIT, expect, joined, kernel_send_buffer_max, raw_join, say, wait_closed, wait_leave
-from .server_process import ServerProcess, StartServer, launch
+from .server_process import ServerProcess, StartServer, servers_on
 from .test_cluster import worker_connections
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -106,20 +106,9 @@ async def test_removing_a_member_is_counted_and_logged(start_server: StartServer
 
 
 @pytest.fixture
-def start_node(redis_server: RedisServer) -> Iterator[Callable[..., ServerProcess]]:
+def start_node(redis_server: RedisServer) -> Iterator[StartServer]:
     """Server processes on the test's own Redis, with the API on; stopped and checked afterwards."""
-    nodes: list[ServerProcess] = []
-
-    def start(**flags: object) -> ServerProcess:
-        node = launch(redis_server.url, {"rate_per_second": 0, **flags}, {"CHAT_API_KEY": KEY})
-        nodes.append(node)
-        return node
-
-    yield start
-    problems = [complaint for node in nodes if (complaint := node.stop())]
-    problems += [f"port {node.port} logged a traceback:\n{node.log}" for node in nodes if "Traceback" in node.log]
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    yield from servers_on(redis_server.url, {"rate_per_second": 0}, {"CHAT_API_KEY": KEY})
 
 
 async def api(node: ServerProcess, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -73,6 +73,8 @@ async def test_tokens_never_reach_the_log(start_server: StartServer) -> None:
     assert await refused_status(server, "lobby", token=expired) == 403
     server.wait_log("event=disconnect")
     server.wait_log("event=refused")
+    # The refused request line comes after event=refused; websockets logs "connection rejected" after it.
+    server.wait_log("connection rejected")
     log = server.log
     assert "token=[redacted]" in log
     for secret in (good, expired, SECRET):
@@ -247,4 +249,6 @@ async def test_the_refusal_log_is_throttled(start_server: StartServer) -> None:
         pass
     for _ in range(60):
         assert await refused_status(server, "lobby") == 429
+    # Each refusal's event=refused line (if any) precedes its "connection rejected": count once all 60 are in.
+    server.wait_log("connection rejected", count=60)
     assert server.log_count("event=refused") <= 30
