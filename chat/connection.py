@@ -44,6 +44,7 @@ class DirectWriter(Protocol):
 
     stall_timeout: float
     batch: bool
+    write_delay: float
 
     def direct_write(self, frame: str, wire: bytes) -> None:
         """Send the text frame ``frame``, whose unmasked WebSocket bytes are ``wire``."""
@@ -87,6 +88,7 @@ class Connection:
         send_timeout: float,
         writer: DirectWriter | None = None,
         batch: bool = False,
+        write_delay: float = 0.0,
     ) -> None:
         self.member = member
         self.room = room
@@ -108,6 +110,7 @@ class Connection:
         if writer is not None:
             writer.stall_timeout = send_timeout
             writer.batch = batch
+            writer.write_delay = write_delay
 
     @property
     def is_open(self) -> bool:

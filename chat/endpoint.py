@@ -135,7 +135,14 @@ class ChatEndpoint(WebSocketEndpoint):
         member = Member(new_member_id() if identity is None else identity.member_id, request.name)
         writer = direct_writer(websocket.scope)
         connection = Connection(
-            websocket, member, request.room, settings.queue_bytes, settings.send_timeout, writer, request.batch
+            websocket,
+            member,
+            request.room,
+            settings.queue_bytes,
+            settings.send_timeout,
+            writer,
+            request.batch,
+            settings.write_delay,
         )
         self.connection = connection
         self.bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, anyio.current_time())

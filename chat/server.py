@@ -4,8 +4,9 @@
 
 - direct writes: it offers the app the ``chat.direct`` ASGI extension, through which whole frames,
   framed once per broadcast, go into the socket's buffer without an await; everything written in
-  one event-loop turn leaves in one write (one system call instead of one per frame), and for a
-  member that joined with ``batch=1`` in one WebSocket message;
+  one event-loop turn (or, with a ``write_delay``, within that many seconds of the first) leaves in
+  one write (one system call instead of one per frame), and for a member that joined with
+  ``batch=1`` in one WebSocket message;
 - lighter per-connection state: a plain list for the app's receive queue, a flag for ``writable``,
   and the handshake's request and response dropped once accepted;
 - no stuck sockets: uvicorn's own close waits for a send buffer that never drains when the peer
@@ -116,19 +117,26 @@ class _Flag:
 
 
 class _Flusher:
-    """Flushes every socket written to in this event-loop turn: one callback per turn, not one per socket."""
+    """Flushes every socket written to in this event-loop turn (or within ``delay`` seconds of the first write).
 
-    __slots__ = ("_dirty", "_scheduled")  # no reference to the loop: it keys the flusher weakly
+    One callback per turn (or per delay), not one per socket.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_dirty", "_scheduled", "delay")  # no reference to the loop: it keys the flusher weakly
+
+    def __init__(self, delay: float = 0.0) -> None:
         self._dirty: list[ChatWebSocketProtocol] = []
         self._scheduled = False
+        self.delay = delay
 
     def add(self, protocol: ChatWebSocketProtocol) -> None:
         self._dirty.append(protocol)
         if not self._scheduled:
             self._scheduled = True
-            protocol.loop.call_soon(self._run)
+            if self.delay:
+                protocol.loop.call_later(self.delay, self._run)
+            else:
+                protocol.loop.call_soon(self._run)
 
     def _run(self) -> None:
         dirty, self._dirty = self._dirty, []
@@ -137,14 +145,17 @@ class _Flusher:
             protocol._flush()
 
 
-_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Flusher]] = weakref.WeakKeyDictionary()
 
 
-def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
-    """The loop's flusher (one per serving loop; gone with it)."""
-    flusher = _flushers.get(loop)
+def _flusher(loop: asyncio.AbstractEventLoop, delay: float = 0.0) -> _Flusher:
+    """The loop's flusher for this write delay (one per serving loop and delay; gone with the loop)."""
+    by_delay = _flushers.get(loop)
+    if by_delay is None:
+        by_delay = _flushers[loop] = {}
+    flusher = by_delay.get(delay)
     if flusher is None:
-        flusher = _flushers[loop] = _Flusher()
+        flusher = by_delay[delay] = _Flusher(delay)
     return flusher
 
 
@@ -172,6 +183,17 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None and not self.close_sent:
             scope["extensions"][DIRECT_EXTENSION] = {"writer": self}
+
+    @property
+    def write_delay(self) -> float:
+        """Seconds a frame may wait for others to leave in the same write (0: the end of this loop turn)."""
+        return self._flusher.delay
+
+    @write_delay.setter
+    def write_delay(self, seconds: float) -> None:
+        if seconds != self._flusher.delay:
+            self._flush()  # what waits for the old flusher leaves now
+            self._flusher = _flusher(self.loop, seconds)
 
     def direct_write(self, frame: str, wire: bytes) -> None:
         """Send a text frame in this turn's write; ``wire`` is used as is unless an extension is on."""

@@ -15,6 +15,8 @@ from typing import Any
 from chat.exceptions import ConfigError
 
 ENV_PREFIX = "CHAT_"
+MAX_WRITE_DELAY = 1.0
+"""Seconds every frame may be held back to share a write with later ones (``write_delay``), at most."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Settings:
     queue_bytes: int = 1048576
     max_connections: int = 10000
     send_timeout: float = 30.0
+    write_delay: float = 0.0
     presence_ttl: float = 30.0
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
@@ -76,14 +79,16 @@ class Settings:
             if not getattr(self, name) > 0:  # "not >" also refuses NaN
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         non_negative = (
-            "history_ttl", "rate_per_second", "ws_ping_interval", "ws_ping_timeout", "max_connections_per_ip",
-            "handshake_rate_per_ip", "max_bad_frames", "max_rate_limited_per_minute",
+            "history_ttl", "rate_per_second", "write_delay", "ws_ping_interval", "ws_ping_timeout",
+            "max_connections_per_ip", "handshake_rate_per_ip", "max_bad_frames", "max_rate_limited_per_minute",
         )  # fmt: skip
         for name in non_negative:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be 1-65535, got {self.port}")
+        if self.write_delay > MAX_WRITE_DELAY:
+            raise ConfigError(f"write_delay is seconds, at most {MAX_WRITE_DELAY}, got {self.write_delay!r}")
         if self.history_on_join > self.history_size:
             raise ConfigError("history_on_join must not exceed history_size")
         if "://" not in self.backend:

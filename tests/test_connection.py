@@ -303,6 +303,7 @@ class StandInWriter:
     def __init__(self) -> None:
         self.stall_timeout = 0.0
         self.batch = False
+        self.write_delay = 0.0
         self.frames: list[tuple[str, bytes]] = []
         self.closed: tuple[int, str] | None = None
         self.buffered = 0
@@ -330,6 +331,14 @@ def test_direct_writes_start_with_the_welcome_and_keep_order() -> None:
     assert [frame for frame, _ in writer.frames] == [WELCOME, message(1).frame, "early", message(2).frame]
     assert writer.frames[1][1] == message(1).wire
     assert writer.stall_timeout == WAIT
+    assert writer.write_delay == 0.0
+
+
+def test_direct_writer_gets_the_write_delay() -> None:
+    """The connection hands the server's write delay to its socket, as it does the stall timeout."""
+    writer = StandInWriter()
+    Connection(RecordingSender(), ALICE, "lobby", 10_000, WAIT, writer, write_delay=0.02)
+    assert writer.write_delay == 0.02
 
 
 def test_direct_welcome_drops_messages_its_history_holds() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 
 import pytest
@@ -114,17 +115,18 @@ def test_positive_settings_refuse_zero(variable: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "variable", ["CHAT_HISTORY_TTL", "CHAT_RATE_PER_SECOND", "CHAT_WS_PING_INTERVAL", "CHAT_WS_PING_TIMEOUT"]
+    "variable",
+    ["CHAT_HISTORY_TTL", "CHAT_RATE_PER_SECOND", "CHAT_WS_PING_INTERVAL", "CHAT_WS_PING_TIMEOUT", "CHAT_WRITE_DELAY"],
 )
 def test_non_negative_settings_refuse_negative_but_allow_zero(variable: str) -> None:
-    """TTL, rate and ping settings may be 0 (off) but not negative."""
+    """TTL, rate, ping and write delay settings may be 0 (off) but not negative."""
     name = variable.removeprefix("CHAT_").lower()
     assert getattr(Settings.from_env({variable: "0"}), name) == 0
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({variable: "-1"})
 
 
-@pytest.mark.parametrize("field", ["send_timeout", "history_ttl", "rate_per_second", "presence_ttl"])
+@pytest.mark.parametrize("field", ["send_timeout", "history_ttl", "rate_per_second", "presence_ttl", "write_delay"])
 def test_nan_is_refused(field: str) -> None:
     """NaN passes no comparison, so it must be refused explicitly rather than slip through."""
     with pytest.raises(ConfigError, match=field):
@@ -136,6 +138,14 @@ def test_port_out_of_range_is_refused(port: str) -> None:
     """port must be 1-65535."""
     with pytest.raises(ConfigError, match="port"):
         Settings.from_env({"CHAT_PORT": port})
+
+
+def test_write_delay_is_seconds_up_to_one() -> None:
+    """A write delay is a fraction of a second; a value meant as milliseconds is refused, naming the unit."""
+    assert Settings.from_env({"CHAT_WRITE_DELAY": "0.01"}).write_delay == 0.01
+    assert Settings(write_delay=1.0).write_delay == 1.0
+    with pytest.raises(ConfigError, match=re.escape("write_delay is seconds, at most 1.0, got 10")):
+        Settings.from_env({"CHAT_WRITE_DELAY": "10"})
 
 
 def test_history_on_join_must_not_exceed_history_size() -> None:
