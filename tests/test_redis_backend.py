@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -193,54 +193,102 @@ async def test_redis_restarted_empty_restarts_the_room(redis_server: RedisServer
         await b.wait_until(lambda: b.seqs()[-1:] == [1] and len(b.seqs()) == 2)
 
 
-async def test_publishes_on_their_way_fail_when_the_backend_stops(redis_server: RedisServer) -> None:
+class Writes:
+    """How many publishes each write to Redis carried (each link write, or each pipeline), in order."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self._changed = anyio.Event()
+
+    def record(self, size: int) -> None:
+        self.sizes.append(size)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait(self, count: int) -> None:
+        """Until ``count`` writes were made."""
+        with anyio.fail_after(5):
+            while len(self.sizes) < count:
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def counted_writes(backend: RedisBackend, use_link: bool) -> AsyncIterator[Writes]:
+    """Count the publishes of each write to Redis from here on.
+
+    With ``use_link`` the backend publishes on its own link (opened here by a first publish, seq 1);
+    otherwise on redis-py pipelines, as it does without hiredis or for rediss://.
+    """
+    backend._use_link = use_link
+    await backend.publish(ROOM, Member("m1", "ann"), "first")
+    writes = Writes()
+    if use_link:
+        link = backend._link
+        assert link is not None
+        send = link.send
+
+        def counted_send(data: bytes, waiters: Any) -> None:
+            send(data, waiters)
+            writes.record(len(waiters))
+
+        link.send = counted_send  # type: ignore[method-assign]
+    else:
+        pipeline = backend._pipeline
+
+        async def counted_pipeline(batch: list[Any]) -> list[Any]:
+            writes.record(len(batch))
+            return await pipeline(batch)
+
+        backend._pipeline = counted_pipeline  # type: ignore[method-assign]
+    yield writes
+
+
+@contextmanager
+def frozen(redis_server: RedisServer) -> Iterator[None]:
+    """Redis answers nothing inside the block (SIGSTOP), and runs again after it."""
+    redis_server.freeze()
+    try:
+        yield
+    finally:
+        redis_server.thaw()
+
+
+@pytest.mark.parametrize("use_link", [True, False], ids=["link", "pipeline"])
+async def test_publishes_on_their_way_fail_when_the_backend_stops(redis_server: RedisServer, use_link: bool) -> None:
     """Stopping with publishes started but not sent, or sent and not answered, fails them: nobody waits forever."""
     async with nodes(redis_server.url, count=1) as (node,):
+        node.backend._use_link = use_link
         queued = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"m{index}") for index in range(3)]
         await node.backend.stop()
     for future in queued:
         with anyio.fail_after(5), pytest.raises(Unavailable):
             await future
 
-    async with nodes(redis_server.url, count=1) as (node,):
-        backend = node.backend
-        sending, answered = anyio.Event(), anyio.Event()
-
-        async def unanswered(batch: list[Any]) -> list[Any]:
-            sending.set()
-            await answered.wait()  # never set: Redis never answers
-            raise AssertionError("the pipeline was answered")
-
-        backend._pipeline = unanswered  # type: ignore[method-assign]
-        in_flight = [backend.start_publish(ROOM, Member("m1", "ann"), f"s{index}") for index in range(3)]
-        with anyio.fail_after(5):
-            await sending.wait()  # the three are sent, waiting for their replies
-        await backend.stop()
-    for future in in_flight:
-        with anyio.fail_after(5), pytest.raises(Unavailable):
-            await future
+    async with nodes(redis_server.url, count=1) as (node,), counted_writes(node.backend, use_link) as writes:
+        with frozen(redis_server):
+            in_flight = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"s{index}") for index in range(3)]
+            await writes.wait(1)  # the three are sent, waiting for their replies
+            await node.backend.stop()
+            for future in in_flight:
+                with anyio.fail_after(1), pytest.raises(Unavailable):
+                    await future
 
 
-async def test_publishes_of_one_turn_share_a_round_trip(redis_server: RedisServer) -> None:
-    """Publishes started in one turn go in one pipeline; later ones wait for it and keep their order."""
-    async with nodes(redis_server.url, count=1) as (node,):
-        backend = node.backend
-        await backend.publish(ROOM, Member("m1", "ann"), "first")  # Redis learns the script (NOSCRIPT otherwise)
-        pipelines: list[int] = []
-        send = backend._pipeline
-        sending = anyio.Event()
+@pytest.mark.parametrize("use_link", [True, False], ids=["link", "pipeline"])
+async def test_publishes_of_one_turn_share_a_write(redis_server: RedisServer, use_link: bool) -> None:
+    """Publishes started in one turn go in one write, and keep their order with those started later.
 
-        async def counted(batch: list[Any]) -> list[Any]:
-            pipelines.append(len(batch))
-            sending.set()
-            return await send(batch)
-
-        backend._pipeline = counted  # type: ignore[method-assign]
-        first = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"a{index}") for index in range(5)]
-        with anyio.fail_after(5):
-            await sending.wait()  # the pipeline of the first five is on its way
-        second = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"b{index}") for index in range(5)]
+    On the link, later ones are written while the earlier ones still wait for their replies (Redis
+    is frozen meanwhile); a redis-py pipeline waits for the one before it.
+    """
+    async with nodes(redis_server.url, count=1) as (node,), counted_writes(node.backend, use_link) as writes:
+        with frozen(redis_server):
+            first = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"a{index}") for index in range(5)]
+            await writes.wait(1)  # the first five are on their way
+            second = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"b{index}") for index in range(5)]
+            if use_link:
+                await writes.wait(2)  # sent although nothing was answered
         seqs = [(await future).seq for future in first + second]
         assert seqs == list(range(2, 12))
-        assert pipelines == [5, 5]
+        assert writes.sizes == [5, 5]
         await node.wait_until(lambda: node.seqs() == list(range(1, 12)))

@@ -11,9 +11,11 @@ Keys of room R (the ``{R}`` hash tag keeps them in one cluster slot), all expiri
 Channel ``chat:{R}`` carries ``m:<epoch>:<message frame>``, ``s:<join/leave/typing frame>`` and
 ``r:<member id>`` (the operator removes that member: every process closes its connections).
 Publishing is one Lua script: next seq, append to the capped history, publish. A process sends
-its publishes as pipelines, one at a time: what was started while one was on its way (at least
-everything started in one event-loop turn) goes in the next, so their pub/sub messages come back
-together and every member gets them in one write.
+the publishes started in one event-loop turn in one write on a connection of its own
+(``chat.backends.resp.Link``), without waiting for the replies to earlier ones; Redis answers a
+connection's commands in order, so seqs follow the order publishes were started, and their
+pub/sub messages come back together, so every member gets them in one write. (Without hiredis, or
+for ``rediss://``, redis-py pipelines do the same one at a time.)
 
 Each process has one pub/sub connection for every room with local members. It remembers the last
 seq it delivered per room; a seq gap (a dropped link, a node that fell behind) is filled from
@@ -42,6 +44,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
+from chat.backends.resp import Link, LinkLost, command, link_supported
 from chat.exceptions import Unavailable
 from chat.protocol import Member, Message, Remove, Restart, Signal, encode_json, message_frame_parts
 from chat.settings import Settings
@@ -51,6 +54,8 @@ logger = logging.getLogger("chat.redis")
 CONTROL_CHANNEL = "chat:_control"
 ROOM_SCAN_BATCH = 1000
 SUBSCRIBE_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+REPLY_TIMEOUT = 5.0
 STARTUP_WAIT = 2.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
@@ -236,7 +241,9 @@ class RedisBackend(Backend):
 
     def __init__(self, url: str, settings: Settings) -> None:
         super().__init__(url, settings)
-        options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+        options: dict[str, Any] = {
+            "decode_responses": True, "socket_timeout": REPLY_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
+        }  # fmt: skip
         # A pooled connection to a Redis that restarted fails once on use: try again on a new one.
         # Timeouts are never retried, since the script may have run.
         retry_once = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
@@ -261,7 +268,12 @@ class RedisBackend(Backend):
         self._link_ready = anyio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._publishes: list[_Publish] = []  # started, not yet sent
-        self._publisher: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None  # redis-py pipelines (no Link)
+        self._use_link = link_supported(url)
+        self._link: Link | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._send_scheduled = False
+        self._publish_script = _PUBLISH.encode()  # sent whole (EVAL): a Redis that restarted never says NOSCRIPT
         self.listener_restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -278,11 +290,14 @@ class RedisBackend(Backend):
             self.state_changed(False)
 
     async def stop(self) -> None:
-        publisher = self._publisher
-        if publisher is not None:
-            publisher.cancel()
-            with suppress(asyncio.CancelledError):
-                await publisher
+        for task in (self._publisher, self._connecting):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()  # fails the publishes waiting for their replies
         _fail(self._publishes)  # a publisher cancelled before it ran failed nothing
         self._publishes = []
         runner, self._runner = self._runner, None
@@ -411,9 +426,51 @@ class RedisBackend(Backend):
         loop = asyncio.get_running_loop()
         publish = _Publish(room, sender, text, ts, head, tail, loop.create_future())
         self._publishes.append(publish)
-        if self._publisher is None:
+        if self._use_link:
+            if not self._send_scheduled:
+                self._send_scheduled = True
+                loop.call_soon(self._send_publishes)  # once this turn's publishes are all started
+        elif self._publisher is None:
             self._publisher = loop.create_task(self._publish_queued(), name="chat-redis-publish")
         return publish.future
+
+    def _send_publishes(self) -> None:
+        """Write what was started as one batch on the link (connecting it first if it is down)."""
+        self._send_scheduled = False
+        if not self._publishes:
+            return
+        link = self._link
+        if link is None or link.closed:
+            if self._connecting is None:
+                self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="chat-redis-link")
+            return
+        batch, self._publishes = self._publishes, []
+        epoch, ttl, size = _new_epoch().encode(), str(self._ttl).encode(), str(self.settings.history_size).encode()
+        script = self._publish_script
+        writes = []
+        for publish in batch:
+            # As _pipeline: KEYS epoch, seq, history; ARGV a fresh epoch, TTL, frame head and tail, size, channel.
+            epoch_key, seq_key, history_key, _ = _keys(publish.room)
+            writes.append(
+                command(
+                    b"EVAL", script, b"3", epoch_key.encode(), seq_key.encode(), history_key.encode(), epoch, ttl,
+                    publish.head.encode(), publish.tail.encode(), size, _channel(publish.room).encode(),
+                )
+            )  # fmt: skip
+        link.send(b"".join(writes), batch)
+
+    async def _connect(self) -> None:
+        """Open the publish link and send what waits; if Redis cannot be reached, those publishes fail."""
+        try:
+            self._link = await Link.open(self.url, CONNECT_TIMEOUT, REPLY_TIMEOUT)
+        except (OSError, TimeoutError, LinkLost) as exc:
+            logger.debug("redis publish link not connected: %s", exc)
+            failed, self._publishes = self._publishes, []
+            _fail(failed)
+            return
+        finally:
+            self._connecting = None
+        self._send_publishes()
 
     async def _publish_queued(self) -> None:
         """Send what queued as one pipeline, wait for its replies, repeat; one pipeline at a time keeps order."""
