@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench"
 SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle")
-SERVERS = ("chat", "chat-redis", "seed", "raw")
+SERVERS = ("chat", "chat-delay", "chat-redis", "seed", "raw")
 RUN_TIMEOUT = 180.0
 """A quick run takes about 30 s; a stuck one must fail, not hang."""
 

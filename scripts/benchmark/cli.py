@@ -27,7 +27,7 @@ from benchmark.scenarios import Common, FanoutParams, IdleParams, RoomsParams, R
 from benchmark.servers import KINDS, ROOT, Server, ServerFailed, ServerOptions, redis_available
 
 SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle")
-DEFAULT_SERVERS = ("chat", "chat-redis", "seed", "raw")
+DEFAULT_SERVERS = ("chat", "chat-delay", "chat-redis", "seed", "raw")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,8 +1,9 @@
 """The servers under test: how each one is started on a free loopback port, measured, and stopped.
 
-``chat`` and ``chat-redis`` are this project (``python -m chat``, with the per-connection rate limit
-off and the connection cap out of the way); ``chat-redis`` also gets its own redis-server, started
-here without persistence and counted in the server's CPU. ``seed`` and ``raw`` are the references
+``chat``, ``chat-redis`` and ``chat-delay`` are this project (``python -m chat``, with the
+per-connection rate limit off and the connection cap out of the way); ``chat-redis`` also gets its
+own redis-server, started here without persistence and counted in the server's CPU;
+``chat-delay`` is ``chat`` with a 10 ms write delay (``--write-delay 0.01``). ``seed`` and ``raw`` are the references
 beside this file. A server is ready once its own process holds the socket listening on its port
 (read from /proc), so no log line is needed and every server can run at the same log level.
 """
@@ -42,11 +43,20 @@ class Kind:
     """Answers a message that has a ``ref`` with an ``ack`` (otherwise publishers count their echoes)."""
     redis: bool
     describe: str
+    chat_args: tuple[str, ...] | None = None
+    """This project's server (``python -m chat``) with these arguments of its own; None: a reference server."""
 
 
 KINDS = {
-    "chat": Kind("chat", acks=True, redis=False, describe="this project, memory backend"),
-    "chat-redis": Kind("chat-redis", acks=True, redis=True, describe="this project, Redis backend"),
+    "chat": Kind("chat", acks=True, redis=False, describe="this project, memory backend", chat_args=()),
+    "chat-redis": Kind("chat-redis", acks=True, redis=True, describe="this project, Redis backend", chat_args=()),
+    "chat-delay": Kind(
+        "chat-delay",
+        acks=True,
+        redis=False,
+        describe="this project, memory backend, 10 ms write delay",
+        chat_args=("--write-delay", "0.01"),
+    ),
     "seed": Kind("seed", acks=False, redis=False, describe="classic Starlette example, serial await send_text"),
     "raw": Kind("raw", acks=False, redis=False, describe="websockets library, websockets.broadcast()"),
 }
@@ -184,7 +194,7 @@ class ArgvBuilder:
     def __call__(self, port: int) -> list[str]:
         options = self.options
         host = ["--host", "127.0.0.1", "--port", str(port), "--log-level", options.log_level]
-        if self.kind.name in ("chat", "chat-redis"):
+        if self.kind.chat_args is not None:
             argv = [sys.executable, "-m", "chat", *host, "--rate-per-second", "0", "--max-connections", "1000000"]
             # The clients come from many loopback addresses (50 connections each, scenarios.source_address),
             # within chat's per-address defaults; the limits are off all the same, so that a lower default
@@ -194,7 +204,7 @@ class ArgvBuilder:
                 argv += ["--backend", self.redis_url]
             if options.deflate:
                 argv.append("--ws-per-message-deflate")
-            return argv + list(options.chat_args)
+            return argv + list(self.kind.chat_args) + list(options.chat_args)
         module = {"seed": "benchmark.seed_server", "raw": "benchmark.raw_server"}[self.kind.name]
         return [sys.executable, "-m", module, *host]
 
