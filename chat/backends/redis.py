@@ -463,8 +463,11 @@ class RedisBackend(Backend):
         """Open the publish link and send what waits; if Redis cannot be reached, those publishes fail."""
         try:
             self._link = await Link.open(self.url, CONNECT_TIMEOUT, REPLY_TIMEOUT)
-        except (OSError, TimeoutError, LinkLost) as exc:
-            logger.debug("redis publish link not connected: %s", exc)
+        except Exception as exc:
+            if isinstance(exc, OSError | TimeoutError | LinkLost):
+                logger.debug("redis publish link not connected: %s", exc)
+            else:
+                logger.exception("redis publish link failed")
             failed, self._publishes = self._publishes, []
             _fail(failed)
             return
