@@ -53,12 +53,12 @@ from chat.protocol import (
     new_member_id,
     parse_join,
 )
+from chat.rooms import POLICY_VIOLATION
 
 logger = logging.getLogger("chat")
 
 DENIAL_EXTENSION = "websocket.http.response"
 LEAVE_TIMEOUT = 5.0
-POLICY_VIOLATION = 1008
 MISCONDUCT = frozenset({"bad_request", "unsupported", "too_large"})
 MAX_PUBLISHING = 64
 """A member's messages on their way to the backend at once; beyond that its next frame waits."""
@@ -181,8 +181,7 @@ class ChatEndpoint(WebSocketEndpoint):
             _refuse_frame(chat, connection, exc)
             limit = settings.max_bad_frames
             if exc.code in MISCONDUCT and limit and self._misconduct().bad_frame(limit):
-                chat.metrics.policy_closes.labels("bad_frames").inc()
-                connection.close(POLICY_VIOLATION, f"{limit} bad frames in a row")
+                _policy_close(chat, connection, "bad_frames", f"{limit} bad frames in a row")
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Leave the room and give the connection's place back."""
@@ -195,6 +194,8 @@ class ChatEndpoint(WebSocketEndpoint):
             if connection is not None:
                 connection.gone = True
                 code = connection.close_code or close_code
+                # 1013 is also ServerBusy's code ("unavailable: ..." in on_connect): Connection's slow-consumer
+                # closes say "slow consumer: ...", the server's stall close (chat.server) leaves close_code None.
                 if code == SLOW_CONSUMER and (connection.close_code is None or connection.close_reason[:4] == "slow"):
                     chat.metrics.slow_consumers.inc()
                 line = fields(event="disconnect", room=connection.room, member=connection.member.id, code=code)
@@ -214,8 +215,7 @@ class ChatEndpoint(WebSocketEndpoint):
         chat.metrics.rate_limited.inc()
         limit = chat.settings.max_rate_limited_per_minute
         if limit and self._misconduct().rate_limited(anyio.current_time(), limit):
-            chat.metrics.policy_closes.labels("rate_limited").inc()
-            connection.close(POLICY_VIOLATION, f"{limit} frames over the rate limit within a minute")
+            _policy_close(chat, connection, "rate_limited", f"{limit} frames over the rate limit within a minute")
 
     def _misconduct(self) -> Misconduct:
         if self.misconduct is None:
@@ -225,15 +225,14 @@ class ChatEndpoint(WebSocketEndpoint):
     async def _answer(self, chat: Chat, connection: Connection, request: object) -> None:
         if isinstance(request, SendText):
             # Not awaited: the member's next messages may follow at once (a Redis backend sends
-            # the publishes of one turn in one round trip); the ack goes out when this one is done.
+            # the publishes of one turn in one write). The ack goes out as soon as the backend has
+            # the seq (memory: before start_publish returns; Redis: in the callback that read the
+            # reply), not a loop turn later as a done callback of the future would.
             started = time.perf_counter()
-            future = chat.start_publish(connection.room, connection.member, request.text)
-            if future.done():
-                self._answer_publish(chat, connection, request.ref, started, future)
-                return
             self.publishing += 1
-            future.add_done_callback(partial(self._publish_done, chat, connection, request.ref, started))
-            if self.publishing >= MAX_PUBLISHING:
+            done = partial(self._publish_done, chat, connection, request.ref, started)
+            future = chat.start_publish(connection.room, connection.member, request.text, done)
+            if self.publishing >= MAX_PUBLISHING and not future.done():
                 self._publish_slot = asyncio.get_running_loop().create_future()
                 await self._publish_slot
         elif isinstance(request, Typing):
@@ -251,16 +250,11 @@ class ChatEndpoint(WebSocketEndpoint):
     def _publish_done(
         self, chat: Chat, connection: Connection, ref: Ref, started: float, future: asyncio.Future[Message]
     ) -> None:
+        """Ack a published message, or answer why it could not be; let the member's next frame in."""
         self.publishing -= 1
         slot = self._publish_slot
         if slot is not None and not slot.done():
             slot.set_result(None)
-        self._answer_publish(chat, connection, ref, started, future)
-
-    def _answer_publish(
-        self, chat: Chat, connection: Connection, ref: Ref, started: float, future: asyncio.Future[Message]
-    ) -> None:
-        """Ack a published message, or answer why it could not be."""
         if future.cancelled():
             return
         error = future.exception()
@@ -290,6 +284,16 @@ def _refuse_frame(chat: Chat, connection: Connection, error: RequestError) -> No
     chat.metrics.errors.labels(error.code).inc()
 
 
+def _policy_close(chat: Chat, connection: Connection, label: str, reason: str) -> None:
+    """Count a 1008 close under ``label`` (``chat_policy_closes``) and close the connection with ``reason``.
+
+    It counts even if the connection is already closed (``close`` is then a no-op): a caller for which that
+    must not count checks ``connection.is_open`` first.
+    """
+    chat.metrics.policy_closes.labels(label).inc()
+    connection.close(POLICY_VIOLATION, reason)
+
+
 def direct_writer(scope: Scope) -> DirectWriter | None:
     """The socket's direct writer, when the server offers one."""
     extension = scope.get("extensions", {}).get(DIRECT_EXTENSION)
@@ -307,8 +311,7 @@ def close_on_expiry(chat: Chat, connection: Connection, identity: Identity) -> T
 
     def expire() -> None:
         if connection.is_open:
-            chat.metrics.policy_closes.labels("token_expired").inc()
-            connection.close(POLICY_VIOLATION, "token expired")
+            _policy_close(chat, connection, "token_expired", "token expired")
 
     delay = max(0.0, identity.expires - time.time())
     return asyncio.get_running_loop().call_later(delay, expire)

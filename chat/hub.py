@@ -14,7 +14,7 @@ import time
 import anyio
 
 from chat.access import Access
-from chat.backends import Backend, open_backend
+from chat.backends import Backend, PublishDone, open_backend
 from chat.connection import Connection
 from chat.exceptions import Unavailable
 from chat.logs import Throttle, fields
@@ -106,13 +106,16 @@ class Chat:
         self.published(started, source)
         return message
 
-    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+    def start_publish(
+        self, room: str, sender: Member, text: str, done: PublishDone | None = None
+    ) -> asyncio.Future[Message]:
         """Publish a member's message without waiting for it (the app has started: the member joined).
 
-        Messages started one after the other get their seqs in that order; call ``published``
-        once the future has the message.
+        Messages started one after the other get their seqs in that order; ``done`` is called with
+        the future as soon as it is resolved (``Backend.start_publish``); call ``published`` once
+        the future has the message.
         """
-        return self.backend.start_publish(room, sender, text)
+        return self.backend.start_publish(room, sender, text, done)
 
     def published(self, started: float, source: str = "member") -> None:
         """Count a published message, and how long it took since ``started`` (``time.perf_counter``)."""

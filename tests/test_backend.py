@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 import uuid
@@ -87,6 +88,42 @@ async def test_started_publishes_get_seqs_in_call_order(settings: Settings) -> N
         assert [(message.seq, message.text) for message in messages] == [(i, f"m{i}") for i in range(1, 41)]
         received = [await sink.next() for _ in messages]
     assert received == messages
+
+
+async def test_publish_done_gets_each_resolved_future_once_in_order(settings: Settings) -> None:
+    """``done`` is called once per publish, with its future already resolved, in seq order."""
+    room = new_room()
+    calls: list[tuple[bool, int]] = []
+    async with started(settings) as (backend, _):
+        await backend.subscribe(room)
+
+        def done(future: asyncio.Future[Message]) -> None:
+            calls.append((future.done(), future.result().seq))
+
+        futures = [backend.start_publish(room, ALICE, f"m{index}", done) for index in range(1, 6)]
+        for future in futures:
+            await future
+    assert calls == [(True, seq) for seq in range(1, 6)]
+
+
+async def test_memory_publish_calls_done_before_returning() -> None:
+    """In one process a publish is done at once: ``done`` runs before start_publish returns."""
+    settings = Settings()
+    async with started(settings) as (backend, _):
+        seen: list[int] = []
+        future = backend.start_publish(new_room(), ALICE, "x", lambda f: seen.append(f.result().seq))
+        assert seen == [1]
+        assert future.result().seq == 1
+
+
+async def test_default_start_publish_calls_done_from_the_future(settings: Settings) -> None:
+    """A backend without its own start_publish runs publish in a task and calls ``done`` when it ends."""
+    room = new_room()
+    async with started(settings) as (backend, _):
+        seen: list[int] = []
+        future = Backend.start_publish(backend, room, ALICE, "x", lambda f: seen.append(f.result().seq))
+        message = await future  # done was registered first: it has run when the awaiting task resumes
+    assert seen == [message.seq]
 
 
 async def test_subscribed_room_messages_are_delivered_in_order(settings: Settings) -> None:

@@ -16,7 +16,7 @@ from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from chat.app import create_app
-from chat.backends import Snapshot
+from chat.backends import PublishDone, Snapshot
 from chat.backends.memory import MemoryBackend
 from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, chat_of
 from chat.exceptions import Unavailable
@@ -401,21 +401,32 @@ class Deferred(MemoryBackend):
 
     def __init__(self, url: str, settings: Settings) -> None:
         super().__init__(url, settings)
-        self.held: list[tuple[str, Member, str, asyncio.Future[Message]]] = []
+        self.held: list[tuple[str, Member, str, asyncio.Future[Message], PublishDone | None]] = []
         self.holding = anyio.Event()
         self.hold_count = 1
 
-    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+    def start_publish(
+        self, room: str, sender: Member, text: str, done: PublishDone | None = None
+    ) -> asyncio.Future[Message]:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self.held.append((room, sender, text, future))
+        self.held.append((room, sender, text, future, done))
         if len(self.held) >= self.hold_count:
             self.holding.set()
         return future
 
     def release(self) -> None:
         held, self.held = self.held, []
-        for room, sender, text, future in held:
+        for room, sender, text, future, done in held:
             future.set_result(self._publish(room, sender, text))
+            if done is not None:
+                done(future)
+
+    def fail_one(self) -> None:
+        """Fail the oldest publish held, as a Redis that went away does."""
+        _, _, _, future, done = self.held.pop(0)
+        future.set_exception(Unavailable("backend unavailable"))
+        if done is not None:
+            done(future)
 
 
 def deferred_app() -> tuple[Starlette, Deferred]:
@@ -434,7 +445,7 @@ async def test_messages_on_their_way_do_not_hold_up_the_next_frames(task_group: 
     for index in range(3):
         await client.send_json(type="message", text=f"m{index}", ref=f"r{index}")
     assert await client.ping() == []  # answered although nothing is published yet
-    assert [text for _, _, text, _ in backend.held] == ["m0", "m1", "m2"]
+    assert [text for _, _, text, _, _ in backend.held] == ["m0", "m1", "m2"]
     backend.release()
     frames = await client.until("ack") + await client.until("ack") + await client.until("ack")
     assert [(f["seq"], f["text"]) for f in frames if f["type"] == "message"] == [(1, "m0"), (2, "m1"), (3, "m2")]
@@ -467,8 +478,7 @@ async def test_publish_failing_later_answers_unavailable(task_group: TaskGroup) 
     client = Client(app)
     await client.join(task_group)
     await client.send_json(type="message", text="lost", ref="r")
-    _, _, _, future = backend.held.pop()
-    future.set_exception(Unavailable("backend unavailable"))
+    backend.fail_one()
     frame = await client.next()
     assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unavailable", "r")
     assert await client.ping() == []
@@ -478,9 +488,13 @@ async def test_publish_failing_on_the_backend_answers_unavailable(task_group: Ta
     """A message the backend cannot take gets an 'unavailable' error echoing its ref; the socket stays."""
 
     class Failing(MemoryBackend):
-        def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+        def start_publish(
+            self, room: str, sender: Member, text: str, done: PublishDone | None = None
+        ) -> asyncio.Future[Message]:
             future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
             future.set_exception(Unavailable("backend unavailable"))
+            if done is not None:
+                done(future)
             return future
 
     settings = Settings()

@@ -264,11 +264,16 @@ async def test_publishes_on_their_way_fail_when_the_backend_stops(redis_server: 
         with anyio.fail_after(5), pytest.raises(Unavailable):
             await future
 
+    failed: list[BaseException | None] = []
     async with nodes(redis_server.url, count=1) as (node,), counted_writes(node.backend, use_link) as writes:
         with frozen(redis_server):
-            in_flight = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"s{index}") for index in range(3)]
+            in_flight = [
+                node.backend.start_publish(ROOM, Member("m1", "ann"), f"s{i}", lambda f: failed.append(f.exception()))
+                for i in range(3)
+            ]
             await writes.wait(1)  # the three are sent, waiting for their replies
             await node.backend.stop()
+            assert [type(error) for error in failed] == [Unavailable] * 3  # done was told, at once
             for future in in_flight:
                 with anyio.fail_after(1), pytest.raises(Unavailable):
                     await future

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
+from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snapshot
 from chat.exceptions import ConfigError
 from chat.settings import Settings
 
-__all__ = ["Backend", "Deliver", "RoomSummary", "Snapshot", "open_backend"]
+__all__ = ["Backend", "Deliver", "PublishDone", "RoomSummary", "Snapshot", "open_backend"]
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -17,6 +17,8 @@ from chat.protocol import Event, Member, Message, Signal
 from chat.settings import Settings
 
 Deliver = Callable[[Event], None]
+PublishDone = Callable[["asyncio.Future[Message]"], None]
+"""Called with a publish's future once it is resolved (``Backend.start_publish``)."""
 StateListener = Callable[[bool], None]
 
 
@@ -73,14 +75,22 @@ class Backend(abc.ABC):
     async def publish(self, room: str, sender: Member, text: str) -> Message:
         """Give the message the room's next seq, store it in history and deliver it everywhere."""
 
-    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+    def start_publish(
+        self, room: str, sender: Member, text: str, done: PublishDone | None = None
+    ) -> asyncio.Future[Message]:
         """Publish without waiting: the future gets the message (or ``Unavailable``).
 
         Messages started one after the other get their seqs in that order, so a member may have
-        several on their way at once. This default runs ``publish`` in a task, which keeps that
-        order only if ``publish`` fixes it before its first await; backends override it.
+        several on their way at once. ``done``, if given, is called once with the future when it is
+        resolved (or was cancelled): backends call it as soon as they resolve it, in the same
+        callback, a loop turn before a done callback of the future would run. This default runs
+        ``publish`` in a task, which keeps the order only if ``publish`` fixes it before its first
+        await, and makes ``done`` a done callback; backends override it.
         """
-        return asyncio.ensure_future(self.publish(room, sender, text))
+        future = asyncio.ensure_future(self.publish(room, sender, text))
+        if done is not None:
+            future.add_done_callback(done)
+        return future
 
     @abc.abstractmethod
     async def signal(self, signal: Signal) -> None:

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import islice
 
-from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
+from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snapshot
 from chat.protocol import Member, Message, Remove, Signal
 from chat.settings import Settings
 
@@ -85,9 +85,13 @@ class MemoryBackend(Backend):
     async def publish(self, room: str, sender: Member, text: str) -> Message:
         return self._publish(room, sender, text)
 
-    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+    def start_publish(
+        self, room: str, sender: Member, text: str, done: PublishDone | None = None
+    ) -> asyncio.Future[Message]:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         future.set_result(self._publish(room, sender, text))
+        if done is not None:
+            done(future)
         return future
 
     def _publish(self, room: str, sender: Member, text: str) -> Message:

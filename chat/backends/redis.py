@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
+from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snapshot
 from chat.backends.resp import Link, LinkLost, command, link_supported
 from chat.exceptions import Unavailable
 from chat.protocol import Member, Message, Remove, Restart, Signal, encode_json, message_frame_parts
@@ -195,7 +195,7 @@ def _new_epoch() -> str:
 
 @dataclass(slots=True)
 class _Publish:
-    """A publish on its way: the message without its seq, and the future its caller awaits."""
+    """A publish on its way: the message without its seq, the future its caller awaits, and its ``done``."""
 
     room: str
     sender: Member
@@ -204,26 +204,32 @@ class _Publish:
     head: str  # the frame is head + seq + tail
     tail: str
     future: asyncio.Future[Message]
+    done: PublishDone | None
 
     def settle(self, reply: Any) -> None:
-        """Resolve the future from the script's reply: ``[seq, epoch]``, or an error."""
-        if self.future.done():
-            return  # its caller was cancelled
-        if isinstance(reply, BaseException):
+        """Resolve the future from the script's reply (``[seq, epoch]``) or an error, and call ``done``."""
+        future = self.future
+        if future.done():
+            pass  # its caller cancelled it
+        elif isinstance(reply, BaseException):
             error = Unavailable("backend unavailable")
-            error.__cause__ = reply
-            self.future.set_exception(error)
-            return
-        seq = int(reply[0])
-        self.future.set_result(
-            Message.with_frame(self.room, seq, self.sender, self.text, self.ts, f"{self.head}{seq}{self.tail}")
-        )
+            if not isinstance(reply, Unavailable):
+                error.__cause__ = reply
+            future.set_exception(error)
+        else:
+            seq = int(reply[0])
+            frame = f"{self.head}{seq}{self.tail}"
+            future.set_result(Message.with_frame(self.room, seq, self.sender, self.text, self.ts, frame))
+        if self.done is not None:
+            try:
+                self.done(future)
+            except Exception:
+                logger.exception("a publish's done callback failed")
 
 
 def _fail(publishes: list[_Publish]) -> None:
     for publish in publishes:
-        if not publish.future.done():
-            publish.future.set_exception(Unavailable("backend unavailable"))
+        publish.settle(Unavailable("backend unavailable"))
 
 
 @dataclass
@@ -420,11 +426,13 @@ class RedisBackend(Backend):
         except (RedisError, OSError) as exc:
             raise Unavailable("backend unavailable") from exc
 
-    def start_publish(self, room: str, sender: Member, text: str) -> asyncio.Future[Message]:
+    def start_publish(
+        self, room: str, sender: Member, text: str, done: PublishDone | None = None
+    ) -> asyncio.Future[Message]:
         ts = time.time_ns() // 1_000_000
         head, tail = message_frame_parts(room, sender, text, ts)
         loop = asyncio.get_running_loop()
-        publish = _Publish(room, sender, text, ts, head, tail, loop.create_future())
+        publish = _Publish(room, sender, text, ts, head, tail, loop.create_future(), done)
         self._publishes.append(publish)
         if self._use_link:
             if not self._send_scheduled:
