@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from chat.auth import SYSTEM_ID
+from chat.auth import SYSTEM_ID, bearer_credentials
 from chat.endpoint import chat_of
 from chat.exceptions import ApiError, InvalidJoin, RequestError, Unavailable
 from chat.hub import Chat
@@ -35,7 +35,7 @@ from chat.protocol import (
     ROOM_PATTERN,
     Member,
     check_text,
-    encode_json,
+    encode_messages,
     parse_name,
 )
 from chat.settings import Settings
@@ -88,8 +88,8 @@ def operator(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 def authorized(request: Request, api_key: str) -> bool:
     """Whether the request carries the API key as a bearer token (compared in constant time)."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), api_key.encode())
+    credentials = bearer_credentials(request.headers.get("authorization", ""))
+    return credentials is not None and hmac.compare_digest(credentials.encode(), api_key.encode())
 
 
 def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -118,9 +118,7 @@ async def room_history(request: Request, chat: Chat) -> Response:
     before = int_param(request, "before", 1, None)
     limit = int_param(request, "limit", 1, HISTORY_LIMIT_MAX)
     messages = await chat.backend.history(room, before, HISTORY_LIMIT_DEFAULT if limit is None else limit)
-    head = encode_json({"room": room})[:-1]
-    body = head + ',"messages":[' + ",".join(message.frame for message in messages) + "]}"
-    return Response(body, media_type="application/json")
+    return Response(encode_messages({"room": room}, messages), media_type="application/json")
 
 
 @operator

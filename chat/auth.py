@@ -183,7 +183,16 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]], query: Mapping[str, str
     """The token from ``Authorization: Bearer`` (non-browser clients) or else ``?token=`` (browsers)."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and credentials.strip():
-                return credentials.strip()
+            credentials = bearer_credentials(value.decode("latin-1"))
+            if credentials:
+                return credentials
     return query.get("token") or None
+
+
+def bearer_credentials(authorization: str) -> str | None:
+    """The credentials of an ``Authorization`` value in the Bearer scheme (any case), stripped and maybe empty.
+
+    None when the value is in another scheme (or none).
+    """
+    scheme, _, credentials = authorization.partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None

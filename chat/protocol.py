@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chat.exceptions import BadRequest, ErrorCode, InvalidJoin, RequestError, TooLarge, Unsupported
 from chat.frames import text_frame
@@ -67,8 +67,22 @@ class Member:
         return member
 
 
+class _Framed:
+    """What a broadcast event (``Message``, ``Signal``) shares: its encoded ``frame``, framed once as ``wire``."""
+
+    if TYPE_CHECKING:  # each subclass encodes its frame in a cached property
+
+        @property
+        def frame(self) -> str: ...
+
+    @cached_property
+    def wire(self) -> bytes:
+        """The frame as WebSocket bytes, framed once for every socket that gets it."""
+        return text_frame(self.frame.encode())
+
+
 @dataclass(frozen=True)
-class Message:
+class Message(_Framed):
     """A stored chat message; ``seq`` rises by exactly one per message in its room."""
 
     room: str
@@ -92,11 +106,6 @@ class Message:
         """The encoded ``message`` frame, built once however many members receive it."""
         head, tail = message_frame_parts(self.room, self.sender, self.text, self.ts)
         return f"{head}{self.seq}{tail}"
-
-    @cached_property
-    def wire(self) -> bytes:
-        """The frame as WebSocket bytes, framed once for every socket that gets it."""
-        return text_frame(self.frame.encode())
 
     @classmethod
     def with_frame(cls, room: str, seq: int, sender: Member, text: str, ts: int, frame: str) -> Message:
@@ -126,7 +135,7 @@ SignalKind = Literal["join", "leave", "typing"]
 
 
 @dataclass(frozen=True)
-class Signal:
+class Signal(_Framed):
     """A passing event (join, leave, typing) for the other members of a room; never stored."""
 
     kind: SignalKind
@@ -137,12 +146,6 @@ class Signal:
     def frame(self) -> str:
         key = "from" if self.kind == "typing" else "member"
         return f'{{"type":"{self.kind}","room":{_dumps(self.room)},"{key}":{self.member.json}}}'
-
-
-    @cached_property
-    def wire(self) -> bytes:
-        """The frame as WebSocket bytes, framed once for every socket that gets it."""
-        return text_frame(self.frame.encode())
 
     @classmethod
     def from_frame(cls, frame: str) -> Signal:
@@ -359,8 +362,13 @@ def encode_ack(ref: Ref, seq: int) -> str:
 
 
 def encode_history(room: str, messages: Sequence[Message], ref: Ref) -> str:
-    head = _dumps({"type": "history", "room": room, "ref": ref})
-    return head[:-1] + ',"messages":[' + ",".join(message.frame for message in messages) + "]}"
+    return encode_messages({"type": "history", "room": room, "ref": ref}, messages)
+
+
+def encode_messages(fields: dict[str, object], messages: Sequence[Message]) -> str:
+    """A JSON object of ``fields`` and then ``messages``: the messages' stored frames as they are, in order."""
+    head = _dumps(fields)[:-1] + ("," if fields else "")
+    return head + '"messages":[' + ",".join(message.frame for message in messages) + "]}"
 
 
 def encode_pong(ref: Ref) -> str:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient, WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
@@ -92,6 +93,16 @@ def test_a_wrong_or_missing_key_gets_401(client: TestClient, method: str, path: 
     response = client.request(method, path, headers=headers, json={"text": "x"})
     assert_error(response, 401, "unauthorized")
     assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_the_key_counts_only_in_the_first_authorization_header(client: TestClient) -> None:
+    """Unlike member tokens, the operator key is not taken from ``?token=``, nor from a later header."""
+    response = client.get(f"/api/rooms?token={KEY}")
+    assert_error(response, 401, "unauthorized")
+    headers = [("authorization", f"Basic {KEY}"), ("authorization", f"Bearer {KEY}")]
+    response = client.get("/api/rooms", headers=httpx.Headers(headers))
+    assert_error(response, 401, "unauthorized")
+    assert client.get("/api/rooms", headers={"Authorization": f"bearer  {KEY} "}).status_code == 200
 
 
 # --- listing -------------------------------------------------------------------------------------------
