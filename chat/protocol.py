@@ -270,7 +270,7 @@ def decode(data: str | bytes, max_text: int) -> ClientRequest:
     if not data.lstrip().startswith("{"):
         return SendText(_checked_text(data, max_text, None))
     try:
-        obj = json.loads(data, parse_constant=_reject_constant)
+        obj = _CLIENT_JSON.decode(data)
     except (ValueError, RecursionError):
         raise BadRequest("malformed JSON object") from None
     if not isinstance(obj, dict):
@@ -334,6 +334,10 @@ def _optional_int(obj: dict[str, Any], key: str, low: int, high: int | None, ref
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+_CLIENT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+"""Made once: ``json.loads`` with any option builds a new decoder per call."""
 
 
 # --- server frames -----------------------------------------------------------------------------
