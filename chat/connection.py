@@ -5,7 +5,7 @@ anyone else. Two ways to the socket:
 
 - direct: under the server's own protocol (``chat.server``), frames go straight into the socket's
   write buffer, already framed (a broadcast is framed once for everyone), and leave in one write
-  per event-loop turn;
+  per event-loop turn (or per ``write_delay`` seconds);
 - queued: under any other ASGI server, a writer task (``run``) awaits ``send_text`` frame by frame.
 
 A member that joined with ``batch=1`` gets every frame of a turn (direct) or everything queued

@@ -125,9 +125,10 @@ class ChatEndpoint(WebSocketEndpoint):
             return
         if not chat.registry.admit():
             chat.access.release(address)
-            log_refusal(chat, address, ServerBusy("server full"))
+            busy = ServerBusy("server full")
+            log_refusal(chat, address, busy)
             await websocket.accept()
-            await websocket.close(ServerBusy.close_code, "server full")
+            await websocket.close(busy.close_code, busy.detail)
             return
         self.admitted = address
         chat.metrics.connections.inc()

@@ -1,4 +1,4 @@
-"""The shared state of one chat app: settings, backend, registry, and the steps every entry point shares.
+"""One chat app's shared state (settings, backend, registry, access, metrics) and the steps every entry point shares.
 
 The endpoint, the HTTP routes and the lifespan all go through one ``Chat``; it starts lazily, so
 the app also works mounted in a host that never runs the sub-app's lifespan.
@@ -68,7 +68,7 @@ class Chat:
         self.metrics.process_stopped(os.getpid())
 
     async def join(self, connection: Connection, request: JoinRequest) -> None:
-        """Register the member, announce it, and queue its welcome (history, members, seq, epoch)."""
+        """Register the connection, announce its member (on its first connection in the room), queue its welcome."""
         await self.start()
         first = await self.registry.add(connection)
         try:
@@ -91,7 +91,7 @@ class Chat:
         connection.welcome(frame, snapshot.seq)
 
     async def leave(self, connection: Connection) -> None:
-        """Unregister the member and announce it; safe to call more than once."""
+        """Unregister the connection, announce the leave (its member's last connection there); safe to call again."""
         try:
             if await self.registry.remove(connection):
                 await self.backend.leave(connection.room, connection.member)

@@ -196,7 +196,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             self._flusher = _flusher(self.loop, seconds)
 
     def direct_write(self, frame: str, wire: bytes) -> None:
-        """Send a text frame in this turn's write; ``wire`` is used as is unless an extension is on."""
+        """Send a text frame in the next flush (``write_delay``); ``wire`` is used as is unless an extension is on."""
         if self.close_sent or self.disconnected:
             return
         pending = self._pending
