@@ -15,7 +15,7 @@ the publishes started in one event-loop turn in one write on a connection of its
 (``chat.backends.resp.Link``), without waiting for the replies to earlier ones; Redis answers a
 connection's commands in order, so seqs follow the order publishes were started, and their
 pub/sub messages come back together, so every member gets them in one write. (Without hiredis, or
-for ``rediss://``, redis-py pipelines do the same one at a time.)
+for ``rediss://`` and ``unix://``, redis-py pipelines do the same, one round trip at a time.)
 
 Each process has one pub/sub connection for every room with local members. It remembers the last
 seq it delivered per room; a seq gap (a dropped link, a node that fell behind) is filled from
@@ -44,9 +44,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snapshot
-from chat.backends.resp import Link, LinkLost, command, link_supported
+from chat.backends.resp import Link, LinkLost, bulk_strings, link_supported
 from chat.exceptions import Unavailable
-from chat.protocol import Member, Message, Remove, Restart, Signal, encode_json, message_frame_parts
+from chat.protocol import Member, Message, Remove, Restart, Signal, message_frame_parts
 from chat.settings import Settings
 
 logger = logging.getLogger("chat.redis")
@@ -130,14 +130,21 @@ if stop <= start then return {} end
 return redis.call('LRANGE', KEYS[2], start, stop - 1)
 """
 
-# KEYS: presence. ARGV: entry, presence ttl ms, key ttl s, channel, join frame.
-_JOIN = """
+# Redis's clock in ms as ``ms``: presence expiries are on it, whichever process writes or reads them.
+_NOW_MS = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+"""
+
+# KEYS: presence. ARGV: entry, presence ttl ms, key ttl s, channel, join frame.
+_JOIN = (
+    _NOW_MS
+    + """
 redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], 's:' .. ARGV[5])
 """
+)
 
 # KEYS: presence. ARGV: entry, channel, leave frame.
 _LEAVE = """
@@ -146,28 +153,31 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 """
 
-# KEYS: presence, epoch, seq, history. ARGV: presence ttl ms, key ttl s, channel, room (JSON), entries...
+# KEYS: presence, epoch, seq, history. ARGV: presence ttl ms, key ttl s, channel, the room's leave
+# frame before and after its member (``_leave_frame_parts``), entries...
 # Refreshes this node's members, drops everyone whose heartbeat stopped and announces them.
-_HEARTBEAT = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-for i = 5, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ms + tonumber(ARGV[1]), ARGV[i]) end
+_HEARTBEAT = (
+    _NOW_MS
+    + """
+for i = 6, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ms + tonumber(ARGV[1]), ARGV[i]) end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms)
 for _, entry in ipairs(expired) do
   if redis.call('ZREM', KEYS[1], entry) == 1 then
-    redis.call('PUBLISH', ARGV[3], 's:{"type":"leave","room":' .. ARGV[4] .. ',"member":' .. entry .. '}')
+    redis.call('PUBLISH', ARGV[3], 's:' .. ARGV[4] .. entry .. ARGV[5])
   end
 end
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return #expired
 """
+)
 
 # KEYS: presence. Returns the live entries.
-_MEMBERS = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+_MEMBERS = (
+    _NOW_MS
+    + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], ms, '+inf')
 """
+)
 
 
 def _keys(room: str) -> tuple[str, str, str, str]:
@@ -181,12 +191,17 @@ def _channel(room: str) -> str:
 
 
 def _room_of(channel: str) -> str:
+    """The room of a ``chat:{R}`` channel."""
     return channel[len("chat:{") : -1]
 
 
-def _room_of_key(key: str) -> str:
-    """The room of a ``chat:{R}:...`` key."""
-    return key[len("chat:{") : key.rindex("}")]
+_NOBODY = Member("", "")  # a room's JSON never holds it (ROOM_PATTERN): it marks where the member goes
+
+
+def _leave_frame_parts(room: str) -> tuple[str, str]:
+    """The room's leave frame (``Signal.frame``) before and after its member's JSON, for the heartbeat script."""
+    head, _, tail = Signal("leave", room, _NOBODY).frame.partition(_NOBODY.json)
+    return head, tail
 
 
 def _new_epoch() -> str:
@@ -279,7 +294,8 @@ class RedisBackend(Backend):
         self._link: Link | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._send_scheduled = False
-        self._publish_script = _PUBLISH.encode()  # sent whole (EVAL): a Redis that restarted never says NOSCRIPT
+        # Sent whole (EVAL): a Redis that restarted never says NOSCRIPT. In RESP once; each publish adds its args.
+        self._eval_publish = bulk_strings((b"EVAL", _PUBLISH.encode(), b"3"))
         self.listener_restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -382,7 +398,7 @@ class RedisBackend(Backend):
     async def rooms(self) -> list[RoomSummary]:
         try:
             keys = {key async for key in self._redis.scan_iter("chat:{*}:epoch", ROOM_SCAN_BATCH)}  # SCAN may repeat
-            rooms = sorted(_room_of_key(key) for key in keys)
+            rooms = sorted(_room_of(key.removesuffix(":epoch")) for key in keys)
             now_ms = time.time_ns() // 1_000_000
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room in rooms:
@@ -453,19 +469,30 @@ class RedisBackend(Backend):
                 self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="chat-redis-link")
             return
         batch, self._publishes = self._publishes, []
+        eval_publish = self._eval_publish  # the array header counts its 3 bulk strings and the args
+        commands = [
+            b"*%d\r\n" % (3 + len(args)) + eval_publish + bulk_strings(args) for args in self._script_args(batch)
+        ]
+        link.send(b"".join(commands), batch)
+
+    def _script_args(self, batch: list[_Publish]) -> list[tuple[bytes, ...]]:
+        """The publish script's KEYS and ARGV for each publish of a batch, encoded, as both publish paths send them.
+
+        KEYS: epoch, seq, history. ARGV: a fresh epoch (used only by a room Redis does not know; the
+        batch shares one), TTL, frame head and tail, history size, channel.
+        """
         epoch, ttl, size = _new_epoch().encode(), str(self._ttl).encode(), str(self.settings.history_size).encode()
-        script = self._publish_script
-        writes = []
+        args: list[tuple[bytes, ...]] = []
         for publish in batch:
-            # As _pipeline: KEYS epoch, seq, history; ARGV a fresh epoch, TTL, frame head and tail, size, channel.
-            epoch_key, seq_key, history_key, _ = _keys(publish.room)
-            writes.append(
-                command(
-                    b"EVAL", script, b"3", epoch_key.encode(), seq_key.encode(), history_key.encode(), epoch, ttl,
-                    publish.head.encode(), publish.tail.encode(), size, _channel(publish.room).encode(),
+            room = publish.room
+            epoch_key, seq_key, history_key, _ = _keys(room)
+            args.append(
+                (
+                    epoch_key.encode(), seq_key.encode(), history_key.encode(), epoch, ttl,
+                    publish.head.encode(), publish.tail.encode(), size, _channel(room).encode(),
                 )
             )  # fmt: skip
-        link.send(b"".join(writes), batch)
+        return args
 
     async def _connect(self) -> None:
         """Open the publish link and send what waits; if Redis cannot be reached, those publishes fail."""
@@ -517,16 +544,10 @@ class RedisBackend(Backend):
         return replies
 
     async def _pipeline(self, batch: list[_Publish]) -> list[Any]:
-        sha, epoch, ttl, size = self._publish.sha, _new_epoch(), self._ttl, self.settings.history_size
+        sha = self._publish.sha
         async with self._redis.pipeline(transaction=False) as pipe:
-            for publish in batch:
-                room = publish.room
-                # KEYS: epoch, seq, history. ARGV: a fresh epoch (used only by a room Redis does not
-                # know; rooms may share one), TTL, frame head and tail, history size, channel.
-                keys = _keys(room)[:3]
-                pipe.execute_command(
-                    "EVALSHA", sha, 3, *keys, epoch, ttl, publish.head, publish.tail, size, _channel(room)
-                )
+            for args in self._script_args(batch):
+                pipe.execute_command("EVALSHA", sha, 3, *args)
             return list(await pipe.execute(raise_on_error=False))
 
     async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
@@ -560,7 +581,6 @@ class RedisBackend(Backend):
             self.listener_restarts += 1
             await anyio.sleep(delay)
             delay = BACKOFF_FIRST if self._link_was_up else min(delay * 2, BACKOFF_MAX)
-
 
     async def _listen(self) -> None:
         pubsub = self._subscriber.pubsub()
@@ -649,7 +669,7 @@ class RedisBackend(Backend):
             for room, local in list(self._local.items()):
                 epoch_key, seq_key, history_key, presence_key = _keys(room)
                 keys = [presence_key, epoch_key, seq_key, history_key]
-                args: list[str | int] = [self._presence_ms, self._ttl, _channel(room), encode_json(room)]
+                args: list[str | int] = [self._presence_ms, self._ttl, _channel(room), *_leave_frame_parts(room)]
                 args.extend(local.values())
                 try:
                     await self._heartbeat(keys=keys, args=args)
@@ -666,4 +686,3 @@ def _safe_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return parts._replace(netloc=netloc).geturl()
-

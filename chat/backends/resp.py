@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol, cast
 from urllib.parse import unquote, urlsplit
 
@@ -57,10 +57,12 @@ def link_supported(url: str) -> bool:
 
 def command(*args: bytes) -> bytes:
     """One command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    return b"".join(parts)
+    return b"*%d\r\n" % len(args) + bulk_strings(args)
+
+
+def bulk_strings(args: Iterable[bytes]) -> bytes:
+    """``args`` in RESP, each a bulk string: a command without its array header (which counts them all)."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args])
 
 
 class Link(asyncio.Protocol):
