@@ -1,7 +1,7 @@
 """Abuse limits, sans I/O: per-address connection counts and handshake rates, per-connection misconduct.
 
-Every table here is bounded: connection counts hold only addresses with open connections (at most
-``max_connections`` of them), handshake buckets at most ``max_tracked`` addresses, the least
+Every table here is bounded: connection counts hold only addresses with open connections (so never
+more addresses than connections), handshake buckets at most ``max_tracked`` addresses, the least
 recently seen dropped first (a dropped address starts again with a full burst, which only ever
 favours it). An IPv6 address counts as its /64, the block one subscriber usually gets.
 """

@@ -27,6 +27,7 @@
   const KEEP_MESSAGES = 1500; // messages kept per room while reading at the bottom
   const GROUP_MS = 5 * 60 * 1000;
   const BOTTOM_SLACK_PX = 48;
+  const CLOSE_ICON = 'M6 6l12 12M18 6L6 18';
 
   // --- elements ------------------------------------------------------------------------------------
 
@@ -53,8 +54,7 @@
 
   const state = {
     name: '',
-    rooms: new Map(), // room name -> Room
-    order: [], // room names, as in the sidebar
+    rooms: new Map(), // room name -> Room, in the sidebar's order (the order they were joined in)
     active: null, // the Room on screen
     refs: 0,
   };
@@ -231,7 +231,7 @@
   }
 
   /** Forget the room's socket (its late events are ignored) and close it. */
-  function detach(room, code = 1000) {
+  function detach(room) {
     const ws = room.ws;
     room.ws = null;
     room.live = false;
@@ -240,7 +240,7 @@
     stopHeartbeat(room);
     if (ws && ws.readyState <= WebSocket.OPEN) {
       try {
-        ws.close(code);
+        ws.close(1000);
       } catch (_) { /* already closing */ }
     }
   }
@@ -760,12 +760,10 @@
     if (room !== state.active) return;
     ui.notices.replaceChildren(...room.notices.map((n) => h('div', { class: 'notice', 'data-notice': n.key },
       h('span', {}, n.text),
-      h('button', {
-        type: 'button', class: 'icon-button small', 'aria-label': 'Dismiss', onclick: () => {
-          room.notices = room.notices.filter((other) => other !== n);
-          renderNotices(room);
-        },
-      }, svgIcon('M6 6l12 12M18 6L6 18')))));
+      dismissButton(() => {
+        room.notices = room.notices.filter((other) => other !== n);
+        renderNotices(room);
+      }))));
   }
 
   function showError(room, text, code) {
@@ -783,13 +781,16 @@
     const error = room.error;
     ui.errors.replaceChildren(...(error ? [h('div', { class: 'error', 'data-code': error.code },
       h('span', {}, error.text),
-      h('button', {
-        type: 'button', class: 'icon-button small', 'aria-label': 'Dismiss', onclick: () => {
-          room.error = null;
-          renderError(room);
-          ui.message.focus();
-        },
-      }, svgIcon('M6 6l12 12M18 6L6 18')))] : []));
+      dismissButton(() => {
+        room.error = null;
+        renderError(room);
+        ui.message.focus();
+      }))] : []));
+  }
+
+  function dismissButton(onclick) {
+    return h('button', { type: 'button', class: 'icon-button small', 'aria-label': 'Dismiss', onclick },
+      svgIcon(CLOSE_ICON));
   }
 
   function svgIcon(path) {
@@ -847,8 +848,9 @@
   // --- rooms, members, the sidebar -----------------------------------------------------------------
 
   function renderRoomList() {
-    ui.roomList.replaceChildren(...state.order.map((name) => {
-      const room = state.rooms.get(name);
+    const rooms = [...state.rooms.values()];
+    ui.roomList.replaceChildren(...rooms.map((room) => {
+      const name = room.name;
       const [kind, text] = statusText(room);
       const current = room === state.active;
       return h('li', { class: current ? 'room active' : 'room', 'data-room': name },
@@ -863,12 +865,10 @@
         h('button', {
           type: 'button', class: 'icon-button small leave', 'aria-label': `Leave ${name}`, title: `Leave ${name}`,
           onclick: () => leaveRoom(room),
-        }, svgIcon('M6 6l12 12M18 6L6 18')));
+        }, svgIcon(CLOSE_ICON)));
     }));
-    const elsewhere = state.order.some((name) => state.rooms.get(name) !== state.active
-      && state.rooms.get(name).unread > 0);
-    ui.unreadElsewhere.hidden = !elsewhere;
-    const total = state.order.reduce((sum, name) => sum + state.rooms.get(name).unread, 0);
+    ui.unreadElsewhere.hidden = !rooms.some((room) => room !== state.active && room.unread > 0);
+    const total = rooms.reduce((sum, room) => sum + room.unread, 0);
     const title = state.active ? `#${state.active.name} · chat` : 'chat';
     document.title = total ? `(${total}) ${title}` : title;
   }
@@ -893,12 +893,16 @@
     renderRoomList();
   }
 
+  /** The room at the top of the sidebar (undefined when none is joined). */
+  function firstRoom() {
+    return state.rooms.values().next().value;
+  }
+
   function ensureRoom(name) {
     let room = state.rooms.get(name);
     if (!room) {
       room = newRoom(name);
       state.rooms.set(name, room);
-      state.order.push(name);
       connect(room);
     }
     return room;
@@ -946,12 +950,11 @@
     detach(room);
     room.view.remove();
     state.rooms.delete(room.name);
-    state.order = state.order.filter((name) => name !== room.name);
     if (state.active === room) {
       state.active = null;
-      const next = state.order[0];
+      const next = firstRoom();
       if (next) {
-        activate(state.rooms.get(next), true);
+        activate(next, true);
       } else {
         syncUrl();
         showSetup('join');
@@ -964,7 +967,7 @@
 
   function joinRooms(names, activeName) {
     for (const name of names) ensureRoom(name);
-    const active = state.rooms.get(activeName) || state.rooms.get(state.order[0]);
+    const active = state.rooms.get(activeName) || firstRoom();
     ui.setup.hidden = true;
     ui.app.hidden = false;
     activate(active, true);
@@ -988,7 +991,7 @@
     const params = new URLSearchParams();
     if (state.active) params.set('room', state.active.name);
     if (state.name) params.set('name', state.name);
-    if (state.order.length > 1) params.set('rooms', state.order.join(','));
+    if (state.rooms.size > 1) params.set('rooms', [...state.rooms.keys()].join(','));
     const query = params.toString();
     history.replaceState(null, '', query ? `?${query}` : location.pathname);
   }
@@ -1087,16 +1090,20 @@
     } catch (_) { /* private mode */ }
     ui.setupName.value = state.name || problem.name || saved;
     ui.setupRoom.value = room || 'lobby';
-    ui.setupNameError.textContent = problem.nameError || '';
-    ui.setupRoomError.textContent = problem.roomError || '';
-    ui.setupName.setAttribute('aria-invalid', problem.nameError ? 'true' : 'false');
-    ui.setupRoom.setAttribute('aria-invalid', problem.roomError ? 'true' : 'false');
+    fieldError(ui.setupName, ui.setupNameError, problem.nameError || '');
+    fieldError(ui.setupRoom, ui.setupRoomError, problem.roomError || '');
     ui.setup.hidden = false;
     ui.app.hidden = renaming ? ui.app.hidden : true;
     ui.app.inert = renaming;
     const first = !ui.setupName.value || problem.nameError || renaming ? ui.setupName : ui.setupRoom;
     first.focus();
     if (renaming) ui.setupName.select();
+  }
+
+  /** Show a field's problem (or clear it, with ''), under the field and to assistive technology. */
+  function fieldError(input, output, text) {
+    output.textContent = text;
+    input.setAttribute('aria-invalid', text ? 'true' : 'false');
   }
 
   function hideSetup() {
@@ -1108,28 +1115,20 @@
     event.preventDefault();
     const [name, nameError] = validateName(ui.setupName.value);
     const [room, roomError] = setupMode === 'rename' ? [null, ''] : validateRoom(ui.setupRoom.value);
-    ui.setupNameError.textContent = nameError;
-    ui.setupRoomError.textContent = roomError;
-    ui.setupName.setAttribute('aria-invalid', nameError ? 'true' : 'false');
-    ui.setupRoom.setAttribute('aria-invalid', roomError ? 'true' : 'false');
+    fieldError(ui.setupName, ui.setupNameError, nameError);
+    fieldError(ui.setupRoom, ui.setupRoomError, roomError);
     if (nameError) return ui.setupName.focus();
     if (roomError) return ui.setupRoom.focus();
     hideSetup();
-    if (setupMode === 'rename') {
-      setName(name);
-      ui.message.focus();
-      return undefined;
-    }
     setName(name);
-    joinRooms([room], room);
+    if (setupMode === 'rename') ui.message.focus(); else joinRooms([room], room);
     return undefined;
   }
 
   function onJoinSubmit(event) {
     event.preventDefault();
     const [room, error] = validateRoom(ui.joinRoom.value);
-    ui.joinError.textContent = error;
-    ui.joinRoom.setAttribute('aria-invalid', error ? 'true' : 'false');
+    fieldError(ui.joinRoom, ui.joinError, error);
     if (error) return;
     ui.joinRoom.value = '';
     activate(ensureRoom(room), true);
