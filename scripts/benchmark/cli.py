@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmark import procfs, report, scenarios
 from benchmark.pool import WorkerError, WorkerPool
@@ -28,6 +28,7 @@ from benchmark.servers import KINDS, ROOT, Server, ServerFailed, ServerOptions, 
 
 SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle")
 DEFAULT_SERVERS = ("chat", "chat-delay", "chat-redis", "seed", "raw")
+T = TypeVar("T")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,22 +42,26 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--servers", default=",".join(DEFAULT_SERVERS), help="comma-separated, from " + ", ".join(KINDS)
     )
-    parser.add_argument("--duration", type=float, help="seconds measured: the fanout window, each rooms step")
+    parser.add_argument("--duration", type=positive_float, help="seconds measured: the fanout window, each rooms step")
     parser.add_argument(
         "--members",
         help="the scenario's size, comma-separated for several: fanout room size (200,1000), slow_consumer room size "
         "(50), idle connections (5000,15000), rooms connections (2000)",
     )
-    parser.add_argument("--room-size", type=int, help="rooms: members per room (10)")
-    parser.add_argument("--rooms", type=int, help="idle: rooms the connections spread over (100)")
+    parser.add_argument("--room-size", type=positive_int, help="rooms: members per room (10)")
+    parser.add_argument("--rooms", type=positive_int, help="idle: rooms the connections spread over (100)")
     parser.add_argument(
         "--rates", help="rooms: messages per second per client to try, ascending (0.5 x 1.5^n, then 2 bisection steps)"
     )
-    parser.add_argument("--p99-limit", type=float, help="rooms: a rate is held while p99 stays under this, ms (100)")
-    parser.add_argument("--messages", type=int, help="slow_consumer: messages to publish (5000)")
+    parser.add_argument(
+        "--p99-limit", type=positive_float, help="rooms: a rate is held while p99 stays under this, ms (100)"
+    )
+    parser.add_argument("--messages", type=positive_int, help="slow_consumer: messages to publish (5000)")
     parser.add_argument("--message-bytes", type=int, help="text size (fanout/rooms 100, slow_consumer 2048)")
-    parser.add_argument("--window", type=int, help="fanout/slow_consumer: unacknowledged messages in flight (10)")
-    parser.add_argument("--clients", type=int, default=2, help="client processes (2)")
+    parser.add_argument(
+        "--window", type=positive_int, help="fanout/slow_consumer: unacknowledged messages in flight (10)"
+    )
+    parser.add_argument("--clients", type=positive_int, default=2, help="client processes (2)")
     parser.add_argument(
         "--client-pace-ms",
         type=float,
@@ -64,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
         help="pause per event-loop iteration of a client process, so that it reads in batches; adds at most "
         "this to every latency (1.0; 0 reads every frame as it comes, at more CPU for clients and server)",
     )
-    parser.add_argument("--concurrency", type=int, help="handshakes in flight per client process (100)")
+    parser.add_argument("--concurrency", type=positive_int, help="handshakes in flight per client process (100)")
     parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate (chat gets it on)")
     parser.add_argument(
         "--query", action="append", default=[], metavar="K=V", help="extra query parameter on every connection"
@@ -96,6 +101,25 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the tables go to stderr)")
     parser.add_argument("--logs", type=Path, help="directory for the server logs (default: a temporary one)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
+def given(value: T | None, default: T) -> T:
+    """An option's value when it was given (0 included), else the scenario's default."""
+    return default if value is None else value
 
 
 def floats(text: str) -> list[float]:
@@ -135,34 +159,37 @@ def plan(arguments: argparse.Namespace) -> Plan:
         rooms = RoomsParams(connections=40, room_size=10, rates=[1, 5], step=1.0, settle=0.3, refine=0)
         slow = SlowParams(members=6, messages=300, stall=2.0, limit=8.0, drain=2.0)
         idle = IdleParams(connections=[60], rooms=5, settle=0.3)
-    members = ints(arguments.members) if arguments.members else None
+    members = ints(arguments.members or "") or None
+    first = members[0] if members else None
+    rates = floats(arguments.rates or "") or None
     size = arguments.message_bytes
-    if arguments.concurrency:
-        common = dataclasses.replace(common, concurrency=arguments.concurrency)
+    common = dataclasses.replace(common, concurrency=given(arguments.concurrency, common.concurrency))
     fanout = dataclasses.replace(
         fanout,
-        members=members or fanout.members,
-        duration=arguments.duration or fanout.duration,
-        window=arguments.window or fanout.window,
-        size=size or fanout.size,
+        members=given(members, fanout.members),
+        duration=given(arguments.duration, fanout.duration),
+        window=given(arguments.window, fanout.window),
+        size=given(size, fanout.size),
     )
     rooms = dataclasses.replace(
         rooms,
-        connections=members[0] if members else rooms.connections,
-        room_size=arguments.room_size or rooms.room_size,
-        rates=floats(arguments.rates) if arguments.rates else rooms.rates,
-        step=arguments.duration or rooms.step,
-        size=size or rooms.size,
-        p99_limit_ms=arguments.p99_limit or rooms.p99_limit_ms,
+        connections=given(first, rooms.connections),
+        room_size=given(arguments.room_size, rooms.room_size),
+        rates=given(rates, rooms.rates),
+        step=given(arguments.duration, rooms.step),
+        size=given(size, rooms.size),
+        p99_limit_ms=given(arguments.p99_limit, rooms.p99_limit_ms),
     )
     slow = dataclasses.replace(
         slow,
-        members=members[0] if members else slow.members,
-        messages=arguments.messages or slow.messages,
-        size=size or slow.size,
-        window=arguments.window or slow.window,
+        members=given(first, slow.members),
+        messages=given(arguments.messages, slow.messages),
+        size=given(size, slow.size),
+        window=given(arguments.window, slow.window),
     )
-    idle = dataclasses.replace(idle, connections=members or idle.connections, rooms=arguments.rooms or idle.rooms)
+    idle = dataclasses.replace(
+        idle, connections=given(members, idle.connections), rooms=given(arguments.rooms, idle.rooms)
+    )
     if slow.members < 3:
         raise SystemExit("slow_consumer needs at least 3 members (publisher, slow one, one other)")
     return Plan(list(chosen), servers, common, fanout, rooms, slow, idle)
@@ -196,6 +223,8 @@ def log(message: str) -> None:
 
 QUIET_CPU = 0.10
 """Other processes are quiet while they use less than this share of one core."""
+DISTURBED_PCT = 15.0
+"""A run during which other processes took more than this (% of a core) is repeated (``--retries``)."""
 
 
 def wait_quiet(pool: WorkerPool, limit: float) -> tuple[float, float]:
@@ -219,14 +248,14 @@ def run_one(
     label: str,
     run: Callable[[WorkerPool, Server], Row],
     quiet_wait: float,
-) -> tuple[Row, WorkerPool]:
+) -> Row:
     """Start the server, run the scenario, stop the server; any failure becomes the row's ``error``."""
     row: Row = {"server": kind_name, "variant": label}
     kind = KINDS[kind_name]
     if kind.redis and not redis_available():
         row["error"] = "skipped: no redis-server on PATH"
         row["skipped"] = True
-        return row, pool
+        return row
     if quiet_wait > 0:
         waited, share = wait_quiet(pool, quiet_wait)
         if waited > 1:
@@ -255,7 +284,30 @@ def run_one(
                 if complaint:
                     row.setdefault("note", complaint)
     row["wall_seconds"] = round(time.monotonic() - started, 1)
-    return row, pool
+    return row
+
+
+def measure(
+    pool: WorkerPool,
+    name: str,
+    kind_name: str,
+    options: ServerOptions,
+    label: str,
+    run: Callable[[WorkerPool, Server], Row],
+    arguments: argparse.Namespace,
+) -> Row:
+    """``run_one``, again (up to ``--retries`` times) while other processes disturbed the measurement."""
+    log(f"- {name} [{label}] {kind_name} ...")
+    for attempt in range(1 + max(0, arguments.retries)):
+        row = run_one(pool, kind_name, options, label, run, arguments.quiet_wait)
+        busy = disturbance(row)
+        log(f"  {summary(name, row)} ({row['wall_seconds']} s)")
+        if busy <= DISTURBED_PCT or row.get("error"):
+            break
+        if attempt < arguments.retries:
+            log(f"  other processes took up to {busy:.0f}% of a core while measuring: once more")
+    note_disturbance(row, busy, attempt)
+    return row
 
 
 def machine() -> dict[str, Any]:
@@ -310,6 +362,7 @@ def chat_commit() -> str | None:
 
 
 def raise_file_limit() -> tuple[int, int]:
+    """The open-file limit up to the hard one, for the harness and all it starts (clients, servers); the new limits."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -366,16 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             rows: list[Row] = []
             for label, run in variants(name, the_plan):
                 for kind_name in the_plan.servers:
-                    log(f"- {name} [{label}] {kind_name} ...")
-                    for attempt in range(1 + max(0, arguments.retries)):
-                        row, pool = run_one(pool, kind_name, options, label, run, arguments.quiet_wait)
-                        busy = disturbance(row)
-                        log(f"  {summary(name, row)} ({row['wall_seconds']} s)")
-                        if busy <= DISTURBED_PCT or row.get("error"):
-                            break
-                        if attempt < arguments.retries:
-                            log(f"  other processes took up to {busy:.0f}% of a core while measuring: once more")
-                    note_disturbance(row, busy, attempt)
+                    row = measure(pool, name, kind_name, options, label, run, arguments)
                     note_client_saturation(row, client_capacity)
                     rows.append(row)
             table = report.TABLES[name](rows)
@@ -392,9 +436,6 @@ def main(argv: list[str] | None = None) -> int:
         print(output)
     rows = [row for results in document["results"].values() for row in results]
     return 1 if any(row.get("error") and not row.get("skipped") for row in rows) else 0
-
-
-DISTURBED_PCT = 15.0
 
 
 def describe(

@@ -40,7 +40,7 @@ class WorkerPool:
         for index in range(self.count):
             parent, child = context.Pipe()
             name = f"bench-client-{index}"
-            process = context.Process(target=worker_main, args=(child, index, self.pace), name=name, daemon=True)
+            process = context.Process(target=worker_main, args=(child, self.pace), name=name, daemon=True)
             process.start()
             child.close()
             if self.cpus and process.pid is not None:

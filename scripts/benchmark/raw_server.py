@@ -9,20 +9,16 @@ with a per-room seq, no acks. Runs on uvloop.
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
-import time
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from benchmark.reference import encode, message_text
+from benchmark.reference import message, new_member, welcome
 
 rooms: dict[str, dict[ServerConnection, None]] = {}
 """Room -> members in join order (a dict, so that every run sends in the same order, as seed's list does)."""
-seqs: dict[str, int] = {}
-ids = itertools.count(1)
 
 
 def parse_path(path: str) -> tuple[str, str]:
@@ -35,24 +31,13 @@ def parse_path(path: str) -> tuple[str, str]:
 
 async def chat(websocket: ServerConnection) -> None:
     room, name = parse_path(websocket.request.path if websocket.request else "/ws/lobby")
-    me = {"id": f"m{next(ids)}", "name": name}
-    welcome = {"type": "welcome", "room": room, "you": me, "members": [], "seq": seqs.get(room, 0)}
-    await websocket.send(encode(welcome))
+    me = new_member(name)
+    await websocket.send(welcome(room, me))
     members = rooms.setdefault(room, {})
     members[websocket] = None
     try:
         async for data in websocket:
-            text = message_text(data if isinstance(data, str) else data.decode())
-            seq = seqs[room] = seqs.get(room, 0) + 1
-            frame = {
-                "type": "message",
-                "room": room,
-                "seq": seq,
-                "from": me,
-                "text": text,
-                "ts": int(time.time() * 1000),
-            }
-            broadcast(members, encode(frame))
+            broadcast(members, message(room, me, data if isinstance(data, str) else data.decode()))
     finally:
         members.pop(websocket, None)
 

@@ -48,18 +48,26 @@ def render(title: str, columns: Sequence[Column], rows: Sequence[Row]) -> str:
 def add_ratios(rows: list[Row], metrics: Sequence[str]) -> None:
     """``row["ratio"][metric][ref]`` = row's metric / the reference's, within the same variant."""
     for row in rows:
-        ratios: dict[str, dict[str, float | None]] = {}
-        for metric in metrics:
-            ratios[metric] = {}
-            for reference in REFERENCES:
-                other = next(
-                    (r for r in rows if r["server"] == reference and r.get("variant") == row.get("variant")), None
-                )
-                mine = row.get(metric)
-                theirs = other.get(metric) if other and not other.get("error") else None
-                ok = isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs
-                ratios[metric][reference] = mine / theirs if ok else None  # type: ignore[operator]
-        row["ratio"] = ratios
+        references = {
+            reference: next(
+                (r for r in rows if r["server"] == reference and r.get("variant") == row.get("variant")), None
+            )
+            for reference in REFERENCES
+        }
+        row["ratio"] = {
+            metric: {
+                reference: quotient(row.get(metric), other.get(metric) if other and not other.get("error") else None)
+                for reference, other in references.items()
+            }
+            for metric in metrics
+        }
+
+
+def quotient(mine: Any, theirs: Any) -> float | None:
+    """``mine / theirs`` when both are numbers and ``theirs`` is not 0; else None."""
+    if isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs:
+        return mine / theirs
+    return None
 
 
 def ratio(metric: str, reference: str) -> Callable[[Row], str]:
@@ -68,6 +76,11 @@ def ratio(metric: str, reference: str) -> Callable[[Row], str]:
         return "-" if value is None else f"{value:.2f}"
 
     return cell
+
+
+def ratios(metric: str) -> list[Column]:
+    """The ratio columns of one metric: ``/seed``, ``/raw``."""
+    return [(f"/{reference}", ratio(metric, reference)) for reference in REFERENCES]
 
 
 def field(key: str, digits: int = 0) -> Callable[[Row], str]:
@@ -84,13 +97,11 @@ def fanout_table(rows: list[Row]) -> str:
         server_column(),
         ("members", field("members")),
         ("deliveries/s", field("deliveries_per_s")),
-        ("/seed", ratio("deliveries_per_s", "seed")),
-        ("/raw", ratio("deliveries_per_s", "raw")),
+        *ratios("deliveries_per_s"),
         ("p50 ms", field("p50_ms", 2)),
         ("p99 ms", field("p99_ms", 2)),
         ("CPU ms/1k deliv", field("cpu_ms_per_1k", 2)),
-        ("/seed", ratio("cpu_ms_per_1k", "seed")),
-        ("/raw", ratio("cpu_ms_per_1k", "raw")),
+        *ratios("cpu_ms_per_1k"),
         ("lost", field("lost")),
         ("server CPU%", field("server_cpu_pct")),
         ("client CPU%", field("client_cpu_pct")),
@@ -112,8 +123,7 @@ def rooms_table(rows: list[Row]) -> str:
         server_column(),
         ("conns", field("connections")),
         ("held msg/s/client", field("held_rate_per_client", 1)),
-        ("/seed", ratio("held_rate_per_client", "seed")),
-        ("/raw", ratio("held_rate_per_client", "raw")),
+        *ratios("held_rate_per_client"),
         ("publish/s", field("held_publish_per_s")),
         ("deliveries/s", field("held_deliveries_per_s")),
         ("p99 ms", field("held_p99_ms", 1)),
@@ -152,11 +162,9 @@ def idle_table(rows: list[Row]) -> str:
         server_column(),
         ("conns", field("connections")),
         ("KiB/conn", field("kib_per_connection", 1)),
-        ("/seed", ratio("kib_per_connection", "seed")),
-        ("/raw", ratio("kib_per_connection", "raw")),
+        *ratios("kib_per_connection"),
         ("handshakes/s", field("handshakes_per_s")),
-        ("/seed", ratio("handshakes_per_s", "seed")),
-        ("/raw", ratio("handshakes_per_s", "raw")),
+        *ratios("handshakes_per_s"),
         ("CPU ms/handshake", field("cpu_ms_per_handshake", 2)),
         ("RSS MB", field("rss_mb", 1)),
         ("server CPU%", field("server_cpu_pct")),

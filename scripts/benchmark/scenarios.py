@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,13 @@ class Snapshot:
     def hist(self) -> dict[int, int]:
         return latency.merge(reply["hist"] for reply in self.replies)
 
+    def seconds_since(self, start: Snapshot) -> float:
+        return max(self.at - start.at, 1e-9)
+
+    def server_cpu_since(self, start: Snapshot) -> float:
+        """CPU seconds of the server and its redis-server since ``start``."""
+        return (self.server_cpu - start.server_cpu) + (self.redis_cpu - start.redis_cpu)
+
 
 def snapshot(pool: WorkerPool, server: Server, reset: bool = False) -> Snapshot:
     """Read everything at once; ``reset`` starts a new latency window in every client process."""
@@ -125,9 +133,9 @@ def snapshot(pool: WorkerPool, server: Server, reset: bool = False) -> Snapshot:
 
 def window_figures(start: Snapshot, end: Snapshot) -> Row:
     """Deliveries, latency and CPU between two snapshots (the end one's histogram covers the window)."""
-    elapsed = max(end.at - start.at, 1e-9)
+    elapsed = end.seconds_since(start)
     deliveries = end.total("received") - start.total("received")
-    server_cpu = (end.server_cpu - start.server_cpu) + (end.redis_cpu - start.redis_cpu)
+    server_cpu = end.server_cpu_since(start)
     hist = end.hist()
     ours = server_cpu + (end.client_cpu - start.client_cpu) + (end.harness_cpu - start.harness_cpu)
     other = (end.system_cpu - start.system_cpu) - ours
@@ -199,10 +207,47 @@ def connect(pool: WorkerPool, server: Server, common: Common, shares: list[list[
     return replies
 
 
+def connect_publisher(pool: WorkerPool, server: Server, common: Common, room: str) -> None:
+    """Open the publisher of ``room`` in client process 0 (members then go from process 1 on: ``first=1``)."""
+    connect(pool, server, common, spread([(room, "publisher", "publisher")], pool.count))
+
+
+def start_publisher(pool: WorkerPool, server: Server, count: int, window: int, size: int, stall: float) -> None:
+    """Start the closed-loop publisher; it counts acks where the server sends them, its own echoes elsewhere."""
+    arguments = {"count": count, "window": window, "size": size, "ack": server.kind.acks, "stall": stall}
+    pool.call_one(0, "publish", arguments, CALL_TIMEOUT)
+
+
 def publisher_state(pool: WorkerPool) -> dict[str, Any]:
     """The publisher's progress (it lives in client process 0)."""
     state: dict[str, Any] = pool.call_one(0, "stats", {}, CALL_TIMEOUT)["publish"]
     return state
+
+
+def wait_publisher(
+    pool: WorkerPool, server: Server, deadline: float, poll: float, sample: Callable[[], None] | None = None
+) -> bool:
+    """Until ``deadline``, every ``poll`` s (after ``sample()``): whether the publisher finished; False on a timeout.
+
+    Also stops waiting when the server exited (its members are gone; ``check_alive`` reports it).
+    """
+    while time.monotonic() < deadline:
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        if sample is not None:
+            sample()
+        if publisher_state(pool).get("finished"):
+            return True
+        if not server.alive:
+            break
+    return False
+
+
+def stop_and_drain(pool: WorkerPool, server: Server, receivers: int, limit: float) -> tuple[dict[str, Any], Snapshot]:
+    """Stop the publisher; let its messages reach the ``receivers`` (bounded by ``limit`` s): (its state, the end)."""
+    state: dict[str, Any] = pool.call_one(0, "stop_publishing", {}, CALL_TIMEOUT)["publish"]
+    final = drain(pool, server, int(state.get("sent", 0)) * receivers, limit)
+    check_alive(server)
+    return state, final
 
 
 def drain(pool: WorkerPool, server: Server, expected: int, limit: float, quiet: float = 2.0) -> Snapshot:
@@ -226,10 +271,6 @@ def check_alive(server: Server) -> None:
         raise ScenarioFailed(f"the server exited:\n{server.log()}")
 
 
-def publish_args(kind_acks: bool, count: int, window: int, size: int, stall: float) -> dict[str, Any]:
-    return {"count": count, "window": window, "size": size, "ack": kind_acks, "stall": stall}
-
-
 def issues(end: Snapshot) -> Row:
     """Errors and closes the clients saw."""
     codes: dict[str, int] = {}
@@ -251,29 +292,22 @@ def issues(end: Snapshot) -> Row:
 def run_fanout(pool: WorkerPool, server: Server, common: Common, params: FanoutParams, members: int) -> Row:
     """One room of ``members`` (the publisher is one of them); closed-loop publisher with ``window`` in flight."""
     room = "fanout"
-    connect(pool, server, common, spread([(room, "publisher", "publisher")], pool.count))
+    connect_publisher(pool, server, common, room)
     others = [(room, f"m{index}", "member") for index in range(1, members)]
     connect(pool, server, common, spread(others, pool.count, first=1))
-    publish_on_first(pool, publish_args(server.kind.acks, 10**12, params.window, params.size, params.stall))
+    start_publisher(pool, server, 10**12, params.window, params.size, params.stall)
     time.sleep(params.warmup)
     start = snapshot(pool, server, reset=True)
-    deadline = start.at + params.duration
-    while time.monotonic() < deadline:
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        state = publisher_state(pool)
-        if state.get("finished"):
-            break
+    wait_publisher(pool, server, start.at + params.duration, poll=0.5)
     end = snapshot(pool, server)
-    state = stop_publisher(pool)
+    state, final = stop_and_drain(pool, server, members, params.drain)
     sent = int(state.get("sent", 0))
-    final = drain(pool, server, sent * members, params.drain)
-    check_alive(server)
     row = window_figures(start, end)
     received = final.total("received")
     row.update(
         members=members,
         published=sent,
-        publish_per_s=(end.total("sent") - start.total("sent")) / max(end.at - start.at, 1e-9),
+        publish_per_s=(end.total("sent") - start.total("sent")) / end.seconds_since(start),
         stalled=bool(state.get("stalled")),
         expected=sent * members,
         received=received,
@@ -283,16 +317,6 @@ def run_fanout(pool: WorkerPool, server: Server, common: Common, params: FanoutP
     if state.get("stalled") or not row["deliveries"]:
         row["note"] = "publisher stalled" if state.get("stalled") else "nothing delivered"
     return row
-
-
-def publish_on_first(pool: WorkerPool, arguments: dict[str, Any]) -> None:
-    """Start the publisher, which lives in client process 0."""
-    pool.call_one(0, "publish", arguments, CALL_TIMEOUT)
-
-
-def stop_publisher(pool: WorkerPool) -> dict[str, Any]:
-    state: dict[str, Any] = pool.call_one(0, "stop_publishing", {}, CALL_TIMEOUT)["publish"]
-    return state
 
 
 # --- rooms ---------------------------------------------------------------------------------------
@@ -365,7 +389,7 @@ def rooms_step(pool: WorkerPool, server: Server, params: RoomsParams, rate: floa
     expected = sent * params.room_size
     step.update(
         rate_per_client=rate,
-        offered_per_s=sent / max(end.at - start.at, 1e-9),
+        offered_per_s=sent / end.seconds_since(start),
         target_per_s=rate * members,
         delivered_ratio=step["deliveries"] / expected if expected else 0.0,
         client_skipped=skipped,
@@ -388,7 +412,7 @@ def run_slow_consumer(pool: WorkerPool, server: Server, common: Common, params: 
     """``members`` in one room, one of them never reads; the publisher sends ``messages`` of ``size`` bytes."""
     room = "slow"
     normal = params.members - 2
-    connect(pool, server, common, spread([(room, "publisher", "publisher")], pool.count))
+    connect_publisher(pool, server, common, room)
     before = [(room, f"m{index}", "member") for index in range(1, 1 + normal // 2)]
     after = [(room, f"m{index}", "member") for index in range(1 + normal // 2, 1 + normal)]
     connect(pool, server, common, spread(before, pool.count, first=1))
@@ -398,39 +422,32 @@ def run_slow_consumer(pool: WorkerPool, server: Server, common: Common, params: 
     connect(pool, server, common, spread(after, pool.count, first=1))
     baseline = server.memory()
     start = snapshot(pool, server, reset=True)
-    publish_on_first(pool, publish_args(server.kind.acks, params.messages, params.window, params.size, params.stall))
-    deadline = time.monotonic() + params.limit
-    state: dict[str, Any] = {}
+    start_publisher(pool, server, params.messages, params.window, params.size, params.stall)
     peak_rss = baseline.get("VmRSS", 0)
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
+
+    def sample_rss() -> None:
+        nonlocal peak_rss
         peak_rss = max(peak_rss, server.memory().get("VmRSS", 0))
-        state = publisher_state(pool)
-        if state.get("finished") or not server.alive:
-            break
-    timed_out = not state.get("finished")
-    state = stop_publisher(pool)
-    sent = int(state.get("sent", 0))
+
+    finished = wait_publisher(pool, server, time.monotonic() + params.limit, poll=0.25, sample=sample_rss)
     others = params.members - 1
-    final = drain(pool, server, sent * others, params.drain)
-    check_alive(server)
+    state, final = stop_and_drain(pool, server, others, params.drain)
+    sent = int(state.get("sent", 0))
     memory = server.memory()
     started = float(state.get("started", start.at))
     ended = float(state.get("ended", final.at))
-    slow = [item for reply in final.replies for item in reply["slow"]]
-    slow_closed = slow[0]["closed_at"] if slow else None
+    slow_closed = next((at for reply in final.replies for at in reply["slow_closed_at"]), None)
     leave_times = [reply["leave_at"] for reply in final.replies if reply["leave_at"] is not None]
     received = final.total("received")
     per_member = [count for reply in final.replies for count in reply["received_each"]]
     hist = final.hist()
-    server_cpu = (final.server_cpu - start.server_cpu) + (final.redis_cpu - start.redis_cpu)
     row: Row = {
         "members": params.members,
         "messages": params.messages,
         "size": params.size,
         "published": sent,
         "publish_seconds": round(ended - started, 3),
-        "stalled": bool(state.get("stalled")) or timed_out,
+        "stalled": bool(state.get("stalled")) or not finished,
         "expected": params.messages * others,
         "delivered": received,
         "delivered_pct": 100 * received / (params.messages * others) if params.messages else 0.0,
@@ -443,7 +460,7 @@ def run_slow_consumer(pool: WorkerPool, server: Server, common: Common, params: 
         "end_rss_mb": memory.get("VmRSS", 0) / 2**20,
         "slow_leave_s": min(leave_times) - started if leave_times else None,
         "slow_tcp_closed_s": slow_closed - started if slow_closed is not None else None,
-        "server_cpu_s": server_cpu,
+        "server_cpu_s": final.server_cpu_since(start),
         **issues(final),
     }
     closed = [value for value in (row["slow_leave_s"], row["slow_tcp_closed_s"]) if value is not None]
@@ -466,7 +483,7 @@ def run_idle(pool: WorkerPool, server: Server, common: Common, params: IdleParam
     connected = snapshot(pool, server)
     elapsed = max(reply["finished"] for reply in replies) - min(reply["started"] for reply in replies)
     window = window_figures(before, connected)
-    server_cpu = (connected.server_cpu - before.server_cpu) + (connected.redis_cpu - before.redis_cpu)
+    server_cpu = connected.server_cpu_since(before)
     time.sleep(params.settle)
     check_alive(server)
     memory = server.memory()

@@ -11,42 +11,27 @@ stops reading stalls the whole room.
 from __future__ import annotations
 
 import argparse
-import itertools
-import time
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from benchmark.reference import encode, message_text
+from benchmark.reference import message, new_member, welcome
 
 rooms: dict[str, list[WebSocket]] = {}
-seqs: dict[str, int] = {}
-ids = itertools.count(1)
 
 
 async def chat(websocket: WebSocket) -> None:
     room = websocket.path_params["room"]
-    me = {"id": f"m{next(ids)}", "name": websocket.query_params.get("name", "guest")}
+    me = new_member(websocket.query_params.get("name", "guest"))
     await websocket.accept()
-    welcome = {"type": "welcome", "room": room, "you": me, "members": [], "seq": seqs.get(room, 0)}
-    await websocket.send_text(encode(welcome))
+    await websocket.send_text(welcome(room, me))
     members = rooms.setdefault(room, [])
     members.append(websocket)
     try:
         while True:
-            data = await websocket.receive_text()
-            seq = seqs[room] = seqs.get(room, 0) + 1
-            frame = {
-                "type": "message",
-                "room": room,
-                "seq": seq,
-                "from": me,
-                "text": message_text(data),
-                "ts": int(time.time() * 1000),
-            }
-            encoded = encode(frame)
+            encoded = message(room, me, await websocket.receive_text())
             for member in members:
                 await member.send_text(encoded)
     except WebSocketDisconnect:

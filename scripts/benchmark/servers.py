@@ -42,23 +42,16 @@ class Kind:
     acks: bool
     """Answers a message that has a ``ref`` with an ``ack`` (otherwise publishers count their echoes)."""
     redis: bool
-    describe: str
     chat_args: tuple[str, ...] | None = None
     """This project's server (``python -m chat``) with these arguments of its own; None: a reference server."""
 
 
 KINDS = {
-    "chat": Kind("chat", acks=True, redis=False, describe="this project, memory backend", chat_args=()),
-    "chat-redis": Kind("chat-redis", acks=True, redis=True, describe="this project, Redis backend", chat_args=()),
-    "chat-delay": Kind(
-        "chat-delay",
-        acks=True,
-        redis=False,
-        describe="this project, memory backend, 10 ms write delay",
-        chat_args=("--write-delay", "0.01"),
-    ),
-    "seed": Kind("seed", acks=False, redis=False, describe="classic Starlette example, serial await send_text"),
-    "raw": Kind("raw", acks=False, redis=False, describe="websockets library, websockets.broadcast()"),
+    "chat": Kind("chat", acks=True, redis=False, chat_args=()),  # memory backend
+    "chat-redis": Kind("chat-redis", acks=True, redis=True, chat_args=()),
+    "chat-delay": Kind("chat-delay", acks=True, redis=False, chat_args=("--write-delay", "0.01")),  # 10 ms
+    "seed": Kind("seed", acks=False, redis=False),  # classic Starlette example, serial await send_text
+    "raw": Kind("raw", acks=False, redis=False),  # websockets library, websockets.broadcast()
 }
 
 
@@ -253,7 +246,10 @@ class Server:
             if self.redis is not None:
                 self.redis.stop()
             raise
-        self.port = self.process.port
+
+    @property
+    def port(self) -> int:
+        return self.process.port
 
     @property
     def alive(self) -> bool:
