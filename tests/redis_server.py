@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
-import time
+import threading
 from pathlib import Path
+from typing import IO
 
 READY_LINE = b"Ready to accept connections"
 
@@ -17,6 +17,20 @@ READY_LINE = b"Ready to accept connections"
 def redis_binary() -> str | None:
     """The redis-server on PATH, if any."""
     return shutil.which("redis-server")
+
+
+def copy_output(output: IO[bytes], log_path: Path, seen: list[bytes], ready: threading.Event) -> None:
+    """Append ``output`` to ``log_path`` until it ends; keep it in ``seen`` and set ``ready`` once
+    READY_LINE is in it, or once it ended without it (the server exited)."""
+    with log_path.open("ab") as log:
+        while chunk := os.read(output.fileno(), 65536):  # returns what is there; b"" once the server exited
+            log.write(chunk)
+            log.flush()
+            if not ready.is_set():
+                seen.append(chunk)
+                if READY_LINE in b"".join(seen):
+                    ready.set()
+    ready.set()
 
 
 def free_port() -> int:
@@ -33,37 +47,39 @@ class RedisServer:
         self.workdir = workdir
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._copier: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log_path(self) -> Path:
+        """Where everything redis-server prints goes (appended over restarts)."""
+        return self.workdir / "redis-server.log"
+
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and return once it accepts connections; fail if it does not within ``timeout`` s."""
+        """Start the server and return once it accepts connections; fail if it does not within ``timeout`` s.
+
+        A thread copies the server's output to ``log_path`` until the server exits, so that a pipe nobody
+        reads can never fill and block the server's logging (and with it the server).
+        """
         binary = redis_binary()
         assert binary is not None, "redis-server is not installed"
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", str(self.workdir), "--loglevel", "notice"]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.process.stdout is not None
-        output = self.process.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        seen = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(output, selectors.EVENT_READ)
-            while READY_LINE not in seen:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    break  # not ready in time
-                chunk = os.read(output, 65536)  # readable: returns at once
-                if not chunk:
-                    break  # the server exited
-                seen += chunk
-        if READY_LINE in seen:
-            os.set_blocking(output, False)
+        ready = threading.Event()
+        seen: list[bytes] = []
+        self._copier = threading.Thread(
+            target=copy_output, args=(self.process.stdout, self.log_path, seen, ready), daemon=True
+        )
+        self._copier.start()
+        if ready.wait(timeout) and READY_LINE in b"".join(seen):
             return
         self.kill()
-        lines = seen.decode(errors="replace").splitlines(keepends=True)
+        lines = b"".join(seen).decode(errors="replace").splitlines(keepends=True)
         raise RuntimeError("redis-server did not start:\n" + "".join(lines[-20:]))
 
     def kill(self) -> None:
@@ -72,6 +88,9 @@ class RedisServer:
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait(timeout=10)
+            if self._copier is not None:
+                self._copier.join(timeout=10)  # the output ends with the process
+                self._copier = None
             if self.process.stdout is not None:
                 self.process.stdout.close()
         self.process = None

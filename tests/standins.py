@@ -1,26 +1,33 @@
-"""Stand-ins shared by the unit tests: recording senders and websockets, a gated backend, bounded waits."""
+"""Stand-ins shared by the unit tests: recording senders and websockets, a gated backend, bounded waits,
+TestClient helpers, and /metrics parsing (which the e2e tests share too)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.responses import Response
 from starlette.types import Scope
 from starlette.websockets import WebSocketDisconnect
 
+from chat.app import create_app
 from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
+from chat.endpoint import chat_of
 from chat.protocol import Event, Member, Message, Signal
 from chat.settings import Settings
 
 if TYPE_CHECKING:  # importing starlette.testclient warns about httpx; only the app tests need it
-    from starlette.testclient import WebSocketTestSession
+    from starlette.testclient import TestClient, WebSocketTestSession
 
 WAIT = 5.0
 """The most any test waits for something that should happen at once."""
+ROOM = "lobby"
+"""The room the TestClient tests join unless they need another."""
 
 T = TypeVar("T")
 
@@ -54,6 +61,24 @@ class Inbox(Generic[T]):
         items = self.items[self._read :]
         self._read = len(self.items)
         return items
+
+
+class Changes:
+    """Something that changes now and then (its owner calls ``changed``), and bounded waits for a condition on it."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def changed(self) -> None:
+        """Wake every waiter, which checks its condition again."""
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait_until(self, condition: Callable[[], bool], within: float = WAIT) -> None:
+        """Return once ``condition()`` holds, checked now and after each change; fail after ``within`` seconds."""
+        with anyio.fail_after(within):
+            while not condition():
+                await self._event.wait()
 
 
 # --- what a socket did -------------------------------------------------------------------------
@@ -317,3 +342,59 @@ def barrier(session: WebSocketTestSession, ref: str = "barrier") -> None:
     """Ping and expect the pong as the very next frame: proves nothing else was queued before it."""
     session.send_json({"type": "ping", "ref": ref})
     assert receive(session) == {"type": "pong", "ref": ref}
+
+
+def until(session: WebSocketTestSession, kind: str) -> list[dict[str, Any]]:
+    """Frames up to and including the next one of type ``kind``."""
+    frames = [receive(session)]
+    while frames[-1]["type"] != kind:
+        frames.append(receive(session))
+    return frames
+
+
+def drain(session: WebSocketTestSession) -> None:
+    """Read frames until the server closes the socket (raises WebSocketDisconnect; each read is bounded)."""
+    while True:
+        receive(session)
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[TestClient]:
+    """A TestClient on a fresh app, with its lifespan running (one event loop for every socket)."""
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@contextmanager
+def joined(
+    client: TestClient, path: str = f"/ws/{ROOM}", headers: Mapping[str, str] | None = None
+) -> Iterator[tuple[WebSocketTestSession, dict[str, Any]]]:
+    """A socket connected to ``path`` and its welcome frame."""
+    with client.websocket_connect(path, headers=dict(headers or {})) as session:
+        yield session, receive_type(session, "welcome")
+
+
+def link_up(client: TestClient) -> None:
+    """Return once the backend serves subscriptions (Redis connects its pub/sub link after startup)."""
+    assert client.portal is not None
+    backend = chat_of({"app": client.app}).backend
+    client.portal.call(backend.subscribe, "link-check")
+    client.portal.call(backend.unsubscribe, "link-check")
+
+
+# --- /metrics -----------------------------------------------------------------------------------
+
+Samples = dict[str, float]
+"""The samples of a /metrics page: ``name`` or ``name{label="value",...}`` (labels sorted) -> value."""
+
+
+def samples_of(text: str) -> Samples:
+    """Every sample of a Prometheus text page, keyed as ``Samples`` says."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples

@@ -12,30 +12,27 @@ from starlette.testclient import TestClient, WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from chat.app import create_app
-from chat.endpoint import chat_of
 from chat.settings import Settings
-from tests.standins import receive, receive_type
+from tests import standins
+from tests.standins import ROOM, drain, link_up, receive, receive_type, serve
 
 KEY = "operator-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-ROOM = "lobby"
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """A TestClient on an app with the API on, its backend's pub/sub link up."""
-    with TestClient(create_app(settings.replace(api_key=KEY))) as test_client:
-        assert test_client.portal is not None
-        backend = chat_of({"app": test_client.app}).backend
-        test_client.portal.call(backend.subscribe, "link-check")
-        test_client.portal.call(backend.unsubscribe, "link-check")
+    with serve(settings.replace(api_key=KEY)) as test_client:
+        link_up(test_client)
         yield test_client
 
 
 @contextmanager
 def joined(client: TestClient, name: str, room: str = ROOM) -> Iterator[tuple[WebSocketTestSession, dict[str, Any]]]:
-    with client.websocket_connect(f"/ws/{room}?name={name}") as session:
-        yield session, receive_type(session, "welcome")
+    """A socket in ``room`` as ``name``, and its welcome frame."""
+    with standins.joined(client, f"/ws/{room}?name={name}") as joined_socket:
+        yield joined_socket
 
 
 def say(session: WebSocketTestSession, text: str) -> int:
@@ -50,12 +47,6 @@ def say(session: WebSocketTestSession, text: str) -> int:
             echoed = frame["seq"]
     assert isinstance(acked, int)
     return acked
-
-
-def drain(session: WebSocketTestSession) -> None:
-    """Read frames until the server closes the socket (raises WebSocketDisconnect)."""
-    while True:
-        receive(session)
 
 
 def assert_error(response: Any, status: int, code: str) -> None:

@@ -16,16 +16,10 @@ from chat.backends.memory import MemoryBackend
 from chat.endpoint import chat_of
 from chat.hub import Chat
 from chat.settings import Settings
-from tests.standins import barrier, receive, receive_type
+from tests import standins
+from tests.standins import barrier, link_up, receive, receive_type, serve, until
 
 ROOM = "lobby"
-
-
-@contextmanager
-def serve(settings: Settings) -> Iterator[TestClient]:
-    """A TestClient on a fresh app, with its lifespan running (one event loop for every socket)."""
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 @pytest.fixture
@@ -40,16 +34,8 @@ def joined(
     client: TestClient, query: str = "", room: str = ROOM
 ) -> Iterator[tuple[WebSocketTestSession, dict[str, Any]]]:
     """A connected socket and its welcome frame."""
-    with client.websocket_connect(f"/ws/{room}{'?' + query if query else ''}") as session:
-        yield session, receive_type(session, "welcome")
-
-
-def until(session: WebSocketTestSession, kind: str) -> list[dict[str, Any]]:
-    """Frames up to and including the next one of type ``kind``."""
-    frames = [receive(session)]
-    while frames[-1]["type"] != kind:
-        frames.append(receive(session))
-    return frames
+    with standins.joined(client, f"/ws/{room}{'?' + query if query else ''}") as joined_socket:
+        yield joined_socket
 
 
 def before_pong(session: WebSocketTestSession, ref: str = "barrier") -> list[dict[str, Any]]:
@@ -74,14 +60,6 @@ def stored(client: TestClient, room: str = ROOM) -> list[str]:
     assert client.portal is not None
     backend = chat_of({"app": client.app}).backend
     return [message.text for message in client.portal.call(backend.history, room, None, 100)]
-
-
-def link_up(client: TestClient) -> None:
-    """Return once the backend serves subscriptions (Redis connects its pub/sub link after startup)."""
-    assert client.portal is not None
-    backend = chat_of({"app": client.app}).backend
-    client.portal.call(backend.subscribe, "link-check")
-    client.portal.call(backend.unsubscribe, "link-check")
 
 
 # --- the handshake and the welcome ---------------------------------------------------------------
@@ -475,28 +453,22 @@ def test_text_of_exactly_max_text_is_delivered(client: TestClient) -> None:
         assert until(alice, "ack")[-1]["ref"] == 1
 
 
-def test_frame_over_max_frame_closes_with_1009(client: TestClient) -> None:
-    """A frame larger than max_frame (65536) bytes closes the socket with 1009."""
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param("x" * 65537, id="text"),
+        pytest.param("€" * 21846, id="multibyte-text"),  # 21846 three-byte characters: 65538 bytes
+        pytest.param(b"\x00" * 65537, id="binary"),
+    ],
+)
+def test_frame_over_max_frame_closes_with_1009(client: TestClient, frame: str | bytes) -> None:
+    """A frame larger than max_frame (65536) bytes closes the socket with 1009: text counted in UTF-8 bytes,
+    binary frames too."""
     with joined(client) as (alice, _):
-        alice.send_text("x" * 65537)
-        with pytest.raises(WebSocketDisconnect) as caught:
-            receive(alice)
-    assert caught.value.code == 1009
-
-
-def test_multibyte_frame_over_max_frame_bytes_closes_with_1009(client: TestClient) -> None:
-    """max_frame counts UTF-8 bytes: 21846 three-byte characters (65538 bytes) close the socket."""
-    with joined(client) as (alice, _):
-        alice.send_text("€" * 21846)
-        with pytest.raises(WebSocketDisconnect) as caught:
-            receive(alice)
-    assert caught.value.code == 1009
-
-
-def test_binary_frame_over_max_frame_closes_with_1009(client: TestClient) -> None:
-    """Binary frames over max_frame close with 1009 too."""
-    with joined(client) as (alice, _):
-        alice.send_bytes(b"\x00" * 65537)
+        if isinstance(frame, str):
+            alice.send_text(frame)
+        else:
+            alice.send_bytes(frame)
         with pytest.raises(WebSocketDisconnect) as caught:
             receive(alice)
     assert caught.value.code == 1009

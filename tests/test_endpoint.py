@@ -294,14 +294,21 @@ async def test_bad_request_keeps_the_connection(app: Starlette, task_group: Task
     assert client.endpoint.connection.is_open
 
 
-async def test_frame_over_max_frame_closes_with_1009_and_leaves(make_app: MakeApp, task_group: TaskGroup) -> None:
-    """A frame larger than max_frame bytes closes the socket with 1009; the member leaves the room."""
+@pytest.mark.parametrize(
+    "frame",
+    [pytest.param("é" * 51, id="text-of-102-bytes"), pytest.param(b"x" * 101, id="binary")],
+)
+async def test_frame_over_max_frame_closes_with_1009_and_leaves(
+    make_app: MakeApp, task_group: TaskGroup, frame: str | bytes
+) -> None:
+    """A frame larger than max_frame bytes (text counted in UTF-8 bytes: 51 characters are 102 bytes; binary
+    frames count too) closes the socket with 1009; the member leaves the room."""
     app = make_app(max_frame=100, max_text=50)
     bystander, client = Client(app), Client(app)
     await bystander.join(task_group)
     await client.join(task_group)
     await bystander.until("join")
-    await client.send("é" * 51)  # 51 characters, 102 bytes
+    await client.send(frame)
     assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
     leave = await bystander.until("leave")
     assert leave[-1]["member"]["id"] == client.member.id
@@ -316,15 +323,6 @@ async def test_frame_of_exactly_max_frame_bytes_is_not_closed(make_app: MakeApp,
     await client.send("é" * 50)  # 100 bytes: allowed, and 50 characters: fits max_text
     (message,) = await client.until("message")
     assert message["text"] == "é" * 50
-
-
-async def test_binary_frame_over_max_frame_closes_with_1009(make_app: MakeApp, task_group: TaskGroup) -> None:
-    """Binary frames count against max_frame too."""
-    app = make_app(max_frame=100, max_text=50)
-    client = Client(app)
-    await client.join(task_group)
-    await client.send(b"x" * 101)
-    assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
 
 
 async def test_frames_after_close_are_ignored(make_app: MakeApp, task_group: TaskGroup) -> None:

@@ -7,17 +7,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from chat.app import create_app
 from chat.endpoint import chat_of
 from chat.metrics import Metrics
 from chat.settings import Settings
-from tests.standins import WAIT, receive, receive_type
+from tests.standins import WAIT, Samples, receive, receive_type, samples_of, serve
 from tests.tokens import SECRET, token
-
-Samples = dict[str, float]
 
 
 def scrape(client: TestClient) -> Samples:
@@ -25,12 +22,7 @@ def scrape(client: TestClient) -> Samples:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return samples_of(response.text)
 
 
 def scrape_until(client: TestClient, done: Callable[[Samples], bool]) -> Samples:
@@ -46,7 +38,7 @@ def scrape_until(client: TestClient, done: Callable[[Samples], bool]) -> Samples
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with serve(settings) as test_client:
         yield test_client
 
 

@@ -14,6 +14,7 @@ from chat.exceptions import Unavailable
 from chat.protocol import Event, Member, Message, Restart, Signal
 from chat.settings import Settings
 from tests.redis_server import RedisServer
+from tests.standins import Changes
 
 pytestmark = pytest.mark.anyio
 
@@ -26,20 +27,17 @@ class Node:
     def __init__(self, url: str, **settings: float) -> None:
         self.backend = RedisBackend(url, Settings(backend=url, **settings))  # type: ignore[arg-type]
         self.events: list[Event] = []
-        self._changed = anyio.Event()
+        self._changes = Changes()
 
     def deliver(self, event: Event) -> None:
         self.events.append(event)
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._changes.changed()
 
     def seqs(self) -> list[int]:
         return [event.seq for event in self.events if isinstance(event, Message)]
 
     async def wait_until(self, condition: Callable[[], bool], within: float = 10.0) -> None:
-        with anyio.fail_after(within):
-            while not condition():
-                await self._changed.wait()
+        await self._changes.wait_until(condition, within)
 
 
 @asynccontextmanager
@@ -198,18 +196,15 @@ class Writes:
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
-        self._changed = anyio.Event()
+        self._changes = Changes()
 
     def record(self, size: int) -> None:
         self.sizes.append(size)
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._changes.changed()
 
     async def wait(self, count: int) -> None:
         """Until ``count`` writes were made."""
-        with anyio.fail_after(5):
-            while len(self.sizes) < count:
-                await self._changed.wait()
+        await self._changes.wait_until(lambda: len(self.sizes) >= count, 5)
 
 
 @asynccontextmanager

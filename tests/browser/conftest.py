@@ -143,7 +143,7 @@ def server() -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def servers() -> Iterator[Servers]:
-    """Servers of the test's own; stopped afterwards, and the test fails if one logged a traceback."""
+    """Servers of the test's own; stopped afterwards; the test fails if one had to be killed or logged a traceback."""
     owned = Servers()
     yield owned
     problems = owned.stop_all()

@@ -11,7 +11,8 @@ from .server_process import ServerProcess, StartServer, servers_on
 
 @pytest.fixture
 def start_server(backend_url: str) -> Iterator[StartServer]:
-    """A factory of server processes; each is stopped after the test, which fails if its log has a traceback."""
+    """A factory of server processes; each is stopped after the test, which fails if one had to be killed or
+    logged a traceback."""
     yield from servers_on(backend_url)
 
 

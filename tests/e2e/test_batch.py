@@ -14,9 +14,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from tests.standins import Samples
+
 from .clients import WAIT, Frame, RawClient, expect, send_message
 from .server_process import StartServer
-from .test_operator import Samples, scrape_until
+from .test_operator import scrape_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 

@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import httpx2 as httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 
 from tests.redis_server import RedisServer
+from tests.standins import Samples, samples_of
 
 from .clients import WAIT, expect, joined, kernel_send_buffer_max, raw_join, say, wait_closed, wait_leave
 from .server_process import ServerProcess, StartServer, servers_on
@@ -22,7 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 KEY = "e2e-operator-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-Samples = dict[str, float]
 
 
 async def scrape(server: ServerProcess) -> Samples:
@@ -30,12 +29,7 @@ async def scrape(server: ServerProcess) -> Samples:
     async with httpx.AsyncClient(timeout=WAIT) as client:
         response = await client.get(f"http://{server.base}/metrics")
     assert response.status_code == 200, response.text
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return samples_of(response.text)
 
 
 async def scrape_until(server: ServerProcess, done: Callable[[Samples], bool], within: float = WAIT) -> Samples:

@@ -45,7 +45,7 @@ class Flood:
         self.total: int | None = None
         self.dropped_at: float | None = None
         self.dropped_after: int | None = None
-        self.finished = 0
+        self.received: list[int] = []  # how many messages each healthy member held when it finished
         self._reached = [0] * (limit + 1)
         self._changed = anyio.Event()
 
@@ -93,7 +93,7 @@ async def receive_all(ws: ClientConnection, flood: Flood, slow_id: str, publishe
             assert frame["ref"] == frame["seq"] == acked, frame
         else:
             assert frame["type"] == "join", frame
-    flood.finished += 1
+    flood.received.append(count)
 
 
 async def publish(ws: ClientConnection, flood: Flood) -> None:
@@ -131,8 +131,13 @@ async def test_slow_consumer_is_dropped_and_others_receive_everything(start_serv
                 for index, ws in enumerate(healthy):
                     group.start_soon(receive_all, ws, flood, slow_id, index == 0)
                 group.start_soon(publish, healthy[0], flood)
-        assert flood.finished == MEMBERS - 1
+        # Every healthy member finished holding exactly what was published: 3000+, of which AFTER_DROP
+        # or more after the slow member's removal.
+        assert flood.total is not None
         assert flood.dropped_at is not None
+        assert flood.dropped_after is not None
+        assert flood.total >= max(MESSAGES, flood.dropped_after + AFTER_DROP)
+        assert flood.received == [flood.total] * (MEMBERS - 1)
         await wait_health(server, connections=MEMBERS - 1, rooms=1)
         async with joined(server, "flood", "newcomer") as (_, late):
             assert slow_id not in {member["id"] for member in late["members"]}
