@@ -77,7 +77,7 @@ class Connection:
         "last_seq",
         "member",
         "room",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,

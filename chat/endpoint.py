@@ -326,9 +326,13 @@ def log_refusal(chat: Chat, address: str, error: ConnectionRefused) -> None:
         return
     status = error.close_code if isinstance(error, ServerBusy) else error.http_status
     line = fields(
-        event="refused", address=address, status=status, reason=error.reason, detail=error.detail,
+        event="refused",
+        address=address,
+        status=status,
+        reason=error.reason,
+        detail=error.detail,
         unlogged=unlogged or None,
-    )  # fmt: skip
+    )
     logger.info("%s", line)
 
 

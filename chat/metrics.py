@@ -30,8 +30,14 @@ from chat.settings import Settings
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 REFUSALS = (
-    "handshake_rate", "connections_per_ip", "origin", "token", "room_not_allowed", "invalid_join", "server_full",
-)  # fmt: skip
+    "handshake_rate",
+    "connections_per_ip",
+    "origin",
+    "token",
+    "room_not_allowed",
+    "invalid_join",
+    "server_full",
+)
 POLICY_CLOSES = ("bad_frames", "rate_limited", "token_expired", "removed")
 PUBLISH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -44,17 +50,23 @@ class Metrics:
         registry = CollectorRegistry() if self.directory is None else None
         self.registry = registry
         self.connections = Gauge(
-            "chat_connections", "Open WebSocket connections that were admitted", registry=registry,
+            "chat_connections",
+            "Open WebSocket connections that were admitted",
+            registry=registry,
             multiprocess_mode="livesum",
-        )  # fmt: skip
+        )
         self.rooms = Gauge(
-            "chat_rooms", "Rooms with members in this process (summed over worker processes)", registry=registry,
+            "chat_rooms",
+            "Rooms with members in this process (summed over worker processes)",
+            registry=registry,
             multiprocess_mode="livesum",
-        )  # fmt: skip
+        )
         self.received = Counter(
-            "chat_messages_received", "Chat messages accepted for publishing, by source (member or api)",
-            ["source"], registry=registry,
-        )  # fmt: skip
+            "chat_messages_received",
+            "Chat messages accepted for publishing, by source (member or api)",
+            ["source"],
+            registry=registry,
+        )
         self.delivered = Counter(
             "chat_messages_delivered", "Message frames handed to local members' sockets", registry=registry
         )
@@ -72,13 +84,17 @@ class Metrics:
             "chat_policy_closes", "Members closed with 1008, by reason", ["reason"], registry=registry
         )
         self.publish_seconds = Histogram(
-            "chat_publish_seconds", "Time to publish one message through the backend", registry=registry,
+            "chat_publish_seconds",
+            "Time to publish one message through the backend",
+            registry=registry,
             buckets=PUBLISH_BUCKETS,
-        )  # fmt: skip
+        )
         self.backend_up = Gauge(
-            "chat_backend_up", "1 while the backend can serve, 0 while it cannot", registry=registry,
+            "chat_backend_up",
+            "1 while the backend can serve, 0 while it cannot",
+            registry=registry,
             multiprocess_mode="livemostrecent",
-        )  # fmt: skip
+        )
         for code in get_args(ErrorCode):
             self.errors.labels(code)
         for reason in REFUSALS:

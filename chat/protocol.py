@@ -354,11 +354,16 @@ def encode_welcome(
 ) -> str:
     """The first frame a member gets; history items are the stored message frames, oldest first."""
     return (
-        '{"type":"welcome","room":' + _dumps(room) + ',"you":' + you.json
-        + ',"members":[' + ",".join(member.json for member in members)
+        '{"type":"welcome","room":'
+        + _dumps(room)
+        + ',"you":'
+        + you.json
+        + ',"members":['
+        + ",".join(member.json for member in members)
         + f'],"seq":{seq},"epoch":{_dumps(epoch)},"recovered":{"true" if recovered else "false"},"history":['
-        + ",".join(message.frame for message in history) + "]}"
-    )  # fmt: skip
+        + ",".join(message.frame for message in history)
+        + "]}"
+    )
 
 
 def encode_ack(ref: Ref, seq: int) -> str:

@@ -71,17 +71,34 @@ class Settings:
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the setting."""
         positive = (
-            "history_size", "history_on_join", "max_rooms", "max_text", "max_frame",
-            "rate_burst", "queue_bytes", "max_connections", "workers", "send_timeout",
-            "presence_ttl", "handshake_burst_per_ip", "handshake_timeout",
-        )  # fmt: skip
+            "history_size",
+            "history_on_join",
+            "max_rooms",
+            "max_text",
+            "max_frame",
+            "rate_burst",
+            "queue_bytes",
+            "max_connections",
+            "workers",
+            "send_timeout",
+            "presence_ttl",
+            "handshake_burst_per_ip",
+            "handshake_timeout",
+        )
         for name in positive:
             if not getattr(self, name) > 0:  # "not >" also refuses NaN
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         non_negative = (
-            "history_ttl", "rate_per_second", "write_delay", "ws_ping_interval", "ws_ping_timeout",
-            "max_connections_per_ip", "handshake_rate_per_ip", "max_bad_frames", "max_rate_limited_per_minute",
-        )  # fmt: skip
+            "history_ttl",
+            "rate_per_second",
+            "write_delay",
+            "ws_ping_interval",
+            "ws_ping_timeout",
+            "max_connections_per_ip",
+            "handshake_rate_per_ip",
+            "max_bad_frames",
+            "max_rate_limited_per_minute",
+        )
         for name in non_negative:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")

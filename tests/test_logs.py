@@ -51,9 +51,14 @@ def test_redact_keeps_the_rest() -> None:
 def test_the_filter_redacts_arguments_one_by_one() -> None:
     """uvicorn's access formatter unpacks its five arguments: they stay five, redacted."""
     record = logging.LogRecord(
-        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-        ("127.0.0.1:5000", "GET", f"/ws/lobby?token={JWT}", "1.1", 101), None,
-    )  # fmt: skip
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", f"/ws/lobby?token={JWT}", "1.1", 101),
+        None,
+    )
     assert RedactSecrets().filter(record)
     assert isinstance(record.args, tuple)
     assert len(record.args) == 5

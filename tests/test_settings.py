@@ -102,11 +102,19 @@ def test_unparsable_values_raise_config_error_naming_the_variable(variable: str,
 @pytest.mark.parametrize(
     "variable",
     [
-        "CHAT_HISTORY_SIZE", "CHAT_HISTORY_ON_JOIN", "CHAT_MAX_ROOMS", "CHAT_MAX_TEXT", "CHAT_MAX_FRAME",
-        "CHAT_RATE_BURST", "CHAT_QUEUE_BYTES", "CHAT_MAX_CONNECTIONS", "CHAT_WORKERS", "CHAT_SEND_TIMEOUT",
+        "CHAT_HISTORY_SIZE",
+        "CHAT_HISTORY_ON_JOIN",
+        "CHAT_MAX_ROOMS",
+        "CHAT_MAX_TEXT",
+        "CHAT_MAX_FRAME",
+        "CHAT_RATE_BURST",
+        "CHAT_QUEUE_BYTES",
+        "CHAT_MAX_CONNECTIONS",
+        "CHAT_WORKERS",
+        "CHAT_SEND_TIMEOUT",
         "CHAT_PRESENCE_TTL",
     ],
-)  # fmt: skip
+)
 def test_positive_settings_refuse_zero(variable: str) -> None:
     """Sizes, counts and timeouts must be positive."""
     name = variable.removeprefix("CHAT_").lower()
@@ -214,11 +222,27 @@ def test_to_env_round_trips_defaults() -> None:
 def test_to_env_round_trips_every_changed_field() -> None:
     """from_env(to_env()) rebuilds settings with every field changed, floats and bools included."""
     settings = Settings(
-        backend="redis://h:1/2", host="::1", port=1, workers=3, history_size=7, history_on_join=7,
-        history_ttl=0.25, max_rooms=2, max_text=9, max_frame=99, rate_burst=4, rate_per_second=0.1,
-        queue_bytes=5, max_connections=6, send_timeout=0.3, presence_ttl=1.5, ws_ping_interval=0.0,
-        ws_ping_timeout=2.5, ws_per_message_deflate=True, log_level="debug",
-    )  # fmt: skip
+        backend="redis://h:1/2",
+        host="::1",
+        port=1,
+        workers=3,
+        history_size=7,
+        history_on_join=7,
+        history_ttl=0.25,
+        max_rooms=2,
+        max_text=9,
+        max_frame=99,
+        rate_burst=4,
+        rate_per_second=0.1,
+        queue_bytes=5,
+        max_connections=6,
+        send_timeout=0.3,
+        presence_ttl=1.5,
+        ws_ping_interval=0.0,
+        ws_ping_timeout=2.5,
+        ws_per_message_deflate=True,
+        log_level="debug",
+    )
     assert Settings.from_env(settings.to_env()) == settings
 
 
@@ -241,10 +265,12 @@ def test_settings_are_frozen() -> None:
 @pytest.mark.parametrize(
     "variable",
     [
-        "CHAT_MAX_CONNECTIONS_PER_IP", "CHAT_HANDSHAKE_RATE_PER_IP", "CHAT_MAX_BAD_FRAMES",
+        "CHAT_MAX_CONNECTIONS_PER_IP",
+        "CHAT_HANDSHAKE_RATE_PER_IP",
+        "CHAT_MAX_BAD_FRAMES",
         "CHAT_MAX_RATE_LIMITED_PER_MINUTE",
     ],
-)  # fmt: skip
+)
 def test_abuse_limits_may_be_off_but_not_negative(variable: str) -> None:
     """Each abuse limit is turned off with 0 and refuses negative values."""
     name = variable.removeprefix("CHAT_").lower()
@@ -267,17 +293,29 @@ def test_security_defaults_keep_the_local_run_open() -> None:
     assert (settings.api_key, settings.allowed_origins) == ("", "")
     assert settings.metrics
     assert (settings.max_connections_per_ip, settings.handshake_rate_per_ip, settings.handshake_burst_per_ip) == (
-        100, 50.0, 200,
-    )  # fmt: skip
+        100,
+        50.0,
+        200,
+    )
     assert (settings.max_bad_frames, settings.max_rate_limited_per_minute) == (50, 200)
 
 
 def test_to_env_round_trips_the_security_fields() -> None:
     """Secrets, keys, origins and limits reach worker processes intact."""
     settings = Settings(
-        jwt_secret="s", jwt_audience="a", jwt_issuer="i", allowed_origins="https://x.example,*",
-        max_connections_per_ip=0, handshake_rate_per_ip=2.5, handshake_burst_per_ip=3, max_bad_frames=4,
-        max_rate_limited_per_minute=5, handshake_timeout=0.5, forwarded_allow_ips="*", api_key="k", metrics=False,
+        jwt_secret="s",
+        jwt_audience="a",
+        jwt_issuer="i",
+        allowed_origins="https://x.example,*",
+        max_connections_per_ip=0,
+        handshake_rate_per_ip=2.5,
+        handshake_burst_per_ip=3,
+        max_bad_frames=4,
+        max_rate_limited_per_minute=5,
+        handshake_timeout=0.5,
+        forwarded_allow_ips="*",
+        api_key="k",
+        metrics=False,
         metrics_dir="/tmp/m",
-    )  # fmt: skip
+    )
     assert Settings.from_env(settings.to_env()) == settings

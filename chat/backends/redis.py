@@ -263,8 +263,10 @@ class RedisBackend(Backend):
     def __init__(self, url: str, settings: Settings) -> None:
         super().__init__(url, settings)
         options: dict[str, Any] = {
-            "decode_responses": True, "socket_timeout": REPLY_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
-        }  # fmt: skip
+            "decode_responses": True,
+            "socket_timeout": REPLY_TIMEOUT,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+        }
         # A pooled connection to a Redis that restarted fails once on use: try again on a new one.
         # Timeouts are never retried, since the script may have run.
         retry_once = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
@@ -488,10 +490,17 @@ class RedisBackend(Backend):
             epoch_key, seq_key, history_key, _ = _keys(room)
             args.append(
                 (
-                    epoch_key.encode(), seq_key.encode(), history_key.encode(), epoch, ttl,
-                    publish.head.encode(), publish.tail.encode(), size, _channel(room).encode(),
+                    epoch_key.encode(),
+                    seq_key.encode(),
+                    history_key.encode(),
+                    epoch,
+                    ttl,
+                    publish.head.encode(),
+                    publish.tail.encode(),
+                    size,
+                    _channel(room).encode(),
                 )
-            )  # fmt: skip
+            )
         return args
 
     async def _connect(self) -> None:
@@ -598,7 +607,7 @@ class RedisBackend(Backend):
                     await self._handle(message)
         finally:
             with anyio.CancelScope(shield=True), suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind, channel, data = message["type"], message["channel"], message["data"]

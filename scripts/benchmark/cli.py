@@ -409,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         "logs": str(workdir),
         "results": {},
     }
-    log(f"chat benchmark: {', '.join(the_plan.scenarios)} on {', '.join(the_plan.servers)}; "
-        f"{arguments.clients} client processes; server logs in {workdir}")  # fmt: skip
+    log(
+        f"chat benchmark: {', '.join(the_plan.scenarios)} on {', '.join(the_plan.servers)}; "
+        f"{arguments.clients} client processes; server logs in {workdir}"
+    )
     pool = WorkerPool(arguments.clients, arguments.client_pace_ms / 1000, client_cpus)
     client_capacity = 100.0 * min(arguments.clients, len(client_cpus or os.sched_getaffinity(0)))
     tables: list[str] = []

@@ -361,8 +361,17 @@ def run_rooms(pool: WorkerPool, server: Server, common: Common, params: RoomsPar
     finally:
         pool.call("rate", CALL_TIMEOUT, per_client=0, size=params.size)
     row: Row = {"connections": len(members), "rooms": rooms, "steps": steps}
-    for key in ("rate_per_client", "offered_per_s", "deliveries_per_s", "p50_ms", "p99_ms", "cpu_ms_per_1k",
-                "server_cpu_pct", "client_cpu_pct", "other_cpu_pct"):  # fmt: skip
+    for key in (
+        "rate_per_client",
+        "offered_per_s",
+        "deliveries_per_s",
+        "p50_ms",
+        "p99_ms",
+        "cpu_ms_per_1k",
+        "server_cpu_pct",
+        "client_cpu_pct",
+        "other_cpu_pct",
+    ):
         row[f"held_{key}"] = held[key] if held else None
     row["held_publish_per_s"] = row.pop("held_offered_per_s")
     row["failed_rate_per_client"] = failed["rate_per_client"] if failed else None

@@ -210,8 +210,23 @@ class RedisArgv:
 
     def __call__(self, port: int) -> list[str]:
         binary = shutil.which("redis-server") or "redis-server"
-        return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning"]  # fmt: skip
+        return [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
 
 
 class Server:
