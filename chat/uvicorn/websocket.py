@@ -1,0 +1,213 @@
+"""``ChatWebSocketProtocol``: uvicorn's sans-I/O websockets protocol with these changes.
+
+- direct writes: it offers the app the ``chat.direct`` ASGI extension, through which whole frames,
+  framed once per broadcast, go into the socket's buffer without an await; everything written in
+  one event-loop turn (or, with a ``write_delay``, within that many seconds of the first) leaves in
+  one write (one system call instead of one per frame), and for a member that joined with
+  ``batch=1`` in one WebSocket message;
+- lighter per-connection state: a plain list for the app's receive queue, a flag for ``writable``
+  (``chat.uvicorn.standins``), and the handshake's request and response dropped once accepted;
+- no stuck sockets: uvicorn's own close waits for a send buffer that never drains when the peer
+  stopped reading, and its keepalive then closes the transport gracefully, which waits for the same
+  buffer. Here a close never waits, a socket that takes nothing for ``stall_timeout`` seconds is
+  closed with 1013, and a connection still open ``close_timeout`` seconds after its close (or after
+  the app finished with it) is reset;
+- a text frame that is not UTF-8 closes with 1007 without a traceback in the log.
+
+It relies on uvicorn's private attributes and methods: ``tests/test_uvicorn_contract.py`` names
+every one, and setup.cfg caps uvicorn at the newest minor tested (``scripts/check-upstream``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from asyncio import TimerHandle
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+from chat.connection import DIRECT_EXTENSION, SLOW_CONSUMER
+from chat.frames import text_frame
+from chat.uvicorn.flusher import flusher_for
+from chat.uvicorn.standins import Flag, Inbox
+
+SHUTDOWN_GRACE = 3.0
+"""Seconds connections get after the 1012 of a shutdown before they are reset."""
+
+
+class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O websockets protocol with direct writes, releasing sockets whose peer stopped reading."""
+
+    stall_timeout = 30.0
+    batch = False
+    _pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
+    _pending_size = 0
+    _stall_timer: TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lighter stand-ins for uvicorn's per-connection queue and event (memory per idle connection).
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self._flusher = flusher_for(self.loop)
+
+    # --- the chat.direct extension ----------------------------------------------------------------
+
+    def handle_connect(self, event: Request) -> None:
+        """As uvicorn's, offering the app direct writes once the handshake can succeed."""
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None and not self.close_sent:
+            scope["extensions"][DIRECT_EXTENSION] = {"writer": self}
+
+    @property
+    def write_delay(self) -> float:
+        """Seconds a frame may wait for others to leave in the same write (0: the end of this loop turn)."""
+        return self._flusher.delay
+
+    @write_delay.setter
+    def write_delay(self, seconds: float) -> None:
+        if seconds != self._flusher.delay:
+            self.flush()  # what waits for the old flusher leaves now
+            self._flusher = flusher_for(self.loop, seconds)
+
+    def direct_write(self, frame: str, wire: bytes) -> None:
+        """Send a text frame in the next flush (``write_delay``); ``wire`` is used as is unless an extension is on."""
+        if self.close_sent or self.disconnected:
+            return
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = []
+            self._flusher.add(self)
+        if self.batch:  # the turn's frames leave as one message, joined in _flush
+            pending.append(frame)
+            self._pending_size += len(frame)
+            return
+        if self.conn.extensions:
+            wire = self._encode(frame)
+        pending.append(wire)
+        self._pending_size += len(wire)
+
+    def direct_buffered(self) -> int:
+        """Bytes written but not yet taken by the peer (this turn's and the transport's)."""
+        return self._pending_size + self.transport.get_write_buffer_size()
+
+    def direct_close(self, code: int, reason: str) -> None:
+        """Close after what was written, without waiting; tell the app at once."""
+        self.flush()
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self._abort)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        self._pending_size = 0
+        if self.disconnected or not pending:
+            return
+        if self.batch:
+            self.transport.write(self._encode("\n".join(pending)))
+        else:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _encode(self, text: str) -> bytes:
+        if self.conn.extensions:
+            self.conn.send_text(text.encode())
+            return b"".join(self.conn.data_to_send())
+        return text_frame(text.encode())
+
+    # --- never hold a stuck socket ----------------------------------------------------------------
+
+    async def send(self, message: Any) -> None:
+        """As uvicorn's, except that a close comes after direct writes and never waits for the buffer."""
+        closing = message["type"] == "websocket.close" and self.handshake_complete and not self.close_sent
+        if closing:
+            self.flush()
+            self.writable.set()
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            # The handshake is done: its request and response (headers and all) are not needed again.
+            self.request = self.response = None  # type: ignore[assignment]
+        if closing:
+            self._abort_later(self.close_timeout + 1.0)
+
+    def pause_writing(self) -> None:
+        """The peer is not keeping up: give it ``stall_timeout`` seconds to take something."""
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(self.stall_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if not self.handshake_complete or self.initial_response is not None:
+            self._abort()
+            return
+        self.direct_close(SLOW_CONSUMER, "slow consumer: the socket took nothing for too long")
+
+    async def run_asgi(self) -> None:
+        """Run the app; once it is done with the connection, give the close at most ``close_timeout``."""
+        await super().run_asgi()
+        self.flush()
+        self._abort_later(self.close_timeout + 1.0)
+
+    def keepalive_timeout(self) -> None:
+        """The peer did not answer a ping in time: fail the connection and do not wait for its buffer."""
+        self.flush()
+        super().keepalive_timeout()
+        self._abort_later(1.0)
+
+    def shutdown(self) -> None:
+        """Close with 1012 as uvicorn does, and reset what is still open after a short grace."""
+        self.flush()
+        super().shutdown()
+        self._abort_later(SHUTDOWN_GRACE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._pending = None
+        super().connection_lost(exc)
+
+    def _abort_later(self, delay: float) -> None:
+        self.loop.call_later(delay, self._abort)
+
+    def _abort(self) -> None:
+        if self.disconnected or self.transport is None:
+            return
+        # Linger 0: the kernel resets the connection and drops what the peer never read, instead of
+        # keeping the socket and its send buffer to deliver a FIN behind that data.
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+    # --- bad input ----------------------------------------------------------------------------------
+
+    def send_receive_event_to_app(self) -> None:
+        """As uvicorn's, except that a text message that is not UTF-8 closes with 1007 without a traceback."""
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                self.conn.send_close(1007, "text frames must be UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
