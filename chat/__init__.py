@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from chat.app import create_app
+from chat.chat import Chat
 from chat.endpoint import ChatEndpoint
 from chat.exceptions import ChatError
-from chat.hub import Chat
 from chat.settings import Settings
 
 __all__ = ["Chat", "ChatEndpoint", "ChatError", "Settings", "create_app"]

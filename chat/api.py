@@ -25,9 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from chat.auth import SYSTEM_ID, bearer_credentials
-from chat.endpoint import chat_of
+from chat.chat import Chat, chat_of
 from chat.exceptions import ApiError, InvalidJoin, RequestError, Unavailable
-from chat.hub import Chat
 from chat.metrics import CONTENT_TYPE
 from chat.protocol import (
     HISTORY_LIMIT_DEFAULT,

@@ -13,8 +13,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from chat.api import operator_routes
-from chat.endpoint import ChatEndpoint, chat_of
-from chat.hub import Chat
+from chat.chat import Chat, chat_of
+from chat.endpoint import ChatEndpoint
 from chat.settings import Settings
 
 STATIC = Path(__file__).parent / "static"

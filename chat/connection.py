@@ -1,38 +1,45 @@
 """One member's outbound side: a bounded buffer of frames, how it reaches the socket, the close policy.
 
 Broadcasts hand frames over without awaiting (``send``, ``deliver``), so a slow member never delays
-anyone else. Two ways to the socket:
+anyone else. Two ways to the socket, one class each behind ``Connection``'s interface; the endpoint
+picks one:
 
-- direct: under the server's own protocol (``chat.server``), frames go straight into the socket's
-  write buffer, already framed (a broadcast is framed once for everyone), and leave in one write
-  per event-loop turn (or per ``write_delay`` seconds);
-- queued: under any other ASGI server, a writer task (``run``) awaits ``send_text`` frame by frame.
+- ``DirectConnection``: under chat's own protocol (``chat.uvicorn``), frames go straight into the
+  socket's write buffer, already framed (a broadcast is framed once for everyone), and leave in one
+  write per event-loop turn (or per ``write_delay`` seconds);
+- ``QueuedConnection``: under any other ASGI server, a writer task (``run``) awaits ``send_text``
+  frame by frame.
 
 A member that joined with ``batch=1`` gets every frame of a turn (direct) or everything queued
 (queued) in one WebSocket message, the JSON objects separated by newlines.
 
 Either way a member whose buffer would pass ``queue_bytes``, or whose socket accepts nothing for
-``send_timeout`` seconds, is closed with 1013. Until the welcome is sent, frames wait in the queue.
+``send_timeout`` seconds, is closed with ``SlowConsumer`` (1013). Until the welcome is sent, frames
+wait in the queue.
 """
 
 from __future__ import annotations
 
+import abc
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
 from starlette.websockets import WebSocketDisconnect
 
+from chat.exceptions import ConnectionClosed, SlowConsumer
 from chat.frames import text_frame
 from chat.protocol import Member, Message
 
-SLOW_CONSUMER = 1013
 DIRECT_EXTENSION = "chat.direct"
 """The ASGI extension through which a server offers a ``DirectWriter`` (``scope["extensions"]``)."""
+BUFFER_FULL = "slow consumer: outbound buffer full"
+STALLED = "slow consumer: the socket took nothing for too long"
 
 
 class Sender(Protocol):
-    """What a connection needs of a websocket (Starlette's ``WebSocket`` fits)."""
+    """What a queued connection needs of a websocket (Starlette's ``WebSocket`` fits)."""
 
     async def send_text(self, data: str) -> None: ...
 
@@ -40,11 +47,13 @@ class Sender(Protocol):
 
 
 class DirectWriter(Protocol):
-    """A socket that takes whole frames synchronously (``chat.server.ChatWebSocketProtocol``)."""
+    """A socket that takes whole frames synchronously (``chat.uvicorn.ChatWebSocketProtocol``)."""
 
     stall_timeout: float
     batch: bool
     write_delay: float
+    on_stall: Callable[[], None] | None
+    """Called when the socket took nothing for ``stall_timeout`` seconds (cleared when the socket is gone)."""
 
     def direct_write(self, frame: str, wire: bytes) -> None:
         """Send the text frame ``frame``, whose unmasked WebSocket bytes are ``wire``."""
@@ -56,130 +65,187 @@ class DirectWriter(Protocol):
         """Send a close frame after what was written, and tell the app the connection is over."""
 
 
-class Connection:
+Queued = tuple[str, int, bytes | None]
+"""A frame waiting in the buffer: its text, its message seq (0 for other frames), its wire bytes if known."""
+
+
+class Connection(abc.ABC):
     """A member's frames, oldest first, on their way to its socket."""
 
-    __slots__ = (
-        "_batch",
-        "_frames",
-        "_limit",
-        "_send_scope",
-        "_send_timeout",
-        "_size",
-        "_wakeup",
-        "_websocket",
-        "_welcome",
-        "_welcomed",
-        "_writer",
-        "close_code",
-        "close_reason",
-        "gone",
-        "last_seq",
-        "member",
-        "room",
-    )
+    __slots__ = ("_frames", "_limit", "_size", "_welcomed", "closed_by", "gone", "last_seq", "member", "room")
 
-    def __init__(
-        self,
-        websocket: Sender,
-        member: Member,
-        room: str,
-        queue_bytes: int,
-        send_timeout: float,
-        writer: DirectWriter | None = None,
-        batch: bool = False,
-        write_delay: float = 0.0,
-    ) -> None:
+    def __init__(self, member: Member, room: str, queue_bytes: int) -> None:
         self.member = member
         self.room = room
         self.last_seq = 0
-        self.close_code: int | None = None
-        self.close_reason = ""
+        self.closed_by: ConnectionClosed | None = None
         self.gone = False
-        self._websocket = websocket
-        self._frames: deque[tuple[str, int, bytes | None]] | None = None  # made when first needed
+        self._frames: deque[Queued] | None = None  # made when first needed
         self._size = 0
         self._limit = queue_bytes
-        self._send_timeout = send_timeout
         self._welcomed = False
-        self._welcome: str | None = None
-        self._wakeup: anyio.Event | None = None
-        self._send_scope: anyio.CancelScope | None = None
-        self._writer = writer
-        self._batch = batch
-        if writer is not None:
-            writer.stall_timeout = send_timeout
-            writer.batch = batch
-            writer.write_delay = write_delay
 
     @property
     def is_open(self) -> bool:
         """True until a close is requested or the socket went away."""
-        return self.close_code is None and not self.gone
+        return self.closed_by is None and not self.gone
 
     @property
+    def close_code(self) -> int | None:
+        """The code this connection was closed with by the server, if it was."""
+        return None if self.closed_by is None else self.closed_by.close_code
+
+    @property
+    @abc.abstractmethod
     def buffered(self) -> int:
         """Characters (queued) or bytes (direct) waiting to be sent."""
-        if self._writer is not None and self._welcomed:
-            return self._writer.direct_buffered()
-        return self._size
 
     def send(self, frame: str, wire: bytes | None = None) -> None:
         """Send a frame to this member alone (ack, error, pong, history, join, leave, typing)."""
         self._push(frame, 0, wire)
 
+    @abc.abstractmethod
     def deliver(self, message: Message) -> None:
         """Queue a room message unless this member already has it (seq at or below ``last_seq``)."""
-        seq = message.seq
-        if seq <= self.last_seq:
-            return
-        self.last_seq = seq
-        writer = self._writer
-        if writer is None or not self._welcomed:
-            self._push(message.frame, seq, None if writer is None else message.wire)
-        elif self.close_code is None and not self.gone:  # the hot path of every broadcast, inlined
-            wire = message.wire
-            if writer.direct_buffered() + len(wire) > self._limit:
-                self.close(SLOW_CONSUMER, "slow consumer: outbound buffer full")
-            else:
-                writer.direct_write(message.frame, wire)
 
+    @abc.abstractmethod
     def welcome(self, frame: str, seq: int) -> None:
-        """Send the welcome frame first, then what queued meanwhile that its history does not hold.
+        """Send the welcome frame first, then what queued meanwhile that its history (up to ``seq``) does not hold.
 
         The welcome frame is bounded by the history size, not by the buffer: a member recovering a
         long gap must not be closed for it.
         """
+
+    def close(self, error: ConnectionClosed) -> None:
+        """Close the socket with the error's code and detail; frames not yet sent are dropped. The first close wins."""
         if not self.is_open:
             return
+        self.closed_by = error
+        self._frames = None
+        self._size = 0
+        self._closing(error)
+
+    @abc.abstractmethod
+    def _closing(self, error: ConnectionClosed) -> None:
+        """Have the socket closed."""
+
+    @abc.abstractmethod
+    def _push(self, frame: str, seq: int, wire: bytes | None) -> None:
+        """Hand one frame on its way (``seq``: the message's, or 0)."""
+
+    def _queue(self, frame: str, seq: int, wire: bytes | None) -> bool:
+        """Append to the buffer; a frame that would overflow it closes the connection instead (False)."""
+        if self._size + len(frame) > self._limit:
+            self.close(SlowConsumer(BUFFER_FULL))
+            return False
+        self._size += len(frame)
+        if self._frames is None:
+            self._frames = deque()
+        self._frames.append((frame, seq, wire))
+        return True
+
+    def _welcomed_at(self, seq: int) -> list[Queued]:
+        """Mark the welcome sent with ``seq``; what queued meanwhile that its history does not hold."""
         kept = [item for item in self._frames or () if item[1] == 0 or item[1] > seq]
         self.last_seq = max(self.last_seq, seq)
         self._welcomed = True
-        if self._writer is not None:
-            self._frames = None
-            self._size = 0
-            self._writer.direct_write(frame, text_frame(frame.encode()))
-            for queued, _, wire in kept:
-                self._push(queued, 0, wire)
+        return kept
+
+
+class DirectConnection(Connection):
+    """Frames straight into the socket's write buffer (the server's ``chat.direct`` extension)."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: DirectWriter, member: Member, room: str, queue_bytes: int) -> None:
+        super().__init__(member, room, queue_bytes)
+        self._writer = writer
+
+    @property
+    def buffered(self) -> int:
+        return self._writer.direct_buffered() if self._welcomed else self._size
+
+    def deliver(self, message: Message) -> None:
+        seq = message.seq
+        if seq <= self.last_seq:
             return
+        self.last_seq = seq
+        if not self._welcomed:
+            if self.is_open:
+                self._queue(message.frame, seq, message.wire)
+        elif self.closed_by is None and not self.gone:  # the hot path of every broadcast: kept flat
+            wire = message.wire
+            writer = self._writer
+            if writer.direct_buffered() + len(wire) > self._limit:
+                self.close(SlowConsumer(BUFFER_FULL))
+            else:
+                writer.direct_write(message.frame, wire)
+
+    def welcome(self, frame: str, seq: int) -> None:
+        if not self.is_open:
+            return
+        kept = self._welcomed_at(seq)
+        self._frames = None
+        self._size = 0
+        self._writer.direct_write(frame, text_frame(frame.encode()))
+        for queued, _, wire in kept:
+            self._push(queued, 0, wire)
+
+    def stalled(self) -> None:
+        """The socket took nothing for ``send_timeout`` seconds (the writer's ``on_stall``)."""
+        self.close(SlowConsumer(STALLED))
+
+    def _closing(self, error: ConnectionClosed) -> None:
+        self._writer.direct_close(error.close_code, error.detail)
+
+    def _push(self, frame: str, seq: int, wire: bytes | None) -> None:
+        if not self.is_open:
+            return
+        if not self._welcomed:
+            self._queue(frame, seq, wire)
+            return
+        if wire is None:
+            wire = text_frame(frame.encode())
+        if self._writer.direct_buffered() + len(wire) > self._limit:
+            self.close(SlowConsumer(BUFFER_FULL))
+        else:
+            self._writer.direct_write(frame, wire)
+
+
+class QueuedConnection(Connection):
+    """Frames queued for a writer task (``run``) that awaits ``send_text`` (any ASGI server)."""
+
+    __slots__ = ("_batch", "_send_scope", "_send_timeout", "_wakeup", "_websocket", "_welcome")
+
+    def __init__(
+        self, websocket: Sender, member: Member, room: str, queue_bytes: int, send_timeout: float, batch: bool = False
+    ) -> None:
+        super().__init__(member, room, queue_bytes)
+        self._websocket = websocket
+        self._send_timeout = send_timeout
+        self._batch = batch
+        self._welcome: str | None = None
+        self._wakeup: anyio.Event | None = None
+        self._send_scope: anyio.CancelScope | None = None
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    def deliver(self, message: Message) -> None:
+        seq = message.seq
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        self._push(message.frame, seq, None)
+
+    def welcome(self, frame: str, seq: int) -> None:
+        if not self.is_open:
+            return
+        kept = self._welcomed_at(seq)
         self._frames = deque(kept)
         self._size = sum(len(item[0]) for item in kept)
         self._welcome = frame
-        self._wake()
-
-    def close(self, code: int, reason: str) -> None:
-        """Ask the writer to close the socket with ``code``; frames not yet sent are dropped."""
-        if not self.is_open:
-            return
-        self.close_code = code
-        self.close_reason = reason
-        self._frames = None
-        self._size = 0
-        if self._writer is not None:
-            self._writer.direct_close(code, reason)
-            return
-        if self._send_scope is not None:
-            self._send_scope.cancel()
         self._wake()
 
     async def run(self) -> None:
@@ -196,14 +262,23 @@ class Connection:
                     await self._websocket.send_text(frame)
                 self._send_scope = None
                 if scope.cancelled_caught and self.is_open:
-                    self.close(SLOW_CONSUMER, "slow consumer: the socket took nothing for too long")
-            if not self.gone and self.close_code is not None:
+                    self.close(SlowConsumer(STALLED))
+            if not self.gone and self.closed_by is not None:
                 with anyio.move_on_after(self._send_timeout):
-                    await self._websocket.close(self.close_code, self.close_reason)
+                    await self._websocket.close(self.closed_by.close_code, self.closed_by.detail)
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # the socket went away; the member is removed by whoever awaits us
         finally:
             self.gone = True
+
+    def _closing(self, error: ConnectionClosed) -> None:
+        if self._send_scope is not None:
+            self._send_scope.cancel()
+        self._wake()
+
+    def _push(self, frame: str, seq: int, wire: bytes | None) -> None:
+        if self.is_open and self._queue(frame, seq, None):
+            self._wake()
 
     def _next_frame(self) -> str | None:
         if not self._welcomed:
@@ -221,27 +296,6 @@ class Connection:
         frame, _, _ = self._frames.popleft()
         self._size -= len(frame)
         return frame
-
-    def _push(self, frame: str, seq: int, wire: bytes | None) -> None:
-        if not self.is_open:
-            return
-        writer = self._writer
-        if writer is not None and self._welcomed:
-            if wire is None:
-                wire = text_frame(frame.encode())
-            if writer.direct_buffered() + len(wire) > self._limit:
-                self.close(SLOW_CONSUMER, "slow consumer: outbound buffer full")
-            else:
-                writer.direct_write(frame, wire)
-            return
-        if self._size + len(frame) > self._limit:
-            self.close(SLOW_CONSUMER, "slow consumer: outbound buffer full")
-            return
-        self._size += len(frame)
-        if self._frames is None:
-            self._frames = deque()
-        self._frames.append((frame, seq, wire))
-        self._wake()
 
     def _wake(self) -> None:
         if self._wakeup is not None:

@@ -19,22 +19,23 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import JSONResponse
-from starlette.types import Message as ASGIMessage
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from chat.abuse import Misconduct, address_key
 from chat.auth import Identity
-from chat.connection import DIRECT_EXTENSION, SLOW_CONSUMER, Connection, DirectWriter
+from chat.chat import Chat, chat_of
+from chat.connection import DIRECT_EXTENSION, Connection, DirectConnection, DirectWriter, QueuedConnection
 from chat.exceptions import (
     ConnectionRefused,
     FrameTooLarge,
+    PolicyViolation,
     RateLimited,
     RequestError,
     ServerBusy,
+    SlowConsumer,
     Unavailable,
 )
-from chat.hub import Chat
 from chat.limits import TokenBucket
 from chat.logs import fields
 from chat.protocol import (
@@ -53,7 +54,7 @@ from chat.protocol import (
     new_member_id,
     parse_join,
 )
-from chat.rooms import POLICY_VIOLATION
+from chat.settings import Settings
 
 logger = logging.getLogger("chat")
 
@@ -62,14 +63,6 @@ LEAVE_TIMEOUT = 5.0
 MISCONDUCT = frozenset({"bad_request", "unsupported", "too_large"})
 MAX_PUBLISHING = 64
 """A member's messages on their way to the backend at once; beyond that its next frame waits."""
-
-
-def chat_of(scope: Scope) -> Chat:
-    """The ``Chat`` of the app serving this scope (``create_app`` puts it in ``app.state.chat``)."""
-    chat = getattr(scope["app"].state, "chat", None)
-    if not isinstance(chat, Chat):
-        raise RuntimeError("ChatEndpoint needs app.state.chat: build the app with chat.create_app()")
-    return chat
 
 
 class ChatEndpoint(WebSocketEndpoint):
@@ -97,11 +90,6 @@ class ChatEndpoint(WebSocketEndpoint):
                 await super().dispatch()
             finally:
                 task_group.cancel_scope.cancel()
-
-    async def decode(self, websocket: WebSocket, message: ASGIMessage) -> str | bytes:
-        """Hand the frame over as it came: text as str, binary as bytes."""
-        text = message.get("text")
-        return text if text is not None else bytes(message.get("bytes") or b"")
 
     async def on_connect(self, websocket: WebSocket) -> None:
         """Check who connects, validate the join, admit the connection, start its writer, join the room."""
@@ -134,20 +122,9 @@ class ChatEndpoint(WebSocketEndpoint):
         chat.metrics.connections.inc()
         await websocket.accept()
         member = Member(new_member_id() if identity is None else identity.member_id, request.name)
-        writer = direct_writer(websocket.scope)
-        connection = Connection(
-            websocket,
-            member,
-            request.room,
-            settings.queue_bytes,
-            settings.send_timeout,
-            writer,
-            request.batch,
-            settings.write_delay,
-        )
-        self.connection = connection
+        connection = self.connection = open_connection(websocket, member, request.room, request.batch, settings)
         self.bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, anyio.current_time())
-        if writer is None:
+        if isinstance(connection, QueuedConnection):
             assert self.task_group is not None, "on_connect runs inside dispatch (or a test's task group)"
             self.task_group.start_soon(self._write, chat, connection)
         if identity is not None:
@@ -158,7 +135,7 @@ class ChatEndpoint(WebSocketEndpoint):
         try:
             await chat.join(connection, request)
         except Unavailable as exc:
-            connection.close(ServerBusy.close_code, f"unavailable: {exc.detail}")
+            connection.close(ServerBusy(f"unavailable: {exc.detail}", reason="unavailable"))
 
     async def on_receive(self, websocket: WebSocket, data: str | bytes) -> None:
         """Answer one client frame; bad input gets an error frame and the connection stays (up to a limit)."""
@@ -168,7 +145,7 @@ class ChatEndpoint(WebSocketEndpoint):
         chat = self.chat  # on_connect set it before making the connection
         settings = chat.settings
         if _frame_size(data, settings.max_frame) > settings.max_frame:
-            connection.close(FrameTooLarge.close_code, f"frame larger than {settings.max_frame} bytes")
+            connection.close(FrameTooLarge(f"frame larger than {settings.max_frame} bytes"))
             return
         try:
             request = decode(data, settings.max_text)
@@ -182,7 +159,7 @@ class ChatEndpoint(WebSocketEndpoint):
             _refuse_frame(chat, connection, exc)
             limit = settings.max_bad_frames
             if exc.code in MISCONDUCT and limit and self._misconduct().bad_frame(limit):
-                _policy_close(chat, connection, "bad_frames", f"{limit} bad frames in a row")
+                _policy_close(chat, connection, PolicyViolation(f"{limit} bad frames in a row", "bad_frames"))
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Leave the room and give the connection's place back."""
@@ -195,9 +172,7 @@ class ChatEndpoint(WebSocketEndpoint):
             if connection is not None:
                 connection.gone = True
                 code = connection.close_code or close_code
-                # 1013 is also ServerBusy's code ("unavailable: ..." in on_connect): Connection's slow-consumer
-                # closes say "slow consumer: ...", the server's stall close (chat.server) leaves close_code None.
-                if code == SLOW_CONSUMER and (connection.close_code is None or connection.close_reason[:4] == "slow"):
+                if isinstance(connection.closed_by, SlowConsumer):
                     chat.metrics.slow_consumers.inc()
                 line = fields(event="disconnect", room=connection.room, member=connection.member.id, code=code)
                 logger.info("%s", line)
@@ -216,7 +191,8 @@ class ChatEndpoint(WebSocketEndpoint):
         chat.metrics.rate_limited.inc()
         limit = chat.settings.max_rate_limited_per_minute
         if limit and self._misconduct().rate_limited(anyio.current_time(), limit):
-            _policy_close(chat, connection, "rate_limited", f"{limit} frames over the rate limit within a minute")
+            error = PolicyViolation(f"{limit} frames over the rate limit within a minute", "rate_limited")
+            _policy_close(chat, connection, error)
 
     def _misconduct(self) -> Misconduct:
         if self.misconduct is None:
@@ -270,7 +246,7 @@ class ChatEndpoint(WebSocketEndpoint):
             logger.error("publishing failed", exc_info=error)
             _refuse_frame(chat, connection, Unavailable("message not published", ref))
 
-    async def _write(self, chat: Chat, connection: Connection) -> None:
+    async def _write(self, chat: Chat, connection: QueuedConnection) -> None:
         """Drain the connection's buffer; once it is closed or gone, take the member out of the room."""
         await connection.run()
         # Shielded: the receive loop may end now and cancel this task while the leave is half done
@@ -285,14 +261,27 @@ def _refuse_frame(chat: Chat, connection: Connection, error: RequestError) -> No
     chat.metrics.errors.labels(error.code).inc()
 
 
-def _policy_close(chat: Chat, connection: Connection, label: str, reason: str) -> None:
-    """Count a 1008 close under ``label`` (``chat_policy_closes``) and close the connection with ``reason``.
+def _policy_close(chat: Chat, connection: Connection, error: PolicyViolation) -> None:
+    """Count a 1008 close under its reason (``chat_policy_closes``) and close the connection with it.
 
     It counts even if the connection is already closed (``close`` is then a no-op): a caller for which that
     must not count checks ``connection.is_open`` first.
     """
-    chat.metrics.policy_closes.labels(label).inc()
-    connection.close(POLICY_VIOLATION, reason)
+    chat.metrics.policy_closes.labels(error.reason).inc()
+    connection.close(error)
+
+
+def open_connection(websocket: WebSocket, member: Member, room: str, batch: bool, settings: Settings) -> Connection:
+    """The member's way to its socket: direct where the server offers it, else queued (for a writer task)."""
+    writer = direct_writer(websocket.scope)
+    if writer is None:
+        return QueuedConnection(websocket, member, room, settings.queue_bytes, settings.send_timeout, batch)
+    writer.stall_timeout = settings.send_timeout
+    writer.batch = batch
+    writer.write_delay = settings.write_delay
+    connection = DirectConnection(writer, member, room, settings.queue_bytes)
+    writer.on_stall = connection.stalled
+    return connection
 
 
 def direct_writer(scope: Scope) -> DirectWriter | None:
@@ -312,7 +301,7 @@ def close_on_expiry(chat: Chat, connection: Connection, identity: Identity) -> T
 
     def expire() -> None:
         if connection.is_open:
-            _policy_close(chat, connection, "token_expired", "token expired")
+            _policy_close(chat, connection, PolicyViolation("token expired", "token_expired"))
 
     delay = max(0.0, identity.expires - time.time())
     return asyncio.get_running_loop().call_later(delay, expire)

@@ -9,17 +9,26 @@ ChatError
  │    ├── RateLimited          rate_limited
  │    ├── Unsupported          unsupported
  │    └── Unavailable          unavailable (the backend cannot serve right now)
- └── ConnectionRefused         the connection is refused or closed with ``close_code``
-      ├── InvalidJoin          1008, or HTTP 403 before accept (bad room or name, origin, rooms claim)
-      │    └── InvalidToken    (chat.auth) missing, expired, badly signed or unusable token
-      ├── FrameTooLarge        1009
-      ├── ServerBusy           1013
-      └── TooManyConnections   1013, or HTTP 429 before accept (per-address limits)
+ └── ConnectionClosed          the connection is closed with ``close_code`` (a ``CloseCode``) and the detail
+      ├── SlowConsumer         1013: its buffer would overflow, or its socket took nothing for too long
+      ├── PolicyViolation      1008 after accept: bad frames, rate limit abuse, token expired, removed
+      ├── ServiceRestart       1012: the room restarted (its history is gone); rejoin to learn it
+      ├── GoingAway            1001: the server shuts down
+      └── ConnectionRefused    refused before accept (HTTP ``http_status``) or closed after with ``close_code``
+           ├── InvalidJoin          1008, or HTTP 403 before accept (bad room or name, origin, rooms claim)
+           │    └── InvalidToken    (chat.auth) missing, expired, badly signed or unusable token
+           ├── FrameTooLarge        1009
+           ├── ServerBusy           1013 (server full, or the backend could not take the join)
+           └── TooManyConnections   1013, or HTTP 429 before accept (per-address limits)
+
+Every close code the server sends is one of websockets' ``CloseCode`` members, named here once.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, Literal
+
+from websockets.frames import CloseCode
 
 ErrorCode = Literal["bad_request", "too_large", "rate_limited", "unsupported", "unavailable", "forbidden"]
 
@@ -75,14 +84,12 @@ class Unavailable(RequestError):
     code = "unavailable"
 
 
-class ConnectionRefused(ChatError):
-    """The connection is refused (before accept) or closed (after) with ``close_code`` and the detail."""
+class ConnectionClosed(ChatError):
+    """Why a connection is closed: ``close_code`` and the detail (the close reason), and its metrics label."""
 
-    close_code: ClassVar[int]
-    http_status: ClassVar[int]
-    code: ClassVar[ErrorCode] = "forbidden"
-    reason = "invalid_join"
-    """What the refusal is counted as (a metrics label)."""
+    close_code: ClassVar[CloseCode]
+    reason = "closed"
+    """What the close is counted as (a metrics label)."""
 
     def __init__(self, detail: str, reason: str | None = None) -> None:
         super().__init__(detail)
@@ -90,24 +97,53 @@ class ConnectionRefused(ChatError):
             self.reason = reason
 
 
+class SlowConsumer(ConnectionClosed):
+    close_code = CloseCode.TRY_AGAIN_LATER
+    reason = "slow_consumer"
+
+
+class PolicyViolation(ConnectionClosed):
+    """Closed after accept for what the member did (``reason``: ``chat_policy_closes``'s label)."""
+
+    close_code = CloseCode.POLICY_VIOLATION
+
+
+class ServiceRestart(ConnectionClosed):
+    close_code = CloseCode.SERVICE_RESTART
+    reason = "restart"
+
+
+class GoingAway(ConnectionClosed):
+    close_code = CloseCode.GOING_AWAY
+    reason = "shutdown"
+
+
+class ConnectionRefused(ConnectionClosed):
+    """The connection is refused (before accept) or closed (after) with ``close_code`` and the detail."""
+
+    http_status: ClassVar[int]
+    code: ClassVar[ErrorCode] = "forbidden"
+    reason = "invalid_join"
+
+
 class InvalidJoin(ConnectionRefused):
-    close_code = 1008
+    close_code = CloseCode.POLICY_VIOLATION
     http_status = 403
 
 
 class FrameTooLarge(ConnectionRefused):
-    close_code = 1009
+    close_code = CloseCode.MESSAGE_TOO_BIG
     http_status = 413
 
 
 class ServerBusy(ConnectionRefused):
-    close_code = 1013
+    close_code = CloseCode.TRY_AGAIN_LATER
     http_status = 503
     reason = "server_full"
 
 
 class TooManyConnections(ConnectionRefused):
-    close_code = 1013
+    close_code = CloseCode.TRY_AGAIN_LATER
     http_status = 429
     code = "rate_limited"
     reason = "connections_per_ip"

@@ -30,17 +30,13 @@ Ref = str | int | None
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def encode_json(value: object) -> str:
-    """Compact JSON, as every frame is encoded."""
-    return _dumps(value)
-
-
 # --- what travels between members -------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One connected member: ``id`` is unique per connection, ``name`` is what others see."""
+    """One member: ``id`` is the token's ``sub`` (shared by that member's connections, one per tab) or, without
+    auth, a fresh random id per connection; ``name`` is what others see."""
 
     id: str
     name: str

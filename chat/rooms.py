@@ -14,11 +14,9 @@ import anyio
 
 from chat.backends import Backend
 from chat.connection import Connection
+from chat.exceptions import PolicyViolation, ServiceRestart
 from chat.metrics import Metrics
 from chat.protocol import Event, Message, Remove, Restart
-
-SERVICE_RESTART = 1012
-POLICY_VIOLATION = 1008
 
 
 class RoomRegistry:
@@ -115,7 +113,7 @@ class RoomRegistry:
             return
         if isinstance(event, Restart):
             for connection in list(members):
-                connection.close(SERVICE_RESTART, "room restarted: reconnect to rejoin")
+                connection.close(ServiceRestart("room restarted: reconnect to rejoin"))
             return
         if isinstance(event, Remove):
             self.remove_member(event.room, event.member_id)
@@ -133,5 +131,5 @@ class RoomRegistry:
         for connection in removed:
             if self._metrics is not None and connection.is_open:
                 self._metrics.policy_closes.labels("removed").inc()
-            connection.close(POLICY_VIOLATION, "removed")
+            connection.close(PolicyViolation("removed", "removed"))
         return len(removed)

@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from chat.app import create_app
 from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
-from chat.endpoint import chat_of
+from chat.chat import chat_of
 from chat.protocol import Event, Member, Message, Signal
 from chat.settings import Settings
 
@@ -182,6 +182,30 @@ class RecordingSender:
         self.recorder.record(Sent(data))
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.recorder.record(Closed(code, reason))
+
+
+class StandInWriter:
+    """A direct writer that records frames and closes, and reports a settable buffer size."""
+
+    def __init__(self) -> None:
+        self.stall_timeout = 0.0
+        self.batch = False
+        self.write_delay = 0.0
+        self.on_stall: Callable[[], None] | None = None
+        self.recorder = Recorder()
+        self.wires: list[bytes] = []
+        self.buffered = 0
+
+    def direct_write(self, frame: str, wire: bytes) -> None:
+        self.recorder.record(Sent(frame))
+        self.wires.append(wire)
+        self.buffered += len(wire)
+
+    def direct_buffered(self) -> int:
+        return self.buffered
+
+    def direct_close(self, code: int, reason: str) -> None:
         self.recorder.record(Closed(code, reason))
 
 

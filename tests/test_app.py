@@ -13,8 +13,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from chat.app import create_app
 from chat.backends.memory import MemoryBackend
-from chat.endpoint import chat_of
-from chat.hub import Chat
+from chat.chat import Chat, chat_of
 from chat.settings import Settings
 from tests import standins
 from tests.standins import barrier, link_up, receive, receive_type, serve, until

@@ -1,40 +1,255 @@
-"""A member's outbound side: ordering, welcome-first with dedup, overflow, failing and stuck sockets."""
+"""A member's outbound side: ordering, welcome-first with dedup, overflow, closes, failing and stuck sockets.
+
+One suite runs against both ways to the socket (``DirectConnection`` on a stand-in writer,
+``QueuedConnection`` with its writer task on a recording sender); what only one of them does is
+tested after it.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 from starlette.websockets import WebSocketDisconnect
 
-from chat.connection import SLOW_CONSUMER, Connection
+from chat.connection import Connection, DirectConnection, QueuedConnection
+from chat.exceptions import FrameTooLarge, GoingAway, PolicyViolation, SlowConsumer
 from chat.protocol import Member, Message
-from tests.standins import WAIT, Closed, RecordingSender, Sent
+from tests.standins import WAIT, Action, Closed, Recorder, RecordingSender, Sent, StandInWriter
 
 pytestmark = pytest.mark.anyio
 
 ALICE = Member("a1", "alice")
 BOB = Member("b2", "bob")
 WELCOME = '{"type":"welcome"}'
+BUFFER_FULL = Closed(1013, "slow consumer: outbound buffer full")
+STALLED = Closed(1013, "slow consumer: the socket took nothing for too long")
 
 
 def message(seq: int, text: str = "hi") -> Message:
     return Message("lobby", seq, BOB, text, 0)
 
 
-def connection(sender: RecordingSender, queue_bytes: int = 10_000, send_timeout: float = WAIT) -> Connection:
-    return Connection(sender, ALICE, "lobby", queue_bytes, send_timeout)
-
-
 def seqs(frames: list[str]) -> list[int]:
     return [json.loads(frame)["seq"] for frame in frames if json.loads(frame)["type"] == "message"]
 
 
+class Side:
+    """One connection under test and what reached its socket."""
+
+    def __init__(self, conn: Connection, recorder: Recorder) -> None:
+        self.conn = conn
+        self.recorder = recorder
+
+    async def actions(self) -> list[Action]:
+        """Everything the socket was asked to do so far, once the writer (if any) has nothing left to do."""
+        await anyio.wait_all_tasks_blocked()
+        return self.recorder.actions
+
+    async def frames(self) -> list[str]:
+        return [action.text for action in await self.actions() if isinstance(action, Sent)]
+
+
+MakeSide = Callable[..., Side]
+
+
+@pytest.fixture(params=["direct", "queued"])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[MakeSide]:
+    """Builds connections of one kind; queued ones get their writer task, ended with the test."""
+    sides: list[Side] = []
+
+    def build(task_group: TaskGroup, queue_bytes: int = 10_000) -> Side:
+        if request.param == "direct":
+            writer = StandInWriter()
+            side = Side(DirectConnection(writer, ALICE, "lobby", queue_bytes), writer.recorder)
+        else:
+            sender = RecordingSender()
+            conn = QueuedConnection(sender, ALICE, "lobby", queue_bytes, WAIT)
+            task_group.start_soon(conn.run)
+            side = Side(conn, sender.recorder)
+        sides.append(side)
+        return side
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as task_group:
+            yield lambda **options: build(task_group, **options)
+            for side in sides:
+                side.conn.close(GoingAway("test over"))
+
+
+async def test_nothing_is_sent_before_the_welcome(make: MakeSide) -> None:
+    """Frames queued before the welcome wait; nothing reaches the socket until welcome() is called."""
+    side = make()
+    side.conn.send("early")
+    side.conn.deliver(message(1))
+    assert await side.actions() == []
+
+
+async def test_welcome_goes_first_then_queued_frames_in_order(make: MakeSide) -> None:
+    """After welcome(), the welcome frame is sent first, then what queued meanwhile, oldest first."""
+    side = make()
+    side.conn.send("one")
+    side.conn.send("two")
+    side.conn.welcome(WELCOME, 0)
+    side.conn.send("three")
+    assert await side.frames() == [WELCOME, "one", "two", "three"]
+
+
+async def test_welcome_drops_queued_messages_it_already_holds(make: MakeSide) -> None:
+    """Messages queued before the welcome with seq <= the welcome's seq are dropped; others are kept."""
+    side = make()
+    side.conn.deliver(message(4))
+    side.conn.send("signal")
+    side.conn.deliver(message(5))
+    side.conn.deliver(message(6))
+    side.conn.welcome(WELCOME, 5)
+    assert await side.frames() == [WELCOME, "signal", message(6).frame]
+
+
+async def test_messages_at_or_below_last_seq_are_not_delivered_twice(make: MakeSide) -> None:
+    """After the welcome at seq N, messages with seq <= N (or repeated) are ignored."""
+    side = make()
+    side.conn.welcome(WELCOME, 3)
+    for seq in (2, 3, 4, 4, 3, 5):
+        side.conn.deliver(message(seq))
+    assert seqs(await side.frames()) == [4, 5]
+    assert side.conn.last_seq == 5
+
+
+async def test_buffered_counts_characters_before_the_welcome(make: MakeSide) -> None:
+    """Before the welcome the buffer is measured in characters (not bytes) of the frames waiting."""
+    side = make()
+    side.conn.send("é" * 10)
+    side.conn.send("🙂")
+    assert side.conn.buffered == 11
+
+
+async def test_frame_filling_the_buffer_exactly_is_kept(make: MakeSide) -> None:
+    """A frame that brings the buffer to exactly queue_bytes is accepted."""
+    side = make(queue_bytes=10)
+    side.conn.send("x" * 4)
+    side.conn.send("y" * 6)
+    assert (side.conn.is_open, side.conn.buffered) == (True, 10)
+
+
+async def test_overflow_closes_as_a_slow_consumer_and_drops_frames(make: MakeSide) -> None:
+    """A frame that would overflow queue_bytes closes with 1013 (SlowConsumer); nothing queued is sent."""
+    side = make(queue_bytes=10)
+    side.conn.send("x" * 6)
+    side.conn.send("y" * 5)
+    assert isinstance(side.conn.closed_by, SlowConsumer)
+    assert (side.conn.is_open, side.conn.buffered, side.conn.close_code) == (False, 0, 1013)
+    side.conn.welcome(WELCOME, 0)
+    assert await side.actions() == [BUFFER_FULL]
+
+
+async def test_overflow_by_a_message_closes_too(make: MakeSide) -> None:
+    """deliver() counts against the same buffer as send()."""
+    side = make(queue_bytes=len(message(1).frame) * 2)
+    for seq in (1, 2, 3):
+        side.conn.deliver(message(seq))
+    assert isinstance(side.conn.closed_by, SlowConsumer)
+
+
+async def test_welcome_frame_is_not_bounded_by_the_buffer(make: MakeSide) -> None:
+    """A welcome frame larger than queue_bytes (long history) is sent, not treated as overflow."""
+    side = make(queue_bytes=10)
+    big = json.dumps({"type": "welcome", "history": ["x" * 100]})
+    side.conn.welcome(big, 0)
+    assert side.conn.is_open
+    assert await side.frames() == [big]
+
+
+async def test_frames_after_close_are_ignored(make: MakeSide) -> None:
+    """send, deliver and welcome after close reach nothing: the socket only gets the close."""
+    side = make()
+    side.conn.close(GoingAway("bye"))
+    side.conn.send("late")
+    side.conn.deliver(message(1))
+    side.conn.welcome(WELCOME, 0)
+    assert side.conn.buffered == 0
+    assert await side.actions() == [Closed(1001, "bye")]
+
+
+async def test_first_close_wins(make: MakeSide) -> None:
+    """A second close does not change the code, the reason or what closed it."""
+    side = make()
+    first = FrameTooLarge("too big")
+    side.conn.close(first)
+    side.conn.close(PolicyViolation("removed", "removed"))
+    assert side.conn.closed_by is first
+    assert await side.actions() == [Closed(1009, "too big")]
+
+
+async def test_close_after_the_welcome_sends_the_errors_code_and_detail(make: MakeSide) -> None:
+    """A welcomed connection closes with the error's code and detail; nothing sent after the close gets out."""
+    side = make()
+    side.conn.welcome(WELCOME, 0)
+    assert await side.frames() == [WELCOME]
+    side.conn.close(PolicyViolation("kicked", "removed"))
+    side.conn.send("never")
+    assert await side.actions() == [Sent(WELCOME), Closed(1008, "kicked")]
+
+
+async def test_gone_connection_refuses_frames(make: MakeSide) -> None:
+    """Once the socket went away nothing more is queued or written."""
+    side = make()
+    side.conn.gone = True
+    side.conn.send("late")
+    side.conn.deliver(message(1))
+    assert not side.conn.is_open
+    assert side.conn.buffered == 0
+
+
+# --- direct only -----------------------------------------------------------------------------------
+
+
+def test_direct_frames_go_to_the_writer_framed() -> None:
+    """Direct: a message goes to the writer with the wire bytes it was framed with once, for every member."""
+    writer = StandInWriter()
+    conn = DirectConnection(writer, ALICE, "lobby", 10_000)
+    conn.deliver(message(1))
+    conn.welcome(WELCOME, 0)
+    conn.deliver(message(2))
+    assert writer.wires[1:] == [message(1).wire, message(2).wire]
+
+
+def test_direct_overflow_counts_the_sockets_backlog() -> None:
+    """Direct: a frame that would take the socket's backlog past queue_bytes closes the member with 1013."""
+    writer = StandInWriter()
+    conn = DirectConnection(writer, ALICE, "lobby", 1000)
+    conn.welcome(WELCOME, 0)
+    writer.buffered = 990
+    assert conn.buffered == 990
+    conn.deliver(message(1))
+    conn.deliver(message(2))
+    assert writer.recorder.actions == [Sent(WELCOME), BUFFER_FULL]
+    assert isinstance(conn.closed_by, SlowConsumer)
+
+
+def test_direct_stall_closes_as_a_slow_consumer() -> None:
+    """Direct: the writer's stall report closes the member with SlowConsumer, through the writer."""
+    writer = StandInWriter()
+    conn = DirectConnection(writer, ALICE, "lobby", 1000)
+    conn.welcome(WELCOME, 0)
+    conn.stalled()
+    assert writer.recorder.actions == [Sent(WELCOME), STALLED]
+    assert isinstance(conn.closed_by, SlowConsumer)
+
+
+# --- queued only -----------------------------------------------------------------------------------
+
+
+def queued(sender: RecordingSender, queue_bytes: int = 10_000, send_timeout: float = WAIT) -> QueuedConnection:
+    return QueuedConnection(sender, ALICE, "lobby", queue_bytes, send_timeout)
+
+
 @asynccontextmanager
-async def running(conn: Connection) -> AsyncIterator[None]:
+async def running(conn: QueuedConnection) -> AsyncIterator[None]:
     """The connection's writer runs during the block; the block must close it, and the writer return, within WAIT."""
     with anyio.fail_after(WAIT):
         async with anyio.create_task_group() as tg:
@@ -42,183 +257,30 @@ async def running(conn: Connection) -> AsyncIterator[None]:
             yield
 
 
-async def test_nothing_is_sent_before_the_welcome() -> None:
-    """Frames queued before the welcome wait; the writer sends nothing until welcome() is called."""
+async def test_queued_frames_sent_while_the_writer_waits_wake_it() -> None:
+    """Queued: a frame queued while the writer is idle is sent without any other nudge."""
     sender = RecordingSender()
-    conn = connection(sender)
-    async with running(conn):
-        conn.send("early")
-        await anyio.wait_all_tasks_blocked()
-        assert sender.recorder.actions == []
-        conn.close(1000, "done")
-    assert sender.recorder.actions == [Closed(1000, "done")]
-
-
-async def test_welcome_goes_first_then_queued_frames_in_order() -> None:
-    """After welcome(), the welcome frame is sent first, then what queued meanwhile, oldest first."""
-    sender = RecordingSender()
-    conn = connection(sender)
-    async with running(conn):
-        conn.send("one")
-        conn.send("two")
-        conn.welcome(WELCOME, 0)
-        conn.send("three")
-        for expected in (WELCOME, "one", "two", "three"):
-            assert await sender.recorder.next() == Sent(expected)
-        conn.close(1000, "done")
-
-
-async def test_welcome_drops_queued_messages_it_already_holds() -> None:
-    """Messages queued before the welcome with seq <= the welcome's seq are dropped; others are kept."""
-    sender = RecordingSender()
-    conn = connection(sender)
-    conn.deliver(message(4))
-    conn.send("signal")
-    conn.deliver(message(5))
-    conn.deliver(message(6))
-    conn.welcome(WELCOME, 5)
-    assert conn.buffered == len("signal") + len(message(6).frame)
-    async with running(conn):
-        for expected in (WELCOME, "signal", message(6).frame):
-            assert await sender.recorder.next() == Sent(expected)
-        conn.close(1000, "done")
-
-
-async def test_messages_at_or_below_last_seq_are_not_delivered_twice() -> None:
-    """After the welcome at seq N, messages with seq <= N (or repeated) are ignored."""
-    sender = RecordingSender()
-    conn = connection(sender)
-    conn.welcome(WELCOME, 3)
-    for seq in (2, 3, 4, 4, 3, 5):
-        conn.deliver(message(seq))
-    async with running(conn):
-        assert await sender.recorder.next() == Sent(WELCOME)
-        assert [await sender.recorder.next() for _ in range(2)] == [Sent(message(4).frame), Sent(message(5).frame)]
-        conn.close(1000, "done")
-    assert conn.last_seq == 5
-    assert seqs(sender.recorder.frames) == [4, 5]
-
-
-async def test_frames_sent_while_the_writer_waits_wake_it() -> None:
-    """A frame queued while the writer is idle is sent without any other nudge."""
-    sender = RecordingSender()
-    conn = connection(sender)
+    conn = queued(sender)
     async with running(conn):
         conn.welcome(WELCOME, 0)
         assert await sender.recorder.next() == Sent(WELCOME)
         await anyio.wait_all_tasks_blocked()
         conn.send("later")
         assert await sender.recorder.next() == Sent("later")
-        conn.close(1000, "done")
+        conn.close(GoingAway("done"))
 
 
-async def test_buffered_counts_characters() -> None:
-    """The buffer is measured in characters (not bytes) of the frames waiting."""
-    conn = connection(RecordingSender())
-    conn.send("é" * 10)
-    conn.send("🙂")
-    assert conn.buffered == 11
-
-
-async def test_frame_filling_the_buffer_exactly_is_kept() -> None:
-    """A frame that brings the buffer to exactly queue_bytes is accepted."""
-    conn = connection(RecordingSender(), queue_bytes=10)
-    conn.send("x" * 4)
-    conn.send("y" * 6)
-    assert (conn.is_open, conn.buffered) == (True, 10)
-
-
-async def test_overflow_closes_with_1013_and_drops_frames() -> None:
-    """A frame that would overflow queue_bytes closes with 1013; nothing queued is sent."""
+async def test_queued_run_returns_once_closed_while_idle() -> None:
+    """Queued: a close requested while the writer waits for frames wakes it to send the close and return."""
     sender = RecordingSender()
-    conn = connection(sender, queue_bytes=10)
-    conn.send("x" * 6)
-    conn.send("y" * 5)
-    assert conn.close_code == SLOW_CONSUMER
-    assert (conn.is_open, conn.buffered) == (False, 0)
-    conn.welcome(WELCOME, 0)
-    with anyio.fail_after(WAIT):
-        await conn.run()
-    assert sender.recorder.actions == [Closed(SLOW_CONSUMER, "slow consumer: outbound buffer full")]
-
-
-async def test_overflow_by_a_message_closes_too() -> None:
-    """deliver() counts against the same buffer as send()."""
-    frame = message(1).frame
-    conn = connection(RecordingSender(), queue_bytes=len(frame) * 2)
-    for seq in (1, 2, 3):
-        conn.deliver(message(seq))
-    assert conn.close_code == SLOW_CONSUMER
-
-
-async def test_welcome_frame_is_not_bounded_by_the_buffer() -> None:
-    """A welcome frame larger than queue_bytes (long history) is sent, not treated as overflow."""
-    sender = RecordingSender()
-    conn = connection(sender, queue_bytes=10)
-    big = json.dumps({"type": "welcome", "history": ["x" * 100]})
-    conn.welcome(big, 0)
-    assert conn.is_open
-    async with running(conn):
-        assert await sender.recorder.next() == Sent(big)
-        conn.close(1000, "done")
-
-
-async def test_frames_after_close_are_ignored() -> None:
-    """send, deliver and welcome after close change nothing."""
-    sender = RecordingSender()
-    conn = connection(sender)
-    conn.close(1000, "bye")
-    conn.send("late")
-    conn.deliver(message(1))
-    conn.welcome(WELCOME, 0)
-    assert conn.buffered == 0
-    with anyio.fail_after(WAIT):
-        await conn.run()
-    assert sender.recorder.actions == [Closed(1000, "bye")]
-    # A direct connection writes as frames come, so there a late frame would reach the socket.
-    writer = StandInWriter()
-    direct = Connection(RecordingSender(), ALICE, "lobby", 10_000, WAIT, writer)
-    direct.close(1000, "bye")
-    direct.send("late")
-    direct.deliver(message(1))
-    direct.welcome(WELCOME, 0)
-    assert (writer.frames, writer.closed) == ([], (1000, "bye"))
-
-
-async def test_first_close_wins() -> None:
-    """A second close does not change the code or reason."""
-    sender = RecordingSender()
-    conn = connection(sender)
-    conn.close(1009, "too big")
-    conn.close(1000, "normal")
-    with anyio.fail_after(WAIT):
-        await conn.run()
-    assert sender.recorder.actions == [Closed(1009, "too big")]
-
-
-async def test_close_drops_unsent_frames_and_sends_the_close() -> None:
-    """close() drops what is still queued, then the writer closes the socket with the code and returns."""
-    sender = RecordingSender()
-    conn = connection(sender)
-    conn.welcome(WELCOME, 0)
-    conn.send("never")
-    conn.close(4000, "kicked")
-    with anyio.fail_after(WAIT):
-        await conn.run()
-    assert sender.recorder.actions == [Closed(4000, "kicked")]
-    assert conn.gone
-
-
-async def test_run_returns_once_closed_while_idle() -> None:
-    """A close requested while the writer waits for frames wakes it to send the close and return."""
-    sender = RecordingSender()
-    conn = connection(sender)
+    conn = queued(sender)
     conn.welcome(WELCOME, 0)
     async with running(conn):
         assert await sender.recorder.next() == Sent(WELCOME)
         await anyio.wait_all_tasks_blocked()
-        conn.close(1001, "going away")
+        conn.close(GoingAway("going away"))
     assert sender.recorder.actions[-1] == Closed(1001, "going away")
+    assert conn.gone
 
 
 @pytest.mark.parametrize(
@@ -226,56 +288,47 @@ async def test_run_returns_once_closed_while_idle() -> None:
     [WebSocketDisconnect(1006), OSError("reset"), RuntimeError("closed")],
     ids=lambda error: type(error).__name__,
 )
-async def test_sender_that_raises_ends_run(error: Exception) -> None:
-    """A socket that fails while sending ends the writer quietly and marks the connection gone."""
+async def test_queued_sender_that_raises_ends_run(error: Exception) -> None:
+    """Queued: a socket that fails while sending ends the writer quietly and marks the connection gone."""
     sender = RecordingSender(fail=error)
-    conn = connection(sender)
+    conn = queued(sender)
     conn.welcome(WELCOME, 0)
     with anyio.fail_after(WAIT):
         await conn.run()
     assert conn.gone
     assert not conn.is_open
     assert sender.recorder.actions == []
-
-
-async def test_gone_connection_refuses_frames() -> None:
-    """Once the socket went away nothing more is queued."""
-    sender = RecordingSender(fail=OSError("reset"))
-    conn = connection(sender)
-    conn.welcome(WELCOME, 0)
-    with anyio.fail_after(WAIT):
-        await conn.run()
     conn.send("late")
     assert conn.buffered == 0
 
 
-async def test_stuck_socket_is_closed_with_1013_after_send_timeout() -> None:
-    """A socket that takes nothing for send_timeout seconds is closed with 1013."""
+async def test_queued_stuck_socket_is_closed_as_a_slow_consumer_after_send_timeout() -> None:
+    """Queued: a socket that takes nothing for send_timeout seconds is closed with 1013 (SlowConsumer)."""
     sender = RecordingSender(block=True)
-    conn = connection(sender, send_timeout=0.05)
+    conn = queued(sender, send_timeout=0.05)
     conn.welcome(WELCOME, 0)
     conn.send("queued")
     with anyio.fail_after(WAIT):
         await conn.run()
-    assert conn.close_code == SLOW_CONSUMER
-    assert sender.recorder.actions == [Closed(SLOW_CONSUMER, "slow consumer: the socket took nothing for too long")]
+    assert isinstance(conn.closed_by, SlowConsumer)
+    assert sender.recorder.actions == [STALLED]
     assert conn.gone
 
 
-async def test_close_interrupts_a_stuck_send() -> None:
-    """close() during a send that never finishes cancels it and closes with the requested code."""
+async def test_queued_close_interrupts_a_stuck_send() -> None:
+    """Queued: close() during a send that never finishes cancels it and closes with the requested code."""
     sender = RecordingSender(block=True)
-    conn = connection(sender, send_timeout=3600)
+    conn = queued(sender, send_timeout=3600)
     conn.welcome(WELCOME, 0)
     async with running(conn):
         await sender.sending.wait()
-        conn.close(1008, "policy")
+        conn.close(PolicyViolation("policy", "removed"))
     assert sender.recorder.actions == [Closed(1008, "policy")]
 
 
-async def test_writer_cancelled_marks_connection_gone() -> None:
-    """Cancelling the writer (the socket's task group ending) leaves the connection marked gone."""
-    conn = connection(RecordingSender())
+async def test_queued_writer_cancelled_marks_connection_gone() -> None:
+    """Queued: cancelling the writer (the socket's task group ending) leaves the connection marked gone."""
+    conn = queued(RecordingSender())
     async with anyio.create_task_group() as tg:
         tg.start_soon(conn.run)
         await anyio.wait_all_tasks_blocked()
@@ -284,82 +337,27 @@ async def test_writer_cancelled_marks_connection_gone() -> None:
     assert not conn.is_open
 
 
-async def test_batch_member_gets_what_queued_in_one_message() -> None:
-    """With batch=1 the writer joins every queued frame into one message, one JSON object per line."""
+async def test_queued_batch_member_gets_what_queued_in_one_message() -> None:
+    """Queued: with batch=1 the writer joins every queued frame into one message, one JSON object per line."""
     sender = RecordingSender()
-    conn = Connection(sender, ALICE, "lobby", 10_000, WAIT, batch=True)
+    conn = QueuedConnection(sender, ALICE, "lobby", 10_000, WAIT, batch=True)
     conn.send('{"n":1}')
     conn.send('{"n":2}')
     conn.welcome(WELCOME, 0)
     async with running(conn):
         assert await sender.recorder.next() == Sent(WELCOME)
         assert await sender.recorder.next() == Sent('{"n":1}\n{"n":2}')
-        conn.close(1000, "done")
+        conn.close(GoingAway("done"))
 
 
-class StandInWriter:
-    """A direct writer that records frames and reports a settable buffer size."""
-
-    def __init__(self) -> None:
-        self.stall_timeout = 0.0
-        self.batch = False
-        self.write_delay = 0.0
-        self.frames: list[tuple[str, bytes]] = []
-        self.closed: tuple[int, str] | None = None
-        self.buffered = 0
-
-    def direct_write(self, frame: str, wire: bytes) -> None:
-        self.frames.append((frame, wire))
-        self.buffered += len(wire)
-
-    def direct_buffered(self) -> int:
-        return self.buffered
-
-    def direct_close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-
-def test_direct_writes_start_with_the_welcome_and_keep_order() -> None:
-    """Direct: frames wait for the welcome, then go to the writer at once, framed, in order."""
-    writer = StandInWriter()
-    conn = Connection(RecordingSender(), ALICE, "lobby", 10_000, WAIT, writer)
-    conn.deliver(message(1))
-    conn.send("early")
-    assert writer.frames == []
+async def test_queued_close_drops_frames_the_writer_has_not_sent() -> None:
+    """Queued: close() drops what is still queued (the welcome included); the writer sends only the close."""
+    sender = RecordingSender()
+    conn = queued(sender)
     conn.welcome(WELCOME, 0)
-    conn.deliver(message(2))
-    assert [frame for frame, _ in writer.frames] == [WELCOME, message(1).frame, "early", message(2).frame]
-    assert writer.frames[1][1] == message(1).wire
-    assert writer.stall_timeout == WAIT
-    assert writer.write_delay == 0.0
-
-
-def test_direct_writer_gets_the_write_delay() -> None:
-    """The connection hands the server's write delay to its socket, as it does the stall timeout."""
-    writer = StandInWriter()
-    Connection(RecordingSender(), ALICE, "lobby", 10_000, WAIT, writer, write_delay=0.02)
-    assert writer.write_delay == 0.02
-
-
-def test_direct_welcome_drops_messages_its_history_holds() -> None:
-    """Direct: messages queued before a welcome at seq 1 are sent only from seq 2 on."""
-    writer = StandInWriter()
-    conn = Connection(RecordingSender(), ALICE, "lobby", 10_000, WAIT, writer)
-    conn.deliver(message(1))
-    conn.deliver(message(2))
-    conn.welcome(WELCOME, 1)
-    assert [frame for frame, _ in writer.frames] == [WELCOME, message(2).frame]
-
-
-def test_direct_overflow_closes_with_1013_through_the_writer() -> None:
-    """Direct: a frame that would take the socket's backlog past queue_bytes closes the member with 1013."""
-    writer = StandInWriter()
-    conn = Connection(RecordingSender(), ALICE, "lobby", 1000, WAIT, writer)
-    conn.welcome(WELCOME, 0)
-    writer.buffered = 990
-    conn.deliver(message(1))
-    assert writer.closed is not None
-    assert writer.closed[0] == SLOW_CONSUMER
-    assert not conn.is_open
-    conn.deliver(message(2))
-    assert [frame for frame, _ in writer.frames] == [WELCOME]
+    conn.send("never")
+    conn.close(PolicyViolation("kicked", "removed"))
+    with anyio.fail_after(WAIT):
+        await conn.run()
+    assert sender.recorder.actions == [Closed(1008, "kicked")]
+    assert conn.gone

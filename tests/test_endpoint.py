@@ -18,12 +18,13 @@ from starlette.websockets import WebSocket
 from chat.app import create_app
 from chat.backends import PublishDone, Snapshot
 from chat.backends.memory import MemoryBackend
-from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, chat_of
-from chat.exceptions import Unavailable
-from chat.hub import Chat
+from chat.chat import Chat, chat_of
+from chat.connection import DIRECT_EXTENSION, DirectConnection, QueuedConnection
+from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, open_connection
+from chat.exceptions import SlowConsumer, Unavailable
 from chat.protocol import Member, Message
 from chat.settings import Settings
-from tests.standins import Accepted, Closed, Denied, StandInWebSocket
+from tests.standins import Accepted, Closed, Denied, StandInWebSocket, StandInWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -561,7 +562,7 @@ async def test_server_side_close_removes_the_member_before_disconnect(app: Starl
     await client.join(task_group)
     await bystander.until("join")
     assert client.endpoint.connection is not None
-    client.endpoint.connection.close(1013, "test")
+    client.endpoint.connection.close(SlowConsumer("test"))
     assert await client.ws.recorder.next() == Closed(1013, "test")
     leave = await bystander.until("leave")
     assert leave[-1]["member"]["id"] == client.member.id
@@ -583,3 +584,25 @@ async def test_stop_closes_every_member_with_1001(settings: Settings, task_group
     await alice.disconnect()
     await bob.disconnect()
     assert (chat(app).registry.rooms(), chat(app).registry.connections) == ({}, 0)
+
+
+def test_open_connection_configures_a_direct_writer() -> None:
+    """Where the server offers direct writes, the endpoint sets the writer up and hands it the connection's stall."""
+    writer = StandInWriter()
+    scope = {"type": "websocket", "extensions": {DIRECT_EXTENSION: {"writer": writer}}}
+    websocket = WebSocket(scope, receive=no_receive, send=no_send)
+    settings = Settings(send_timeout=7.0, write_delay=0.02)
+    conn = open_connection(websocket, Member("a1", "alice"), ROOM, True, settings)
+    assert isinstance(conn, DirectConnection)
+    assert (writer.stall_timeout, writer.batch, writer.write_delay) == (7.0, True, 0.02)
+    assert writer.on_stall is not None
+    conn.welcome('{"type":"welcome"}', 0)
+    writer.on_stall()
+    assert writer.recorder.actions[-1] == Closed(1013, "slow consumer: the socket took nothing for too long")
+
+
+def test_open_connection_queues_without_direct_writes() -> None:
+    """Under a server without the extension the connection is queued, for a writer task."""
+    websocket = WebSocket({"type": "websocket", "extensions": {}}, receive=no_receive, send=no_send)
+    conn = open_connection(websocket, Member("a1", "alice"), ROOM, False, Settings())
+    assert isinstance(conn, QueuedConnection)

@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from chat.app import create_app
-from chat.endpoint import chat_of
+from chat.chat import chat_of
 from chat.metrics import Metrics
 from chat.settings import Settings
 from tests.standins import WAIT, Samples, receive, receive_type, samples_of, serve

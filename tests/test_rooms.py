@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from chat.connection import Connection
+from chat.connection import Connection, QueuedConnection
 from chat.protocol import Member, Message, Restart, Signal
 from chat.rooms import RoomRegistry
 from tests.standins import WAIT, Gate, GatedBackend, RecordingSender
@@ -18,7 +18,7 @@ CAROL = Member("c3", "carol")
 
 
 def connection(member: Member, room: str = "lobby") -> Connection:
-    conn = Connection(RecordingSender(), member, room, 10_000, WAIT)
+    conn = QueuedConnection(RecordingSender(), member, room, 10_000, WAIT)
     conn.welcome('{"type":"welcome"}', 0)
     return conn
 
@@ -249,7 +249,7 @@ async def test_deliver_to_a_room_without_local_members_is_a_no_op() -> None:
 async def test_deliver_survives_a_member_closed_for_overflow() -> None:
     """A member whose buffer overflows is closed; the others still get the event."""
     registry = RoomRegistry(GatedBackend(), 10)
-    small = Connection(RecordingSender(), ALICE, "lobby", 5, WAIT)
+    small = QueuedConnection(RecordingSender(), ALICE, "lobby", 5, WAIT)
     bob = connection(BOB)
     await registry.add(small)
     await registry.add(bob)

@@ -27,9 +27,10 @@ from asyncio import TimerHandle
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import CloseCode
 from websockets.http11 import Request
 
-from chat.connection import DIRECT_EXTENSION, SLOW_CONSUMER
+from chat.connection import DIRECT_EXTENSION
 from chat.frames import text_frame
 from chat.uvicorn.flusher import flusher_for
 from chat.uvicorn.standins import Flag, Inbox
@@ -157,7 +158,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.handshake_complete or self.initial_response is not None:
             self._abort()
             return
-        self.direct_close(SLOW_CONSUMER, "slow consumer: the socket took nothing for too long")
+        self.direct_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: the socket took nothing for too long")
 
     async def run_asgi(self) -> None:
         """Run the app; once it is done with the connection, give the close at most ``close_timeout``."""

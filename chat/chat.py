@@ -12,11 +12,12 @@ import os
 import time
 
 import anyio
+from starlette.types import Scope
 
 from chat.access import Access
 from chat.backends import Backend, PublishDone, open_backend
 from chat.connection import Connection
-from chat.exceptions import Unavailable
+from chat.exceptions import GoingAway, Unavailable
 from chat.logs import Throttle, fields
 from chat.metrics import Metrics
 from chat.protocol import JoinRequest, Member, Message, Signal, encode_welcome
@@ -25,7 +26,6 @@ from chat.settings import Settings
 
 logger = logging.getLogger("chat")
 
-GOING_AWAY = 1001
 REFUSAL_LOG_RATE = 10.0
 """Refusal lines per second at most: a flood of refused handshakes must not become a flood of log lines."""
 
@@ -61,7 +61,7 @@ class Chat:
         """Close every connection with 1001 and disconnect the backend."""
         for connections in self.registry.rooms().values():
             for connection in connections:
-                connection.close(GOING_AWAY, "server shutting down")
+                connection.close(GoingAway("server shutting down"))
         if self._started:
             self._started = False
             await self.backend.stop()
@@ -149,3 +149,11 @@ class Chat:
             if previous is not None or not up:
                 log = logger.info if up else logger.warning
                 log("%s", fields(event="backend", state="up" if up else "down", backend=self.backend.name))
+
+
+def chat_of(scope: Scope) -> Chat:
+    """The ``Chat`` of the app serving this scope (``create_app`` puts it in ``app.state.chat``)."""
+    chat = getattr(scope["app"].state, "chat", None)
+    if not isinstance(chat, Chat):
+        raise RuntimeError("ChatEndpoint needs app.state.chat: build the app with chat.create_app()")
+    return chat
