@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snapshot
+from chat.backends.redis.errors import UNAVAILABLE, unavailable
 from chat.backends.redis.link import Link, LinkLost, bulk_strings, link_supported
 from chat.exceptions import Unavailable
 from chat.protocol import Member, Message, Remove, Restart, Signal, message_frame_parts
@@ -203,7 +204,7 @@ class _Publish:
         if future.done():
             pass  # its caller cancelled it
         elif isinstance(reply, BaseException):
-            error = Unavailable("backend unavailable")
+            error = Unavailable(UNAVAILABLE)
             if not isinstance(reply, Unavailable):
                 error.__cause__ = reply
             future.set_exception(error)
@@ -220,7 +221,7 @@ class _Publish:
 
 def _fail(publishes: list[_Publish]) -> None:
     for publish in publishes:
-        publish.settle(Unavailable("backend unavailable"))
+        publish.settle(Unavailable(UNAVAILABLE))
 
 
 @dataclass
@@ -327,13 +328,13 @@ class RedisBackend(Backend):
         self._subscribed.add(room)
         confirmed = self._confirmed[room] = anyio.Event()
         try:
-            with anyio.fail_after(SUBSCRIBE_TIMEOUT):
+            with unavailable("backend unavailable: cannot subscribe"), anyio.fail_after(SUBSCRIBE_TIMEOUT):
                 if self._pubsub is not None:
                     await self._pubsub.subscribe(_channel(room))
                 await confirmed.wait()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Unavailable:
             await self.unsubscribe(room)
-            raise Unavailable("backend unavailable: cannot subscribe") from exc
+            raise
 
     async def unsubscribe(self, room: str) -> None:
         self._subscribed.discard(room)
@@ -347,10 +348,8 @@ class RedisBackend(Backend):
         return await self.start_publish(room, sender, text)
 
     async def signal(self, signal: Signal) -> None:
-        try:
+        with unavailable():
             await self._redis.publish(_channel(signal.room), "s:" + signal.frame)
-        except (RedisError, OSError) as exc:
-            raise Unavailable("backend unavailable") from exc
 
     async def join(self, room: str, member: Member) -> None:
         entry = member.json  # a presence entry is the member's JSON
@@ -368,13 +367,11 @@ class RedisBackend(Backend):
         await self._call(self._leave, [_keys(room)[3]], [entry, _channel(room), frame])
 
     async def remove(self, room: str, member_id: str) -> None:
-        try:
+        with unavailable():
             await self._redis.publish(_channel(room), "r:" + member_id)
-        except (RedisError, OSError) as exc:
-            raise Unavailable("backend unavailable") from exc
 
     async def rooms(self) -> list[RoomSummary]:
-        try:
+        with unavailable():
             keys = {key async for key in self._redis.scan_iter("chat:{*}:epoch", ROOM_SCAN_BATCH)}  # SCAN may repeat
             rooms = sorted(_room_of(key.removesuffix(":epoch")) for key in keys)
             now_ms = time.time_ns() // 1_000_000
@@ -382,15 +379,11 @@ class RedisBackend(Backend):
                 for room in rooms:
                     pipe.zcount(_keys(room)[3], now_ms, "+inf")
                 counts = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise Unavailable("backend unavailable") from exc
         return [RoomSummary(room, int(count)) for room, count in zip(rooms, counts, strict=True)]
 
     async def exists(self, room: str) -> bool:
-        try:
+        with unavailable():
             return bool(await self._redis.exists(_keys(room)[0]))
-        except (RedisError, OSError) as exc:
-            raise Unavailable("backend unavailable") from exc
 
     async def members(self, room: str) -> list[Member]:
         entries = await self._call(self._members, [_keys(room)[3]], [])
@@ -415,10 +408,8 @@ class RedisBackend(Backend):
         return int(self.settings.presence_ttl * 1000)
 
     async def _call(self, script: Any, keys: Sequence[str], args: Sequence[object]) -> Any:
-        try:
+        with unavailable():
             return await script(keys=list(keys), args=list(args))
-        except (RedisError, OSError) as exc:
-            raise Unavailable("backend unavailable") from exc
 
     def start_publish(
         self, room: str, sender: Member, text: str, done: PublishDone | None = None
