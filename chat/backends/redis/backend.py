@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from contextlib import suppress
@@ -22,13 +21,28 @@ from redis.exceptions import NoScriptError, RedisError
 from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snapshot
 from chat.backends.redis.errors import UNAVAILABLE, unavailable
 from chat.backends.redis.link import Link, LinkLost, bulk_strings, link_supported
+from chat.backends.redis.scripts import (
+    CONTROL_CHANNEL,
+    HEARTBEAT,
+    HISTORY,
+    JOIN,
+    LEAVE,
+    MEMBERS,
+    PUBLISH,
+    SNAPSHOT,
+    key_ttl,
+    leave_frame_parts,
+    new_epoch,
+    room_channel,
+    room_keys,
+    room_of,
+)
 from chat.exceptions import Unavailable
 from chat.protocol import Member, Message, Remove, Restart, Signal, message_frame_parts
 from chat.settings import Settings
 
 logger = logging.getLogger("chat.redis")
 
-CONTROL_CHANNEL = "chat:_control"
 ROOM_SCAN_BATCH = 1000
 SUBSCRIBE_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
@@ -36,153 +50,6 @@ REPLY_TIMEOUT = 5.0
 STARTUP_WAIT = 2.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
-
-# Every script that reads or writes a room's sequence starts here (KEYS: epoch, seq, history;
-# ARGV[1]: a fresh epoch, ARGV[2]: the keys' TTL): a room Redis does not know starts a new epoch.
-# Each such script ends by refreshing the three keys' TTL (after INCR/RPUSH may have made them).
-_ENSURE_EPOCH = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch)
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
-"""
-_REFRESH_TTL = """
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-"""
-
-# ARGV[3..]: frame head, frame tail, history size, channel.
-_PUBLISH = (
-    _ENSURE_EPOCH
-    + """
-local seq = redis.call('INCR', KEYS[2])
-local frame = ARGV[3] .. seq .. ARGV[4]
-redis.call('RPUSH', KEYS[3], frame)
-redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
-redis.call('PUBLISH', ARGV[6], 'm:' .. epoch .. ':' .. frame)
-"""
-    + _REFRESH_TTL
-    + """
-return {seq, epoch}
-"""
-)
-
-# ARGV[3..]: since (-1: none), the client's epoch, how many on a fresh join.
-# Returns {seq, epoch, recovered (0/1), frames...}.
-_SNAPSHOT = (
-    _ENSURE_EPOCH
-    + """
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-local length = redis.call('LLEN', KEYS[3])
-local oldest = seq - length + 1
-local since = tonumber(ARGV[3])
-local result = {seq, epoch, 0}
-local first = length - tonumber(ARGV[5])
-if since >= 0 and ARGV[4] == epoch and since <= seq and since + 1 >= oldest then
-  result[3] = 1
-  first = since + 1 - oldest
-end
-if first < 0 then first = 0 end
-if first < length then
-  for _, frame in ipairs(redis.call('LRANGE', KEYS[3], first, -1)) do table.insert(result, frame) end
-end
-"""
-    + _REFRESH_TTL
-    + """
-return result
-"""
-)
-
-# KEYS: seq, history. ARGV: before (-1: latest), limit.
-_HISTORY = """
-local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
-local length = redis.call('LLEN', KEYS[2])
-local oldest = seq - length + 1
-local stop = length
-local before = tonumber(ARGV[1])
-if before >= 0 then stop = math.max(0, math.min(length, before - oldest)) end
-local start = math.max(0, stop - tonumber(ARGV[2]))
-if stop <= start then return {} end
-return redis.call('LRANGE', KEYS[2], start, stop - 1)
-"""
-
-# Redis's clock in ms as ``ms``: presence expiries are on it, whichever process writes or reads them.
-_NOW_MS = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-"""
-
-# KEYS: presence. ARGV: entry, presence ttl ms, key ttl s, channel, join frame.
-_JOIN = (
-    _NOW_MS
-    + """
-redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], 's:' .. ARGV[5])
-"""
-)
-
-# KEYS: presence. ARGV: entry, channel, leave frame.
-_LEAVE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('PUBLISH', ARGV[2], 's:' .. ARGV[3])
-end
-"""
-
-# KEYS: presence, epoch, seq, history. ARGV: presence ttl ms, key ttl s, channel, the room's leave
-# frame before and after its member (``_leave_frame_parts``), entries...
-# Refreshes this node's members, drops everyone whose heartbeat stopped and announces them.
-_HEARTBEAT = (
-    _NOW_MS
-    + """
-for i = 6, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ms + tonumber(ARGV[1]), ARGV[i]) end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms)
-for _, entry in ipairs(expired) do
-  if redis.call('ZREM', KEYS[1], entry) == 1 then
-    redis.call('PUBLISH', ARGV[3], 's:' .. ARGV[4] .. entry .. ARGV[5])
-  end
-end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-return #expired
-"""
-)
-
-# KEYS: presence. Returns the live entries.
-_MEMBERS = (
-    _NOW_MS
-    + """
-return redis.call('ZRANGEBYSCORE', KEYS[1], ms, '+inf')
-"""
-)
-
-
-def _keys(room: str) -> tuple[str, str, str, str]:
-    """epoch, seq, history and presence keys of a room."""
-    base = "chat:{" + room + "}:"
-    return base + "epoch", base + "seq", base + "history", base + "presence"
-
-
-def _channel(room: str) -> str:
-    return "chat:{" + room + "}"
-
-
-def _room_of(channel: str) -> str:
-    """The room of a ``chat:{R}`` channel."""
-    return channel[len("chat:{") : -1]
-
-
-_NOBODY = Member("", "")  # a room's JSON never holds it (ROOM_PATTERN): it marks where the member goes
-
-
-def _leave_frame_parts(room: str) -> tuple[str, str]:
-    """The room's leave frame (``Signal.frame``) before and after its member's JSON, for the heartbeat script."""
-    head, _, tail = Signal("leave", room, _NOBODY).frame.partition(_NOBODY.json)
-    return head, tail
-
-
-def _new_epoch() -> str:
-    return secrets.token_urlsafe(9)
 
 
 @dataclass(slots=True)
@@ -250,13 +117,13 @@ class RedisBackend(Backend):
         self._redis = aioredis.Redis.from_url(url, retry=retry_once, **options)
         # The pub/sub link never reconnects behind our back: the listener must see every drop to catch up.
         self._subscriber = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-        self._publish = self._redis.register_script(_PUBLISH)
-        self._snapshot = self._redis.register_script(_SNAPSHOT)
-        self._history = self._redis.register_script(_HISTORY)
-        self._join = self._redis.register_script(_JOIN)
-        self._leave = self._redis.register_script(_LEAVE)
-        self._heartbeat = self._redis.register_script(_HEARTBEAT)
-        self._members = self._redis.register_script(_MEMBERS)
+        self._publish = self._redis.register_script(PUBLISH)
+        self._snapshot = self._redis.register_script(SNAPSHOT)
+        self._history = self._redis.register_script(HISTORY)
+        self._join = self._redis.register_script(JOIN)
+        self._leave = self._redis.register_script(LEAVE)
+        self._heartbeat = self._redis.register_script(HEARTBEAT)
+        self._members = self._redis.register_script(MEMBERS)
         self._deliver: Deliver | None = None
         self._subscribed: set[str] = set()
         self._cursors: dict[str, _Cursor] = {}
@@ -274,7 +141,7 @@ class RedisBackend(Backend):
         self._connecting: asyncio.Task[None] | None = None
         self._send_scheduled = False
         # Sent whole (EVAL): a Redis that restarted never says NOSCRIPT. In RESP once; each publish adds its args.
-        self._eval_publish = bulk_strings((b"EVAL", _PUBLISH.encode(), b"3"))
+        self._eval_publish = bulk_strings((b"EVAL", PUBLISH.encode(), b"3"))
         self.listener_restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -330,7 +197,7 @@ class RedisBackend(Backend):
         try:
             with unavailable("backend unavailable: cannot subscribe"), anyio.fail_after(SUBSCRIBE_TIMEOUT):
                 if self._pubsub is not None:
-                    await self._pubsub.subscribe(_channel(room))
+                    await self._pubsub.subscribe(room_channel(room))
                 await confirmed.wait()
         except Unavailable:
             await self.unsubscribe(room)
@@ -342,20 +209,20 @@ class RedisBackend(Backend):
         self._confirmed.pop(room, None)
         if self._pubsub is not None:
             with suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(_channel(room))
+                await self._pubsub.unsubscribe(room_channel(room))
 
     async def publish(self, room: str, sender: Member, text: str) -> Message:
         return await self.start_publish(room, sender, text)
 
     async def signal(self, signal: Signal) -> None:
         with unavailable():
-            await self._redis.publish(_channel(signal.room), "s:" + signal.frame)
+            await self._redis.publish(room_channel(signal.room), "s:" + signal.frame)
 
     async def join(self, room: str, member: Member) -> None:
         entry = member.json  # a presence entry is the member's JSON
-        presence = _keys(room)[3]
+        presence = room_keys(room)[3]
         frame = Signal("join", room, member).frame
-        await self._call(self._join, [presence], [entry, self._presence_ms, self._ttl, _channel(room), frame])
+        await self._call(self._join, [presence], [entry, self._presence_ms, self._ttl, room_channel(room), frame])
         self._local.setdefault(room, {})[member.id] = entry
 
     async def leave(self, room: str, member: Member) -> None:
@@ -364,36 +231,36 @@ class RedisBackend(Backend):
         if not local:
             self._local.pop(room, None)
         frame = Signal("leave", room, member).frame
-        await self._call(self._leave, [_keys(room)[3]], [entry, _channel(room), frame])
+        await self._call(self._leave, [room_keys(room)[3]], [entry, room_channel(room), frame])
 
     async def remove(self, room: str, member_id: str) -> None:
         with unavailable():
-            await self._redis.publish(_channel(room), "r:" + member_id)
+            await self._redis.publish(room_channel(room), "r:" + member_id)
 
     async def rooms(self) -> list[RoomSummary]:
         with unavailable():
             keys = {key async for key in self._redis.scan_iter("chat:{*}:epoch", ROOM_SCAN_BATCH)}  # SCAN may repeat
-            rooms = sorted(_room_of(key.removesuffix(":epoch")) for key in keys)
+            rooms = sorted(room_of(key.removesuffix(":epoch")) for key in keys)
             now_ms = time.time_ns() // 1_000_000
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room in rooms:
-                    pipe.zcount(_keys(room)[3], now_ms, "+inf")
+                    pipe.zcount(room_keys(room)[3], now_ms, "+inf")
                 counts = await pipe.execute()
         return [RoomSummary(room, int(count)) for room, count in zip(rooms, counts, strict=True)]
 
     async def exists(self, room: str) -> bool:
         with unavailable():
-            return bool(await self._redis.exists(_keys(room)[0]))
+            return bool(await self._redis.exists(room_keys(room)[0]))
 
     async def members(self, room: str) -> list[Member]:
-        entries = await self._call(self._members, [_keys(room)[3]], [])
+        entries = await self._call(self._members, [room_keys(room)[3]], [])
         return [Member.from_json(entry) for entry in entries]
 
     async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
         return await self._read_snapshot(room, since, epoch, self.settings.history_on_join)
 
     async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
-        _, seq_key, history_key, _ = _keys(room)
+        _, seq_key, history_key, _ = room_keys(room)
         frames = await self._call(self._history, [seq_key, history_key], [-1 if before is None else before, limit])
         return [Message.from_frame(frame) for frame in frames]
 
@@ -401,7 +268,7 @@ class RedisBackend(Backend):
 
     @property
     def _ttl(self) -> int:
-        return max(1, int(self.settings.history_ttl))
+        return key_ttl(self.settings)
 
     @property
     def _presence_ms(self) -> int:
@@ -450,11 +317,11 @@ class RedisBackend(Backend):
         KEYS: epoch, seq, history. ARGV: a fresh epoch (used only by a room Redis does not know; the
         batch shares one), TTL, frame head and tail, history size, channel.
         """
-        epoch, ttl, size = _new_epoch().encode(), str(self._ttl).encode(), str(self.settings.history_size).encode()
+        epoch, ttl, size = new_epoch().encode(), str(self._ttl).encode(), str(self.settings.history_size).encode()
         args: list[tuple[bytes, ...]] = []
         for publish in batch:
             room = publish.room
-            epoch_key, seq_key, history_key, _ = _keys(room)
+            epoch_key, seq_key, history_key, _ = room_keys(room)
             args.append(
                 (
                     epoch_key.encode(),
@@ -465,7 +332,7 @@ class RedisBackend(Backend):
                     publish.head.encode(),
                     publish.tail.encode(),
                     size,
-                    _channel(room).encode(),
+                    room_channel(room).encode(),
                 )
             )
         return args
@@ -527,8 +394,8 @@ class RedisBackend(Backend):
             return list(await pipe.execute(raise_on_error=False))
 
     async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
-        keys = list(_keys(room)[:3])
-        args = [_new_epoch(), self._ttl, -1 if since is None else since, epoch or "", count]
+        keys = list(room_keys(room)[:3])
+        args = [new_epoch(), self._ttl, -1 if since is None else since, epoch or "", count]
         reply = await self._call(self._snapshot, keys, args)
         seq, room_epoch, recovered, *frames = reply
         return Snapshot(int(seq), str(room_epoch), [Message.from_frame(f) for f in frames], recovered == 1)
@@ -563,11 +430,11 @@ class RedisBackend(Backend):
         self._link_was_up = False
         try:
             rooms = set(self._subscribed)
-            await pubsub.subscribe(CONTROL_CHANNEL, *(_channel(room) for room in rooms))
+            await pubsub.subscribe(CONTROL_CHANNEL, *(room_channel(room) for room in rooms))
             self._pubsub = pubsub
             joined_meanwhile = self._subscribed - rooms
             if joined_meanwhile:
-                await pubsub.subscribe(*(_channel(room) for room in joined_meanwhile))
+                await pubsub.subscribe(*(room_channel(room) for room in joined_meanwhile))
             while True:
                 message = await pubsub.get_message(timeout=None)
                 if message is not None:
@@ -585,9 +452,9 @@ class RedisBackend(Backend):
                 logger.info("redis pub/sub link up (%d rooms)", len(self._subscribed))
                 self.state_changed(True)
             else:
-                await self._sync(_room_of(channel))
+                await self._sync(room_of(channel))
         elif kind == "message" and channel != CONTROL_CHANNEL:
-            await self._receive(_room_of(channel), data)
+            await self._receive(room_of(channel), data)
 
     async def _sync(self, room: str) -> None:
         """A (re)subscription is confirmed: learn the room's position, delivering what was missed."""
@@ -643,9 +510,9 @@ class RedisBackend(Backend):
         while True:
             await anyio.sleep(interval)
             for room, local in list(self._local.items()):
-                epoch_key, seq_key, history_key, presence_key = _keys(room)
+                epoch_key, seq_key, history_key, presence_key = room_keys(room)
                 keys = [presence_key, epoch_key, seq_key, history_key]
-                args: list[str | int] = [self._presence_ms, self._ttl, _channel(room), *_leave_frame_parts(room)]
+                args: list[str | int] = [self._presence_ms, self._ttl, room_channel(room), *leave_frame_parts(room)]
                 args.extend(local.values())
                 try:
                     await self._heartbeat(keys=keys, args=args)
