@@ -16,11 +16,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snapshot
-from chat.backends.redis.errors import UNAVAILABLE, unavailable
-from chat.backends.redis.link import Link, LinkLost, bulk_strings, link_supported
+from chat.backends.redis.errors import unavailable
+from chat.backends.redis.link import link_supported
+from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher, Publish, Publisher
 from chat.backends.redis.scripts import (
     CONTROL_CHANNEL,
     HEARTBEAT,
@@ -28,7 +29,6 @@ from chat.backends.redis.scripts import (
     JOIN,
     LEAVE,
     MEMBERS,
-    PUBLISH,
     SNAPSHOT,
     key_ttl,
     leave_frame_parts,
@@ -50,45 +50,6 @@ REPLY_TIMEOUT = 5.0
 STARTUP_WAIT = 2.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
-
-
-@dataclass(slots=True)
-class _Publish:
-    """A publish on its way: the message without its seq, the future its caller awaits, and its ``done``."""
-
-    room: str
-    sender: Member
-    text: str
-    ts: int
-    head: str  # the frame is head + seq + tail
-    tail: str
-    future: asyncio.Future[Message]
-    done: PublishDone | None
-
-    def settle(self, reply: Any) -> None:
-        """Resolve the future from the script's reply (``[seq, epoch]``) or an error, and call ``done``."""
-        future = self.future
-        if future.done():
-            pass  # its caller cancelled it
-        elif isinstance(reply, BaseException):
-            error = Unavailable(UNAVAILABLE)
-            if not isinstance(reply, Unavailable):
-                error.__cause__ = reply
-            future.set_exception(error)
-        else:
-            seq = int(reply[0])
-            frame = f"{self.head}{seq}{self.tail}"
-            future.set_result(Message.with_frame(self.room, seq, self.sender, self.text, self.ts, frame))
-        if self.done is not None:
-            try:
-                self.done(future)
-            except Exception:
-                logger.exception("a publish's done callback failed")
-
-
-def _fail(publishes: list[_Publish]) -> None:
-    for publish in publishes:
-        publish.settle(Unavailable(UNAVAILABLE))
 
 
 @dataclass
@@ -117,7 +78,6 @@ class RedisBackend(Backend):
         self._redis = aioredis.Redis.from_url(url, retry=retry_once, **options)
         # The pub/sub link never reconnects behind our back: the listener must see every drop to catch up.
         self._subscriber = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-        self._publish = self._redis.register_script(PUBLISH)
         self._snapshot = self._redis.register_script(SNAPSHOT)
         self._history = self._redis.register_script(HISTORY)
         self._join = self._redis.register_script(JOIN)
@@ -134,14 +94,11 @@ class RedisBackend(Backend):
         self._link_was_up = False  # the current link got as far as subscribing
         self._link_ready = anyio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._publishes: list[_Publish] = []  # started, not yet sent
-        self._publisher: asyncio.Task[None] | None = None  # redis-py pipelines (no Link)
-        self._use_link = link_supported(url)
-        self._link: Link | None = None
-        self._connecting: asyncio.Task[None] | None = None
-        self._send_scheduled = False
-        # Sent whole (EVAL): a Redis that restarted never says NOSCRIPT. In RESP once; each publish adds its args.
-        self._eval_publish = bulk_strings((b"EVAL", PUBLISH.encode(), b"3"))
+        self._publisher: Publisher = (
+            LinkPublisher(url, settings, CONNECT_TIMEOUT, REPLY_TIMEOUT)
+            if link_supported(url)
+            else PipelinePublisher(self._redis, settings)
+        )
         self.listener_restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -158,16 +115,7 @@ class RedisBackend(Backend):
             self.state_changed(False)
 
     async def stop(self) -> None:
-        for task in (self._publisher, self._connecting):
-            if task is not None:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-        link, self._link = self._link, None
-        if link is not None:
-            link.close()  # fails the publishes waiting for their replies
-        _fail(self._publishes)  # a publisher cancelled before it ran failed nothing
-        self._publishes = []
+        await self._publisher.stop()
         runner, self._runner = self._runner, None
         self._pubsub = None  # closing below; members leaving meanwhile must not use the half-closed link
         self._link_up = False  # stopping on purpose is not the backend going down
@@ -284,114 +232,12 @@ class RedisBackend(Backend):
         ts = time.time_ns() // 1_000_000
         head, tail = message_frame_parts(room, sender, text, ts)
         loop = asyncio.get_running_loop()
-        publish = _Publish(room, sender, text, ts, head, tail, loop.create_future(), done)
-        self._publishes.append(publish)
-        if self._use_link:
-            if not self._send_scheduled:
-                self._send_scheduled = True
-                loop.call_soon(self._send_publishes)  # once this turn's publishes are all started
-        elif self._publisher is None:
-            self._publisher = loop.create_task(self._publish_queued(), name="chat-redis-publish")
+        publish = Publish(room, sender, text, ts, head, tail, loop.create_future(), done)
+        publisher = self._publisher
+        publisher.queued.append(publish)
+        if not publisher.scheduled:
+            publisher.send_soon(loop)
         return publish.future
-
-    def _send_publishes(self) -> None:
-        """Write what was started as one batch on the link (connecting it first if it is down)."""
-        self._send_scheduled = False
-        if not self._publishes:
-            return
-        link = self._link
-        if link is None or link.closed:
-            if self._connecting is None:
-                self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="chat-redis-link")
-            return
-        batch, self._publishes = self._publishes, []
-        eval_publish = self._eval_publish  # the array header counts its 3 bulk strings and the args
-        commands = [
-            b"*%d\r\n" % (3 + len(args)) + eval_publish + bulk_strings(args) for args in self._script_args(batch)
-        ]
-        link.send(b"".join(commands), batch)
-
-    def _script_args(self, batch: list[_Publish]) -> list[tuple[bytes, ...]]:
-        """The publish script's KEYS and ARGV for each publish of a batch, encoded, as both publish paths send them.
-
-        KEYS: epoch, seq, history. ARGV: a fresh epoch (used only by a room Redis does not know; the
-        batch shares one), TTL, frame head and tail, history size, channel.
-        """
-        epoch, ttl, size = new_epoch().encode(), str(self._ttl).encode(), str(self.settings.history_size).encode()
-        args: list[tuple[bytes, ...]] = []
-        for publish in batch:
-            room = publish.room
-            epoch_key, seq_key, history_key, _ = room_keys(room)
-            args.append(
-                (
-                    epoch_key.encode(),
-                    seq_key.encode(),
-                    history_key.encode(),
-                    epoch,
-                    ttl,
-                    publish.head.encode(),
-                    publish.tail.encode(),
-                    size,
-                    room_channel(room).encode(),
-                )
-            )
-        return args
-
-    async def _connect(self) -> None:
-        """Open the publish link and send what waits; if Redis cannot be reached, those publishes fail."""
-        try:
-            self._link = await Link.open(self.url, CONNECT_TIMEOUT, REPLY_TIMEOUT)
-        except Exception as exc:
-            if isinstance(exc, OSError | TimeoutError | LinkLost):
-                logger.debug("redis publish link not connected: %s", exc)
-            else:
-                logger.exception("redis publish link failed")
-            failed, self._publishes = self._publishes, []
-            _fail(failed)
-            return
-        finally:
-            self._connecting = None
-        self._send_publishes()
-
-    async def _publish_queued(self) -> None:
-        """Send what queued as one pipeline, wait for its replies, repeat; one pipeline at a time keeps order."""
-        try:
-            while self._publishes:
-                batch, self._publishes = self._publishes, []
-                try:
-                    replies = await self._run_publishes(batch)
-                except (RedisError, OSError) as exc:
-                    replies = [exc] * len(batch)
-                except Exception as exc:
-                    logger.exception("redis publish failed")
-                    replies = [exc] * len(batch)
-                except BaseException:  # cancelled (the backend stops): nobody may wait forever
-                    _fail(batch)
-                    raise
-                for publish, reply in zip(batch, replies, strict=True):
-                    publish.settle(reply)
-        finally:
-            self._publisher = None
-            _fail(self._publishes)
-            self._publishes = []
-
-    async def _run_publishes(self, batch: list[_Publish]) -> list[Any]:
-        """One round trip; a script Redis lost (it restarted) is loaded again and those publishes sent again."""
-        replies = await self._pipeline(batch)
-        missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:  # NOSCRIPT: those did not run
-            self._publish.sha = await self._redis.script_load(self._publish.script)
-            again = await self._pipeline([batch[index] for index in missing])
-            for index, reply in zip(missing, again, strict=True):
-                replies[index] = reply
-        return replies
-
-    async def _pipeline(self, batch: list[_Publish]) -> list[Any]:
-        sha = self._publish.sha
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for args in self._script_args(batch):
-                pipe.execute_command("EVALSHA", sha, 3, *args)
-            return list(await pipe.execute(raise_on_error=False))
 
     async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
         keys = list(room_keys(room)[:3])
