@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,9 +20,9 @@ from redis.exceptions import RedisError
 from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snapshot
 from chat.backends.redis.errors import unavailable
 from chat.backends.redis.link import link_supported
+from chat.backends.redis.listener import Listener
 from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher, Publish, Publisher
 from chat.backends.redis.scripts import (
-    CONTROL_CHANNEL,
     HEARTBEAT,
     HISTORY,
     JOIN,
@@ -37,27 +36,15 @@ from chat.backends.redis.scripts import (
     room_keys,
     room_of,
 )
-from chat.exceptions import Unavailable
-from chat.protocol import Member, Message, Remove, Restart, Signal, message_frame_parts
+from chat.protocol import Member, Message, Signal, message_frame_parts
 from chat.settings import Settings
 
 logger = logging.getLogger("chat.redis")
 
 ROOM_SCAN_BATCH = 1000
-SUBSCRIBE_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
 REPLY_TIMEOUT = 5.0
 STARTUP_WAIT = 2.0
-BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 1.0
-
-
-@dataclass
-class _Cursor:
-    """The last seq this process delivered in a room, under which epoch."""
-
-    epoch: str
-    seq: int
 
 
 class RedisBackend(Backend):
@@ -84,41 +71,32 @@ class RedisBackend(Backend):
         self._leave = self._redis.register_script(LEAVE)
         self._heartbeat = self._redis.register_script(HEARTBEAT)
         self._members = self._redis.register_script(MEMBERS)
-        self._deliver: Deliver | None = None
-        self._subscribed: set[str] = set()
-        self._cursors: dict[str, _Cursor] = {}
-        self._confirmed: dict[str, anyio.Event] = {}
         self._local: dict[str, dict[str, str]] = {}  # room -> member id -> presence entry
-        self._pubsub: Any = None
-        self._link_up = False
-        self._link_was_up = False  # the current link got as far as subscribing
-        self._link_ready = anyio.Event()
+        self._listener = Listener(self._subscriber, self._read_snapshot, self.state_changed)
         self._runner: asyncio.Task[None] | None = None
         self._publisher: Publisher = (
             LinkPublisher(url, settings, CONNECT_TIMEOUT, REPLY_TIMEOUT)
             if link_supported(url)
             else PipelinePublisher(self._redis, settings)
         )
-        self.listener_restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, deliver: Deliver) -> None:
         """Start the listener and heartbeats; wait briefly for the pub/sub link, but serve without it."""
-        self._deliver = deliver
-        self._link_ready = anyio.Event()
+        listener = self._listener
+        listener.start(deliver)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="chat-redis")
         with anyio.move_on_after(STARTUP_WAIT):
-            await self._link_ready.wait()
-        if not self._link_up:
+            await listener.ready.wait()
+        if not listener.up:
             logger.warning("redis at %s not reachable yet; serving degraded until it is", _safe_url(self.url))
             self.state_changed(False)
 
     async def stop(self) -> None:
         await self._publisher.stop()
         runner, self._runner = self._runner, None
-        self._pubsub = None  # closing below; members leaving meanwhile must not use the half-closed link
-        self._link_up = False  # stopping on purpose is not the backend going down
+        self._listener.detach()  # closing below
         if runner is not None:
             runner.cancel()
             with suppress(asyncio.CancelledError):
@@ -126,10 +104,10 @@ class RedisBackend(Backend):
         with suppress(RedisError, OSError):
             await self._redis.aclose()
             await self._subscriber.aclose()
-        self._deliver = None
+        self._listener.deliver = None
 
     async def healthy(self) -> bool:
-        if not self._link_up:
+        if not self._listener.up:
             return False
         try:
             with anyio.fail_after(1.0):
@@ -140,24 +118,15 @@ class RedisBackend(Backend):
     # --- rooms -------------------------------------------------------------------------------
 
     async def subscribe(self, room: str) -> None:
-        self._subscribed.add(room)
-        confirmed = self._confirmed[room] = anyio.Event()
-        try:
-            with unavailable("backend unavailable: cannot subscribe"), anyio.fail_after(SUBSCRIBE_TIMEOUT):
-                if self._pubsub is not None:
-                    await self._pubsub.subscribe(room_channel(room))
-                await confirmed.wait()
-        except Unavailable:
-            await self.unsubscribe(room)
-            raise
+        await self._listener.subscribe(room)
 
     async def unsubscribe(self, room: str) -> None:
-        self._subscribed.discard(room)
-        self._cursors.pop(room, None)
-        self._confirmed.pop(room, None)
-        if self._pubsub is not None:
-            with suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(room_channel(room))
+        await self._listener.unsubscribe(room)
+
+    @property
+    def listener_restarts(self) -> int:
+        """How many times the pub/sub listener started again."""
+        return self._listener.restarts
 
     async def publish(self, room: str, sender: Member, text: str) -> Message:
         return await self.start_publish(room, sender, text)
@@ -248,107 +217,8 @@ class RedisBackend(Backend):
 
     async def _run(self) -> None:
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self._listen_forever)
+            task_group.start_soon(self._listener.run_forever)
             task_group.start_soon(self._heartbeat_forever)
-
-    async def _listen_forever(self) -> None:
-        """Keep one pub/sub link up, whatever happens to it; never give up, never die silently."""
-        delay = BACKOFF_FIRST
-        while True:
-            try:
-                await self._listen()
-            except (RedisError, OSError, Unavailable) as exc:
-                if self._link_up:
-                    logger.warning("redis pub/sub link lost: %s; reconnecting", exc)
-            except Exception:
-                logger.exception("redis pub/sub listener failed; restarting it")
-            finally:
-                if self._link_up:
-                    self.state_changed(False)
-                self._link_up = False
-                self._pubsub = None
-            self.listener_restarts += 1
-            await anyio.sleep(delay)
-            delay = BACKOFF_FIRST if self._link_was_up else min(delay * 2, BACKOFF_MAX)
-
-    async def _listen(self) -> None:
-        pubsub = self._subscriber.pubsub()
-        self._link_was_up = False
-        try:
-            rooms = set(self._subscribed)
-            await pubsub.subscribe(CONTROL_CHANNEL, *(room_channel(room) for room in rooms))
-            self._pubsub = pubsub
-            joined_meanwhile = self._subscribed - rooms
-            if joined_meanwhile:
-                await pubsub.subscribe(*(room_channel(room) for room in joined_meanwhile))
-            while True:
-                message = await pubsub.get_message(timeout=None)
-                if message is not None:
-                    await self._handle(message)
-        finally:
-            with anyio.CancelScope(shield=True), suppress(RedisError, OSError):
-                await pubsub.aclose()
-
-    async def _handle(self, message: dict[str, Any]) -> None:
-        kind, channel, data = message["type"], message["channel"], message["data"]
-        if kind == "subscribe":
-            if channel == CONTROL_CHANNEL:
-                self._link_up = self._link_was_up = True
-                self._link_ready.set()
-                logger.info("redis pub/sub link up (%d rooms)", len(self._subscribed))
-                self.state_changed(True)
-            else:
-                await self._sync(room_of(channel))
-        elif kind == "message" and channel != CONTROL_CHANNEL:
-            await self._receive(room_of(channel), data)
-
-    async def _sync(self, room: str) -> None:
-        """A (re)subscription is confirmed: learn the room's position, delivering what was missed."""
-        if room not in self._subscribed:
-            return
-        cursor = self._cursors.get(room)
-        if cursor is None:
-            snapshot = await self._read_snapshot(room, None, None, 0)
-            self._cursors[room] = _Cursor(snapshot.epoch, snapshot.seq)
-        else:
-            await self._catch_up(room, cursor)
-        confirmed = self._confirmed.get(room)
-        if confirmed is not None:
-            confirmed.set()
-
-    async def _receive(self, room: str, data: str) -> None:
-        cursor = self._cursors.get(room)
-        if cursor is None or self._deliver is None:
-            return  # not (or no longer) subscribed here
-        if data.startswith("s:"):
-            self._deliver(Signal.from_frame(data[2:]))
-            return
-        if data.startswith("r:"):
-            self._deliver(Remove(room, data[2:]))
-            return
-        _, epoch, frame = data.split(":", 2)
-        message = Message.from_frame(frame)
-        if epoch != cursor.epoch or message.seq > cursor.seq + 1:
-            await self._catch_up(room, cursor)
-        if epoch == cursor.epoch and message.seq == cursor.seq + 1:
-            cursor.seq = message.seq
-            self._deliver(message)
-
-    async def _catch_up(self, room: str, cursor: _Cursor) -> None:
-        """Deliver everything after the cursor from history, or restart the room if that is gone."""
-        snapshot = await self._read_snapshot(room, cursor.seq, cursor.epoch, 0)
-        deliver = self._deliver
-        if deliver is None:
-            return
-        if not snapshot.recovered:
-            logger.warning("room %s restarted under epoch %s: closing its members", room, snapshot.epoch)
-            cursor.epoch, cursor.seq = snapshot.epoch, snapshot.seq
-            deliver(Restart(room, snapshot.epoch))
-            return
-        for message in snapshot.messages:
-            if message.seq == cursor.seq + 1:
-                cursor.seq = message.seq
-                deliver(message)
 
     async def _heartbeat_forever(self) -> None:
         """Keep this node's members present and its rooms alive; reap members of dead nodes."""
