@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,16 +20,12 @@ from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snaps
 from chat.backends.redis.errors import unavailable
 from chat.backends.redis.link import link_supported
 from chat.backends.redis.listener import Listener
+from chat.backends.redis.presence import Presence
 from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher, Publish, Publisher
 from chat.backends.redis.scripts import (
-    HEARTBEAT,
     HISTORY,
-    JOIN,
-    LEAVE,
-    MEMBERS,
     SNAPSHOT,
     key_ttl,
-    leave_frame_parts,
     new_epoch,
     room_channel,
     room_keys,
@@ -67,11 +62,8 @@ class RedisBackend(Backend):
         self._subscriber = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         self._snapshot = self._redis.register_script(SNAPSHOT)
         self._history = self._redis.register_script(HISTORY)
-        self._join = self._redis.register_script(JOIN)
-        self._leave = self._redis.register_script(LEAVE)
-        self._heartbeat = self._redis.register_script(HEARTBEAT)
-        self._members = self._redis.register_script(MEMBERS)
-        self._local: dict[str, dict[str, str]] = {}  # room -> member id -> presence entry
+        self._ttl = key_ttl(settings)
+        self._presence = Presence(self._redis, settings)
         self._listener = Listener(self._subscriber, self._read_snapshot, self.state_changed)
         self._runner: asyncio.Task[None] | None = None
         self._publisher: Publisher = (
@@ -136,19 +128,10 @@ class RedisBackend(Backend):
             await self._redis.publish(room_channel(signal.room), "s:" + signal.frame)
 
     async def join(self, room: str, member: Member) -> None:
-        entry = member.json  # a presence entry is the member's JSON
-        presence = room_keys(room)[3]
-        frame = Signal("join", room, member).frame
-        await self._call(self._join, [presence], [entry, self._presence_ms, self._ttl, room_channel(room), frame])
-        self._local.setdefault(room, {})[member.id] = entry
+        await self._presence.join(room, member)
 
     async def leave(self, room: str, member: Member) -> None:
-        local = self._local.get(room, {})
-        entry = local.pop(member.id, None) or member.json
-        if not local:
-            self._local.pop(room, None)
-        frame = Signal("leave", room, member).frame
-        await self._call(self._leave, [room_keys(room)[3]], [entry, room_channel(room), frame])
+        await self._presence.leave(room, member)
 
     async def remove(self, room: str, member_id: str) -> None:
         with unavailable():
@@ -170,30 +153,18 @@ class RedisBackend(Backend):
             return bool(await self._redis.exists(room_keys(room)[0]))
 
     async def members(self, room: str) -> list[Member]:
-        entries = await self._call(self._members, [room_keys(room)[3]], [])
-        return [Member.from_json(entry) for entry in entries]
+        return await self._presence.members(room)
 
     async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
         return await self._read_snapshot(room, since, epoch, self.settings.history_on_join)
 
     async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
         _, seq_key, history_key, _ = room_keys(room)
-        frames = await self._call(self._history, [seq_key, history_key], [-1 if before is None else before, limit])
+        with unavailable():
+            frames = await self._history(keys=[seq_key, history_key], args=[-1 if before is None else before, limit])
         return [Message.from_frame(frame) for frame in frames]
 
     # --- internals ---------------------------------------------------------------------------
-
-    @property
-    def _ttl(self) -> int:
-        return key_ttl(self.settings)
-
-    @property
-    def _presence_ms(self) -> int:
-        return int(self.settings.presence_ttl * 1000)
-
-    async def _call(self, script: Any, keys: Sequence[str], args: Sequence[object]) -> Any:
-        with unavailable():
-            return await script(keys=list(keys), args=list(args))
 
     def start_publish(
         self, room: str, sender: Member, text: str, done: PublishDone | None = None
@@ -209,32 +180,17 @@ class RedisBackend(Backend):
         return publish.future
 
     async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
-        keys = list(room_keys(room)[:3])
-        args = [new_epoch(), self._ttl, -1 if since is None else since, epoch or "", count]
-        reply = await self._call(self._snapshot, keys, args)
+        keys = room_keys(room)[:3]
+        args: list[str | int] = [new_epoch(), self._ttl, -1 if since is None else since, epoch or "", count]
+        with unavailable():
+            reply = await self._snapshot(keys=keys, args=args)
         seq, room_epoch, recovered, *frames = reply
         return Snapshot(int(seq), str(room_epoch), [Message.from_frame(f) for f in frames], recovered == 1)
 
     async def _run(self) -> None:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(self._listener.run_forever)
-            task_group.start_soon(self._heartbeat_forever)
-
-    async def _heartbeat_forever(self) -> None:
-        """Keep this node's members present and its rooms alive; reap members of dead nodes."""
-        interval = max(0.2, self.settings.presence_ttl / 3)
-        while True:
-            await anyio.sleep(interval)
-            for room, local in list(self._local.items()):
-                epoch_key, seq_key, history_key, presence_key = room_keys(room)
-                keys = [presence_key, epoch_key, seq_key, history_key]
-                args: list[str | int] = [self._presence_ms, self._ttl, room_channel(room), *leave_frame_parts(room)]
-                args.extend(local.values())
-                try:
-                    await self._heartbeat(keys=keys, args=args)
-                except (RedisError, OSError) as exc:
-                    logger.debug("heartbeat of %s skipped: %s", room, exc)
-                    break
+            task_group.start_soon(self._presence.run_forever)
 
 
 def _safe_url(url: str) -> str:
