@@ -10,18 +10,23 @@ Keys of room R (the ``{R}`` hash tag keeps them in one cluster slot), all expiri
 
 Channel ``chat:{R}`` carries ``m:<epoch>:<message frame>``, ``s:<join/leave/typing frame>`` and
 ``r:<member id>`` (the operator removes that member: every process closes its connections).
-Publishing is one Lua script: next seq, append to the capped history, publish. A process sends
-the publishes started in one event-loop turn in one write on a connection of its own
-(``chat.backends.redis.link.Link``), without waiting for the replies to earlier ones; Redis answers a
-connection's commands in order, so seqs follow the order publishes were started, and their
-pub/sub messages come back together, so every member gets them in one write. (Without hiredis, or
-for ``rediss://`` and ``unix://``, redis-py pipelines do the same, one round trip at a time.)
 
-Each process has one pub/sub connection for every room with local members. It remembers the last
-seq it delivered per room; a seq gap (a dropped link, a node that fell behind) is filled from
-history before anything newer is delivered, and a changed epoch (Redis came back empty) closes the
-room's members with 1012 so that they rejoin and learn it. The listener reconnects with backoff
-and resubscribes every room; whatever it dies of is logged and it is started again.
+Publishing is one Lua script: next seq, append to the capped history, publish. The publishes
+started in one event-loop turn leave in one write, without waiting for the replies to earlier ones;
+Redis answers a connection's commands in order, so seqs follow the order publishes were started,
+and their pub/sub messages come back together, so every member gets them in one write.
+
+Each process has one pub/sub connection for every room with local members. A seq gap (a dropped
+link, a node that fell behind) is filled from history before anything newer is delivered; a changed
+epoch (Redis came back empty) closes the room's members with 1012 so that they rejoin and learn it.
+Heartbeats keep each process's members present and drop those of a process that died.
+
+    scripts    the Lua scripts, key names and channel names
+    publisher  the publish path, on ``link`` (a lean RESP connection) or on redis-py pipelines
+    listener   the pub/sub connection, catch-up and reconnection
+    presence   join, leave, member lists and the heartbeat
+    errors     ``unavailable()``: Redis failing, as callers see it (``Unavailable``)
+    backend    ``RedisBackend``, which puts them together
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from chat.backends.redis.listener import Listener
 from chat.backends.redis.presence import Presence
 from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher, Publish, Publisher
 from chat.backends.redis.scripts import (
+    EVERY_EPOCH_KEY,
     HISTORY,
     SNAPSHOT,
     key_ttl,
@@ -43,7 +44,7 @@ STARTUP_WAIT = 2.0
 
 
 class RedisBackend(Backend):
-    """Rooms shared by every process on one Redis; see the module docstring for the layout."""
+    """Rooms shared by every process on one Redis; see the package docstring for the layout."""
 
     name = "redis"
 
@@ -107,64 +108,20 @@ class RedisBackend(Backend):
         except (RedisError, OSError, TimeoutError):
             return False
 
-    # --- rooms -------------------------------------------------------------------------------
-
-    async def subscribe(self, room: str) -> None:
-        await self._listener.subscribe(room)
-
-    async def unsubscribe(self, room: str) -> None:
-        await self._listener.unsubscribe(room)
-
     @property
     def listener_restarts(self) -> int:
         """How many times the pub/sub listener started again."""
         return self._listener.restarts
 
+    async def _run(self) -> None:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._listener.run_forever)
+            task_group.start_soon(self._presence.run_forever)
+
+    # --- where messages are recorded: seq, epoch, history ------------------------------------
+
     async def publish(self, room: str, sender: Member, text: str) -> Message:
         return await self.start_publish(room, sender, text)
-
-    async def signal(self, signal: Signal) -> None:
-        with unavailable():
-            await self._redis.publish(room_channel(signal.room), "s:" + signal.frame)
-
-    async def join(self, room: str, member: Member) -> None:
-        await self._presence.join(room, member)
-
-    async def leave(self, room: str, member: Member) -> None:
-        await self._presence.leave(room, member)
-
-    async def remove(self, room: str, member_id: str) -> None:
-        with unavailable():
-            await self._redis.publish(room_channel(room), "r:" + member_id)
-
-    async def rooms(self) -> list[RoomSummary]:
-        with unavailable():
-            keys = {key async for key in self._redis.scan_iter("chat:{*}:epoch", ROOM_SCAN_BATCH)}  # SCAN may repeat
-            rooms = sorted(room_of(key.removesuffix(":epoch")) for key in keys)
-            now_ms = time.time_ns() // 1_000_000
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for room in rooms:
-                    pipe.zcount(room_keys(room)[3], now_ms, "+inf")
-                counts = await pipe.execute()
-        return [RoomSummary(room, int(count)) for room, count in zip(rooms, counts, strict=True)]
-
-    async def exists(self, room: str) -> bool:
-        with unavailable():
-            return bool(await self._redis.exists(room_keys(room)[0]))
-
-    async def members(self, room: str) -> list[Member]:
-        return await self._presence.members(room)
-
-    async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
-        return await self._read_snapshot(room, since, epoch, self.settings.history_on_join)
-
-    async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
-        _, seq_key, history_key, _ = room_keys(room)
-        with unavailable():
-            frames = await self._history(keys=[seq_key, history_key], args=[-1 if before is None else before, limit])
-        return [Message.from_frame(frame) for frame in frames]
-
-    # --- internals ---------------------------------------------------------------------------
 
     def start_publish(
         self, room: str, sender: Member, text: str, done: PublishDone | None = None
@@ -179,6 +136,19 @@ class RedisBackend(Backend):
             publisher.send_soon(loop)
         return publish.future
 
+    async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
+        return await self._read_snapshot(room, since, epoch, self.settings.history_on_join)
+
+    async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
+        _, seq_key, history_key, _ = room_keys(room)
+        with unavailable():
+            frames = await self._history(keys=[seq_key, history_key], args=[-1 if before is None else before, limit])
+        return [Message.from_frame(frame) for frame in frames]
+
+    async def exists(self, room: str) -> bool:
+        with unavailable():
+            return bool(await self._redis.exists(room_keys(room)[0]))
+
     async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
         keys = room_keys(room)[:3]
         args: list[str | int] = [new_epoch(), self._ttl, -1 if since is None else since, epoch or "", count]
@@ -187,10 +157,43 @@ class RedisBackend(Backend):
         seq, room_epoch, recovered, *frames = reply
         return Snapshot(int(seq), str(room_epoch), [Message.from_frame(f) for f in frames], recovered == 1)
 
-    async def _run(self) -> None:
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self._listener.run_forever)
-            task_group.start_soon(self._presence.run_forever)
+    # --- how frames reach other processes: fan-out, presence, typing -------------------------
+
+    async def subscribe(self, room: str) -> None:
+        await self._listener.subscribe(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        await self._listener.unsubscribe(room)
+
+    async def signal(self, signal: Signal) -> None:
+        with unavailable():
+            await self._redis.publish(room_channel(signal.room), "s:" + signal.frame)
+
+    async def remove(self, room: str, member_id: str) -> None:
+        with unavailable():
+            await self._redis.publish(room_channel(room), "r:" + member_id)
+
+    async def join(self, room: str, member: Member) -> None:
+        await self._presence.join(room, member)
+
+    async def leave(self, room: str, member: Member) -> None:
+        await self._presence.leave(room, member)
+
+    async def members(self, room: str) -> list[Member]:
+        return await self._presence.members(room)
+
+    # --- the operator's listing --------------------------------------------------------------
+
+    async def rooms(self) -> list[RoomSummary]:
+        with unavailable():
+            keys = {key async for key in self._redis.scan_iter(EVERY_EPOCH_KEY, ROOM_SCAN_BATCH)}  # SCAN may repeat
+            rooms = sorted(room_of(key.removesuffix(":epoch")) for key in keys)
+            now_ms = time.time_ns() // 1_000_000
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.zcount(room_keys(room)[3], now_ms, "+inf")
+                counts = await pipe.execute()
+        return [RoomSummary(room, int(count)) for room, count in zip(rooms, counts, strict=True)]
 
 
 def _safe_url(url: str) -> str:

@@ -70,6 +70,14 @@ def fail(publishes: list[Publish]) -> None:
         publish.settle(Unavailable(UNAVAILABLE))
 
 
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel the task, if there is one, and wait until it ended."""
+    if task is not None:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
 class Publisher(abc.ABC):
     """Sends publishes in batches: append a publish to ``queued``, then call ``send_soon`` unless ``scheduled``.
 
@@ -139,11 +147,7 @@ class LinkPublisher(Publisher):
         loop.call_soon(self._send)
 
     async def stop(self) -> None:
-        connecting = self._connecting
-        if connecting is not None:
-            connecting.cancel()
-            with suppress(asyncio.CancelledError):
-                await connecting
+        await _cancel(self._connecting)
         link, self._link = self._link, None
         if link is not None:
             link.close()  # fails the publishes waiting for their replies
@@ -196,11 +200,7 @@ class PipelinePublisher(Publisher):
         self._task = loop.create_task(self._send_queued(), name="chat-redis-publish")
 
     async def stop(self) -> None:
-        task = self._task
-        if task is not None:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        await _cancel(self._task)
         self._fail_queued()  # a task cancelled before it ran failed nothing
 
     async def _send_queued(self) -> None:

@@ -21,6 +21,10 @@ def room_keys(room: str) -> tuple[str, str, str, str]:
     return base + "epoch", base + "seq", base + "history", base + "presence"
 
 
+EVERY_EPOCH_KEY = "chat:{*}:epoch"
+"""A SCAN pattern for every room Redis keeps (each has an epoch key)."""
+
+
 def room_channel(room: str) -> str:
     """The channel of a room's events."""
     return "chat:{" + room + "}"
