@@ -2,7 +2,7 @@
 
 A room's presence key holds each member's JSON with its expiry on Redis's clock. Every process
 refreshes the entries of its own members (and its rooms' keys) every third of ``presence_ttl``;
-the same heartbeat drops the entries nobody refreshed, a process that died without leaving, and
+the same heartbeat drops the entries nobody refreshed (their process died without leaving) and
 announces them as left.
 """
 

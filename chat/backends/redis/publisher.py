@@ -64,7 +64,7 @@ class Publish:
                 logger.exception("a publish's done callback failed")
 
 
-def fail(publishes: list[Publish]) -> None:
+def _fail(publishes: list[Publish]) -> None:
     """Settle every one of ``publishes`` with ``Unavailable``."""
     for publish in publishes:
         publish.settle(Unavailable(UNAVAILABLE))
@@ -92,7 +92,7 @@ class Publisher(abc.ABC):
 
     @abc.abstractmethod
     def send_soon(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Send what is queued once this turn's publishes are all started; ``scheduled`` until then."""
+        """Arrange for what is queued to be sent, with the publishes started later this turn; set ``scheduled``."""
 
     @abc.abstractmethod
     async def stop(self) -> None:
@@ -100,7 +100,7 @@ class Publisher(abc.ABC):
 
     def _fail_queued(self) -> None:
         failed, self.queued = self.queued, []
-        fail(failed)
+        _fail(failed)
 
     def _script_args(self, batch: list[Publish]) -> list[tuple[bytes, ...]]:
         """The publish script's KEYS and ARGV for each publish of a batch, encoded, as both publish paths send them.
@@ -216,7 +216,7 @@ class PipelinePublisher(Publisher):
                     logger.exception("redis publish failed")
                     replies = [exc] * len(batch)
                 except BaseException:  # cancelled (the backend stops): nobody may wait forever
-                    fail(batch)
+                    _fail(batch)
                     raise
                 for publish, reply in zip(batch, replies, strict=True):
                     publish.settle(reply)
