@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from chat.backends.redis import RedisBackend
+from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher
 from chat.exceptions import Unavailable
 from chat.protocol import Event, Member, Message, Restart, Signal
 from chat.settings import Settings
@@ -207,6 +208,13 @@ class Writes:
         await self._changes.wait_until(lambda: len(self.sizes) >= count, 5)
 
 
+def choose_publisher(backend: RedisBackend, use_link: bool) -> None:
+    """Publish on the backend's own link (its choice for redis://), or on redis-py pipelines as without hiredis."""
+    if not use_link:
+        backend._publisher = PipelinePublisher(backend._redis, backend.settings)
+    assert isinstance(backend._publisher, LinkPublisher if use_link else PipelinePublisher)
+
+
 @asynccontextmanager
 async def counted_writes(backend: RedisBackend, use_link: bool) -> AsyncIterator[Writes]:
     """Count the publishes of each write to Redis from here on.
@@ -214,11 +222,12 @@ async def counted_writes(backend: RedisBackend, use_link: bool) -> AsyncIterator
     With ``use_link`` the backend publishes on its own link (opened here by a first publish, seq 1);
     otherwise on redis-py pipelines, as it does without hiredis or for rediss://.
     """
-    backend._use_link = use_link
+    choose_publisher(backend, use_link)
     await backend.publish(ROOM, Member("m1", "ann"), "first")
     writes = Writes()
-    if use_link:
-        link = backend._link
+    publisher = backend._publisher
+    if isinstance(publisher, LinkPublisher):
+        link = publisher._link
         assert link is not None
         send = link.send
 
@@ -228,13 +237,14 @@ async def counted_writes(backend: RedisBackend, use_link: bool) -> AsyncIterator
 
         link.send = counted_send  # type: ignore[method-assign]
     else:
-        pipeline = backend._pipeline
+        assert isinstance(publisher, PipelinePublisher)
+        pipeline = publisher._pipeline
 
         async def counted_pipeline(batch: list[Any]) -> list[Any]:
             writes.record(len(batch))
             return await pipeline(batch)
 
-        backend._pipeline = counted_pipeline  # type: ignore[method-assign]
+        publisher._pipeline = counted_pipeline  # type: ignore[method-assign]
     yield writes
 
 
@@ -252,7 +262,7 @@ def frozen(redis_server: RedisServer) -> Iterator[None]:
 async def test_publishes_on_their_way_fail_when_the_backend_stops(redis_server: RedisServer, use_link: bool) -> None:
     """Stopping with publishes started but not sent, or sent and not answered, fails them: nobody waits forever."""
     async with nodes(redis_server.url, count=1) as (node,):
-        node.backend._use_link = use_link
+        choose_publisher(node.backend, use_link)
         queued = [node.backend.start_publish(ROOM, Member("m1", "ann"), f"m{index}") for index in range(3)]
         await node.backend.stop()
     for future in queued:

@@ -1,4 +1,4 @@
-"""The publish path's Redis connection (``chat.backends.resp.Link``) against a real redis-server, asyncio and uvloop."""
+"""The publish path's connection (``chat.backends.redis.link.Link``) against a real redis-server, asyncio and uvloop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import anyio
 import hiredis
 import pytest
 
-from chat.backends.resp import Link, LinkLost, command, link_supported
+from chat.backends.redis.link import Link, LinkLost, command, link_supported
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
