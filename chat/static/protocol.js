@@ -318,11 +318,12 @@ export class RoomClient {
     const { now, setTimeout, clearTimeout } = this.#deps;
     this.#stopHeartbeat();
     this.#pingTimer = this.#deps.setInterval(() => {
-      if (!this.live || now() - this.#lastFrameAt < HEARTBEAT_MS) return;
+      // One ping at a time: pinging again would restart the wait for the answer, which then never ends.
+      if (!this.live || this.#pongTimer != null || now() - this.#lastFrameAt < HEARTBEAT_MS) return;
       const sentAt = now();
       this.#send({ type: 'ping', ref: this.#deps.nextRef('p') });
-      clearTimeout(this.#pongTimer);
       this.#pongTimer = setTimeout(() => {
+        this.#pongTimer = null;
         if (this.live && this.#lastFrameAt < sentAt) this.#closed(1006, 'no answer to ping');
       }, HEARTBEAT_TIMEOUT_MS);
     }, HEARTBEAT_CHECK_MS);
