@@ -113,7 +113,7 @@ const sessionStore = {
  * methods (each optional, each called with the client first) say what changed, once the client's
  * state is consistent again:
  *   status()                            status, detail, retryAt, live or the paging state
- *   welcome({rejoining, recovered, inserted})  joined; unless recovered, the messages were reset first
+ *   welcome({rejoining, recovered, inserted})  joined, now live; unless recovered, the messages were reset
  *   message({message, before, mine})    one new message, to go before seq `before` (null: at the end)
  *   history({inserted, paged})          older messages (`paged`: the page asked for by loadOlder)
  *   members()                           someone joined or left
@@ -125,7 +125,7 @@ const sessionStore = {
  *
  * State to read: status ('connecting', 'reconnecting', 'live', 'waiting', 'offline', 'refused'),
  * detail, retryAt, live, me, members (id -> member), epoch, lastSeq, seqs (held, ascending),
- * noMore (the room's first message is held), loadingOlder, pending (the outbox, oldest first).
+ * noMore (nothing older to load), loadingOlder, pending (the outbox, oldest first).
  */
 export class RoomClient {
   #deps;
