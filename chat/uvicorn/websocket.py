@@ -14,8 +14,10 @@
   the app finished with it) is reset;
 - a text frame that is not UTF-8 closes with 1007 without a traceback in the log.
 
-It relies on uvicorn's private attributes and methods: ``tests/test_uvicorn_contract.py`` names
-every one, and setup.cfg caps uvicorn at the newest minor tested (``scripts/check-upstream``).
+It relies on uvicorn's private attributes and methods: ``RELIES_ON_METHODS`` and
+``RELIES_ON_ATTRIBUTES`` name every one (``tests/test_uvicorn_contract.py`` checks them against the
+uvicorn installed, and that the lists are complete), and setup.cfg caps uvicorn at the newest minor
+tested (``scripts/check-upstream``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,40 @@ from chat.connection import DIRECT_EXTENSION, SLOW_CONSUMER
 from chat.frames import text_frame
 from chat.uvicorn.flusher import flusher_for
 from chat.uvicorn.standins import Flag, Inbox
+
+RELIES_ON_METHODS = (
+    "connection_lost",
+    "handle_connect",
+    "handle_parser_exception",
+    "keepalive_timeout",
+    "pause_writing",
+    "resume_writing",
+    "run_asgi",
+    "send",
+    "send_receive_event_to_app",
+    "shutdown",
+)
+"""uvicorn's methods that ``ChatWebSocketProtocol`` overrides or calls (``tests/test_uvicorn_contract.py`` checks)."""
+RELIES_ON_ATTRIBUTES = (
+    "close_sent",
+    "close_timeout",
+    "close_timer",
+    "conn",
+    "curr_msg_data_type",
+    "disconnected",
+    "frames",
+    "handshake_complete",
+    "initial_response",
+    "loop",
+    "queue",
+    "read_paused",
+    "request",
+    "response",
+    "scope",
+    "transport",
+    "writable",
+)
+"""uvicorn's per-connection attributes that ``ChatWebSocketProtocol`` reads or replaces (checked the same way)."""
 
 SHUTDOWN_GRACE = 3.0
 """Seconds connections get after the 1012 of a shutdown before they are reset."""
@@ -59,9 +95,8 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Request) -> None:
         """As uvicorn's, offering the app direct writes once the handshake can succeed."""
         super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if scope is not None and not self.close_sent:
-            scope["extensions"][DIRECT_EXTENSION] = {"writer": self}
+        if not self.close_sent:  # uvicorn refused the handshake, and made no scope, when it set close_sent
+            self.scope["extensions"][DIRECT_EXTENSION] = {"writer": self}
 
     @property
     def write_delay(self) -> float:
