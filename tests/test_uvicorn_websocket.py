@@ -173,6 +173,41 @@ async def test_frames_written_before_a_close_leave_before_it() -> None:
     assert frames == [(TEXT, b"last words"), (CLOSE, struct.pack("!H", 4000) + b"bye")]
 
 
+async def test_nothing_is_written_after_the_close_reply() -> None:
+    """A frame written after the peer's close (its echo, here) never follows the close reply on the wire."""
+    app = EchoApp()
+    async with run_server(app) as running:
+        raw = await RawSocket.upgraded(running.port, rcvbuf=SMALL_RCVBUF)
+        try:
+            session = await app.accepted()
+            write_big(session)  # so the close reply waits in the transport's buffer, and the echo could follow it
+            await raw.send(client_frame(TEXT, b"after") + close_frame(1000))
+            assert await ended(session) == (1000, "")
+            frames = await raw.frames_to_end()
+        finally:
+            raw.close()
+    assert [(opcode, len(payload)) for opcode, payload in frames] == [(TEXT, BIG), (CLOSE, 2)]
+    assert close_code(frames[1][1]) == 1000
+
+
+async def test_with_compression_a_frame_written_after_the_peers_close_is_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With permessage-deflate, a frame written after the peer's close is dropped, not an error in the app."""
+    app = EchoApp()
+    async with run_server(app, ws_per_message_deflate=True) as running:
+        raw = await RawSocket.upgraded(running.port, extensions="permessage-deflate")
+        try:
+            session = await app.accepted()
+            await raw.send(client_frame(TEXT, b"after") + close_frame(1000))
+            assert await ended(session) == (1000, "")
+            frames = await raw.frames_to_end()
+        finally:
+            raw.close()
+    assert frames == [(CLOSE, struct.pack("!H", 1000))]
+    assert not [record for record in caplog.records if record.exc_info]
+
+
 @pytest.mark.parametrize("closer", ["websocket.close", "direct_close"])
 async def test_a_close_never_waits_for_a_full_buffer(closer: str) -> None:
     """With the socket full, a close returns at once and the app is told; the socket is reset, not kept."""

@@ -12,6 +12,8 @@
   buffer. Here a close never waits, a socket that takes nothing for ``stall_timeout`` seconds is
   closed with 1013, and a connection still open ``close_timeout`` seconds after its close (or after
   the app finished with it) is reset;
+- nothing after a close frame, whoever closed: frames still waiting for this turn's write when the
+  peer's close is answered are dropped;
 - a text frame that is not UTF-8 closes with 1007 without a traceback in the log.
 
 It relies on uvicorn's private attributes and methods: ``RELIES_ON_METHODS`` and
@@ -111,7 +113,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def direct_write(self, frame: str, wire: bytes) -> None:
         """Send a text frame in the next flush (``write_delay``); ``wire`` is used as is unless an extension is on."""
-        if self.close_sent or self.disconnected:
+        if self.conn.close_sent is not None or self.disconnected:  # a close frame went out, whoever closed
             return
         pending = self._pending
         if pending is None:
@@ -133,7 +135,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     def direct_close(self, code: int, reason: str) -> None:
         """Close after what was written, without waiting; tell the app at once."""
         self.flush()
-        if self.close_sent or self.disconnected or self.transport.is_closing():
+        if self.close_sent or self.conn.close_sent is not None or self.disconnected or self.transport.is_closing():
             return
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.conn.send_close(code, reason)
@@ -145,9 +147,10 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timer = self.loop.call_later(self.close_timeout, self._abort)
 
     def flush(self) -> None:
+        """Write this turn's frames in one write; drop them once a close frame left (the reply to a peer's close)."""
         pending, self._pending = self._pending, None
         self._pending_size = 0
-        if self.disconnected or not pending:
+        if not pending or self.disconnected or self.conn.close_sent is not None:
             return
         if self.batch:
             self.transport.write(self._encode("\n".join(pending)))
