@@ -6,9 +6,12 @@ writer to the test, which writes through it from the same event loop, as the cha
 
 from __future__ import annotations
 
+import gc
 import logging
 import struct
-from collections.abc import AsyncIterator
+import types
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -276,3 +279,63 @@ async def test_a_shutdown_closes_every_connection_with_1012() -> None:
             await client.recv()
         assert client.close_code == 1012
         assert await ended(session) == (1012, "")
+
+
+# --- no reference cycles ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """The cyclic garbage collector off for the test: only reference counting frees anything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def holders(ref: weakref.ref[ChatWebSocketProtocol]) -> list[str]:
+    """What still refers to the object (for a failure message): bound methods by name, dicts by their keys."""
+    found = []
+    for holder in gc.get_referrers(ref()):
+        if isinstance(holder, types.MethodType):
+            found.append(f"method {holder.__func__.__qualname__}")
+        elif isinstance(holder, dict):
+            found.append(f"dict with keys {sorted(map(str, holder))[:6]}")
+        else:
+            found.append(type(holder).__name__)
+    return found
+
+
+@pytest.mark.usefixtures("no_collector")
+@pytest.mark.parametrize("ending", ["close frame", "reset", "stall"])
+async def test_a_closed_connection_is_freed_without_the_collector(ending: str) -> None:
+    """Once the connection is gone and the app returned, its protocol (and the frames it held) is freed at once."""
+    app = EchoApp()
+    async with run_server(app) as running:
+        raw = await RawSocket.upgraded(running.port, rcvbuf=SMALL_RCVBUF)
+        try:
+            session = await app.accepted()
+            protocol = weakref.ref(session.writer)
+            freed = anyio.Event()
+            weakref.finalize(session.writer, freed.set)
+            if ending == "close frame":
+                await raw.send(close_frame(1000))
+            elif ending == "reset":
+                raw.reset()
+            else:
+                session.writer.stall_timeout = session.writer.close_timeout = SHORT
+                write_big(session)
+            app_done = session.ended
+            del session
+            with anyio.fail_after(WAIT):
+                await app_done.wait()
+            try:
+                with anyio.fail_after(WAIT):
+                    await freed.wait()
+            except TimeoutError:
+                raise AssertionError(f"the protocol is still alive, held by {holders(protocol)}") from None
+        finally:
+            raw.close()

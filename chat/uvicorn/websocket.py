@@ -14,6 +14,9 @@
   the app finished with it) is reset;
 - nothing after a close frame, whoever closed: frames still waiting for this turn's write when the
   peer's close is answered are dropped;
+- freed without the garbage collector: once the connection is lost and the app returned, nothing
+  refers back to the protocol (no timer, no scope entry), so it and the frames it held go at once,
+  not at the next full collection (rare under ``scripts/serve``'s tuned collector);
 - a text frame that is not UTF-8 closes with 1007 without a traceback in the log.
 
 It relies on uvicorn's private attributes and methods: ``RELIES_ON_METHODS`` and
@@ -84,6 +87,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     _pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
     _pending_size = 0
     _stall_timer: TimerHandle | None = None
+    _abort_timer: TimerHandle | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -199,7 +203,11 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def run_asgi(self) -> None:
         """Run the app; once it is done with the connection, give the close at most ``close_timeout``."""
-        await super().run_asgi()
+        try:
+            await super().run_asgi()
+        finally:
+            # The app is done with the scope: its entry pointing back here would keep this object for the collector.
+            self.scope["extensions"].pop(DIRECT_EXTENSION, None)
         self.flush()
         self._abort_later(self.close_timeout + 1.0)
 
@@ -216,14 +224,24 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._abort_later(SHUTDOWN_GRACE)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        """As uvicorn's, letting go of what would keep this object alive: timers, frames."""
+        for timer in (self._stall_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        self._stall_timer = self._abort_timer = None
         self._pending = None
         super().connection_lost(exc)
 
     def _abort_later(self, delay: float) -> None:
-        self.loop.call_later(delay, self._abort)
+        """Reset the connection in ``delay`` seconds unless it is gone by then (the earliest deadline stands)."""
+        if self.disconnected:
+            return
+        when = self.loop.time() + delay
+        if self._abort_timer is not None:
+            if self._abort_timer.when() <= when:
+                return
+            self._abort_timer.cancel()
+        self._abort_timer = self.loop.call_at(when, self._abort)
 
     def _abort(self) -> None:
         if self.disconnected or self.transport is None:
