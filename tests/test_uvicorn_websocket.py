@@ -11,7 +11,7 @@ import logging
 import struct
 import types
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -74,6 +74,11 @@ def write_big(session: Session) -> None:
     write(session, "x" * BIG)
     session.writer.flush()
     assert session.writer.direct_buffered() > 0, "the kernel took the whole frame: the socket is not full"
+
+
+def closing_hook(writer: ChatWebSocketProtocol) -> Callable[[], None]:
+    """An ``on_stall`` that closes the connection (it refers to the protocol that refers to it)."""
+    return lambda: writer.direct_close(4001, "too slow for this app")
 
 
 class TransportSpy:
@@ -252,6 +257,21 @@ async def test_a_socket_that_takes_nothing_for_stall_timeout_is_closed_with_1013
             raw.close()
 
 
+async def test_a_stall_calls_on_stall_instead_when_set() -> None:
+    """With ``on_stall`` set, a stall calls it and the app closes as it decides."""
+    app = EchoApp()
+    async with run_server(app) as running:
+        raw = await RawSocket.upgraded(running.port, rcvbuf=SMALL_RCVBUF)
+        try:
+            session = await app.accepted()
+            session.writer.stall_timeout = SHORT
+            session.writer.on_stall = closing_hook(session.writer)
+            write_big(session)
+            assert await ended(session) == (4001, "too slow for this app")
+        finally:
+            raw.close()
+
+
 async def test_text_that_is_not_utf8_closes_with_1007_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
     """A text frame that is not UTF-8 gets a 1007 close, the app is told, and nothing is logged with a traceback."""
     app = EchoApp()
@@ -310,7 +330,7 @@ def holders(ref: weakref.ref[ChatWebSocketProtocol]) -> list[str]:
 
 
 @pytest.mark.usefixtures("no_collector")
-@pytest.mark.parametrize("ending", ["close frame", "reset", "stall"])
+@pytest.mark.parametrize("ending", ["close frame", "reset", "stall", "stall with on_stall"])
 async def test_a_closed_connection_is_freed_without_the_collector(ending: str) -> None:
     """Once the connection is gone and the app returned, its protocol (and the frames it held) is freed at once."""
     app = EchoApp()
@@ -327,6 +347,8 @@ async def test_a_closed_connection_is_freed_without_the_collector(ending: str) -
                 raw.reset()
             else:
                 session.writer.stall_timeout = session.writer.close_timeout = SHORT
+                if ending == "stall with on_stall":
+                    session.writer.on_stall = closing_hook(session.writer)
                 write_big(session)
             app_done = session.ended
             del session

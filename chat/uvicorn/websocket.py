@@ -10,13 +10,13 @@
 - no stuck sockets: uvicorn's own close waits for a send buffer that never drains when the peer
   stopped reading, and its keepalive then closes the transport gracefully, which waits for the same
   buffer. Here a close never waits, a socket that takes nothing for ``stall_timeout`` seconds is
-  closed with 1013, and a connection still open ``close_timeout`` seconds after its close (or after
-  the app finished with it) is reset;
+  closed (by the app's ``on_stall``, else with 1013), and a connection still open ``close_timeout``
+  seconds after its close (or after the app finished with it) is reset;
 - nothing after a close frame, whoever closed: frames still waiting for this turn's write when the
   peer's close is answered are dropped;
 - freed without the garbage collector: once the connection is lost and the app returned, nothing
-  refers back to the protocol (no timer, no scope entry), so it and the frames it held go at once,
-  not at the next full collection (rare under ``scripts/serve``'s tuned collector);
+  refers back to the protocol (no timer, no scope entry, no hook), so it and the frames it held go
+  at once, not at the next full collection (rare under ``scripts/serve``'s tuned collector);
 - a text frame that is not UTF-8 closes with 1007 without a traceback in the log.
 
 It relies on uvicorn's private attributes and methods: ``RELIES_ON_METHODS`` and
@@ -31,12 +31,14 @@ import contextlib
 import socket
 import struct
 from asyncio import TimerHandle
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import CloseCode
 from websockets.http11 import Request
 
-from chat.connection import DIRECT_EXTENSION, SLOW_CONSUMER
+from chat.connection import DIRECT_EXTENSION
 from chat.frames import text_frame
 from chat.uvicorn.flusher import flusher_for
 from chat.uvicorn.standins import Flag, Inbox
@@ -84,6 +86,8 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     stall_timeout = 30.0
     batch = False
+    on_stall: Callable[[], None] | None = None
+    """Called when the socket took nothing for ``stall_timeout`` seconds; the app then closes (``direct_close``)."""
     _pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
     _pending_size = 0
     _stall_timer: TimerHandle | None = None
@@ -198,8 +202,10 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._stall_timer = None
         if not self.handshake_complete or self.initial_response is not None:
             self._abort()
-            return
-        self.direct_close(SLOW_CONSUMER, "slow consumer: the socket took nothing for too long")
+        elif self.on_stall is not None:
+            self.on_stall()
+        else:
+            self.direct_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: the socket took nothing for too long")
 
     async def run_asgi(self) -> None:
         """Run the app; once it is done with the connection, give the close at most ``close_timeout``."""
@@ -224,12 +230,13 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._abort_later(SHUTDOWN_GRACE)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """As uvicorn's, letting go of what would keep this object alive: timers, frames."""
+        """As uvicorn's, letting go of what would keep this object alive: timers, frames, the app's hook."""
         for timer in (self._stall_timer, self._abort_timer):
             if timer is not None:
                 timer.cancel()
         self._stall_timer = self._abort_timer = None
         self._pending = None
+        self.on_stall = None
         super().connection_lost(exc)
 
     def _abort_later(self, delay: float) -> None:
@@ -263,7 +270,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
                 b"".join(self.frames).decode()
             except UnicodeDecodeError:
                 self.frames = []
-                self.conn.send_close(1007, "text frames must be UTF-8")
+                self.conn.send_close(CloseCode.INVALID_DATA, "text frames must be UTF-8")
                 self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
