@@ -9,7 +9,15 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_REQUEST_HEAD = 32768
-"""Bytes of request line and headers at most (uvicorn's httptools protocol sets no limit of its own)."""
+"""Bytes a request head may take while incomplete (uvicorn's httptools protocol sets no limit of its own).
+
+Counted per read: a head that completes within the read that brings it (up to 256 KiB) is not refused.
+"""
+
+RELIES_ON_METHODS = ("connection_lost", "connection_made", "data_received", "on_headers_complete", "on_message_begin")
+"""uvicorn's methods that ``ChatHttpProtocol`` overrides (checked by ``tests/test_uvicorn_contract.py``)."""
+RELIES_ON_ATTRIBUTES = ("loop", "transport")
+"""uvicorn's per-connection attributes that ``ChatHttpProtocol`` uses (checked the same way)."""
 
 
 class ChatHttpProtocol(HttpToolsProtocol):

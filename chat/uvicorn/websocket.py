@@ -10,12 +10,19 @@
 - no stuck sockets: uvicorn's own close waits for a send buffer that never drains when the peer
   stopped reading, and its keepalive then closes the transport gracefully, which waits for the same
   buffer. Here a close never waits, a socket that takes nothing for ``stall_timeout`` seconds is
-  closed with 1013, and a connection still open ``close_timeout`` seconds after its close (or after
-  the app finished with it) is reset;
+  closed (by the app's ``on_stall``, else with 1013), and a connection still open ``close_timeout``
+  seconds after its close (or after the app finished with it) is reset;
+- nothing after a close frame, whoever closed: frames still waiting for this turn's write when the
+  peer's close is answered are dropped;
+- freed without the garbage collector: once the connection is lost and the app returned, nothing
+  refers back to the protocol (no timer, no scope entry, no hook), so it and the frames it held go
+  at once, not at the next full collection (rare under ``scripts/serve``'s tuned collector);
 - a text frame that is not UTF-8 closes with 1007 without a traceback in the log.
 
-It relies on uvicorn's private attributes and methods: ``tests/test_uvicorn_contract.py`` names
-every one, and setup.cfg caps uvicorn at the newest minor tested (``scripts/check-upstream``).
+It relies on uvicorn's private attributes and methods: ``RELIES_ON_METHODS`` and
+``RELIES_ON_ATTRIBUTES`` name every one (``tests/test_uvicorn_contract.py`` checks them against the
+uvicorn installed, and that the lists are complete), and setup.cfg caps uvicorn at the newest minor
+tested (``scripts/check-upstream``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import contextlib
 import socket
 import struct
 from asyncio import TimerHandle
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -35,6 +43,40 @@ from chat.frames import text_frame
 from chat.uvicorn.flusher import flusher_for
 from chat.uvicorn.standins import Flag, Inbox
 
+RELIES_ON_METHODS = (
+    "connection_lost",
+    "handle_connect",
+    "handle_parser_exception",
+    "keepalive_timeout",
+    "pause_writing",
+    "resume_writing",
+    "run_asgi",
+    "send",
+    "send_receive_event_to_app",
+    "shutdown",
+)
+"""uvicorn's methods that ``ChatWebSocketProtocol`` overrides or calls (``tests/test_uvicorn_contract.py`` checks)."""
+RELIES_ON_ATTRIBUTES = (
+    "close_sent",
+    "close_timeout",
+    "close_timer",
+    "conn",
+    "curr_msg_data_type",
+    "disconnected",
+    "frames",
+    "handshake_complete",
+    "initial_response",
+    "loop",
+    "queue",
+    "read_paused",
+    "request",
+    "response",
+    "scope",
+    "transport",
+    "writable",
+)
+"""uvicorn's per-connection attributes that ``ChatWebSocketProtocol`` reads or replaces (checked the same way)."""
+
 SHUTDOWN_GRACE = 3.0
 """Seconds connections get after the 1012 of a shutdown before they are reset."""
 
@@ -44,9 +86,12 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     stall_timeout = 30.0
     batch = False
+    on_stall: Callable[[], None] | None = None
+    """Called when the socket took nothing for ``stall_timeout`` seconds; the app then closes (``direct_close``)."""
     _pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
     _pending_size = 0
     _stall_timer: TimerHandle | None = None
+    _abort_timer: TimerHandle | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,9 +105,8 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Request) -> None:
         """As uvicorn's, offering the app direct writes once the handshake can succeed."""
         super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if scope is not None and not self.close_sent:
-            scope["extensions"][DIRECT_EXTENSION] = {"writer": self}
+        if not self.close_sent:  # uvicorn refused the handshake, and made no scope, when it set close_sent
+            self.scope["extensions"][DIRECT_EXTENSION] = {"writer": self}
 
     @property
     def write_delay(self) -> float:
@@ -77,7 +121,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def direct_write(self, frame: str, wire: bytes) -> None:
         """Send a text frame in the next flush (``write_delay``); ``wire`` is used as is unless an extension is on."""
-        if self.close_sent or self.disconnected:
+        if self.conn.close_sent is not None or self.disconnected:  # a close frame went out, whoever closed
             return
         pending = self._pending
         if pending is None:
@@ -99,7 +143,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     def direct_close(self, code: int, reason: str) -> None:
         """Close after what was written, without waiting; tell the app at once."""
         self.flush()
-        if self.close_sent or self.disconnected or self.transport.is_closing():
+        if self.close_sent or self.conn.close_sent is not None or self.disconnected or self.transport.is_closing():
             return
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.conn.send_close(code, reason)
@@ -111,9 +155,10 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timer = self.loop.call_later(self.close_timeout, self._abort)
 
     def flush(self) -> None:
+        """Write this turn's frames in one write; drop them once a close frame left (the reply to a peer's close)."""
         pending, self._pending = self._pending, None
         self._pending_size = 0
-        if self.disconnected or not pending:
+        if not pending or self.disconnected or self.conn.close_sent is not None:
             return
         if self.batch:
             self.transport.write(self._encode("\n".join(pending)))
@@ -157,12 +202,18 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._stall_timer = None
         if not self.handshake_complete or self.initial_response is not None:
             self._abort()
-            return
-        self.direct_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: the socket took nothing for too long")
+        elif self.on_stall is not None:
+            self.on_stall()
+        else:
+            self.direct_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: the socket took nothing for too long")
 
     async def run_asgi(self) -> None:
         """Run the app; once it is done with the connection, give the close at most ``close_timeout``."""
-        await super().run_asgi()
+        try:
+            await super().run_asgi()
+        finally:
+            # The app is done with the scope: its entry pointing back here would keep this object for the collector.
+            self.scope["extensions"].pop(DIRECT_EXTENSION, None)
         self.flush()
         self._abort_later(self.close_timeout + 1.0)
 
@@ -179,14 +230,25 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._abort_later(SHUTDOWN_GRACE)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        """As uvicorn's, letting go of what would keep this object alive: timers, frames, the app's hook."""
+        for timer in (self._stall_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        self._stall_timer = self._abort_timer = None
         self._pending = None
+        self.on_stall = None
         super().connection_lost(exc)
 
     def _abort_later(self, delay: float) -> None:
-        self.loop.call_later(delay, self._abort)
+        """Reset the connection in ``delay`` seconds unless it is gone by then (the earliest deadline stands)."""
+        if self.disconnected:
+            return
+        when = self.loop.time() + delay
+        if self._abort_timer is not None:
+            if self._abort_timer.when() <= when:
+                return
+            self._abort_timer.cancel()
+        self._abort_timer = self.loop.call_at(when, self._abort)
 
     def _abort(self) -> None:
         if self.disconnected or self.transport is None:
@@ -208,7 +270,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
                 b"".join(self.frames).decode()
             except UnicodeDecodeError:
                 self.frames = []
-                self.conn.send_close(1007, "text frames must be UTF-8")
+                self.conn.send_close(CloseCode.INVALID_DATA, "text frames must be UTF-8")
                 self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
