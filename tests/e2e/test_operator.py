@@ -83,6 +83,22 @@ async def test_a_slow_consumer_close_is_counted(start_server: StartServer) -> No
             stuck.close()
 
 
+async def test_a_stalled_socket_close_is_counted_as_a_slow_consumer(start_server: StartServer) -> None:
+    """A member whose socket takes nothing for send_timeout (its queue far from full): closed with 1013, counted."""
+    server = start_server(rate_per_second=0, queue_bytes=64 * 1024 * 1024, send_timeout=1, max_text=50000)
+    async with joined(server, "stall", "publisher") as (publisher, _):
+        stuck, _ = await raw_join(server, "stall", "stuck", rcvbuf=4096)
+        try:
+            await expect(publisher, "join")
+            text = "x" * 50000
+            with anyio.fail_after(60):
+                for _ in range(2 * kernel_send_buffer_max() // len(text) + 10):
+                    await say(publisher, text)  # fills the stuck socket's kernel buffers, never its queue
+            await scrape_until(server, lambda s: s["chat_slow_consumer_closes_total"] == 1)
+        finally:
+            stuck.close()
+
+
 async def test_removing_a_member_is_counted_and_logged(start_server: StartServer) -> None:
     """DELETE via the API: the member is closed with 1008 "removed", counted, and logged with its code."""
     server = start_server(env={"CHAT_API_KEY": KEY})
