@@ -1,7 +1,7 @@
 """Running under uvicorn: the server process (workers, metrics directory, logging, the collector).
 
 The protocol classes it serves with live in ``chat.uvicorn``; they are importable from here too
-(``chat.server:ChatWebSocketProtocol``), as the README's embedding section once named them.
+(``chat.server:ChatWebSocketProtocol``) for setups that name them there.
 Every log handler redacts tokens (``chat.logs.RedactSecrets``): uvicorn prints request lines,
 query and all.
 """
