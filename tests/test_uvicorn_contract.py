@@ -34,6 +34,7 @@ from chat.frames import text_frame
 from chat.uvicorn import http, standins, websocket
 from chat.uvicorn.http import ChatHttpProtocol
 from chat.uvicorn.websocket import ChatWebSocketProtocol
+from tests.wire import client_frame
 
 pytestmark = pytest.mark.anyio
 
@@ -238,21 +239,6 @@ class RawSocket:
         """Close the socket with a RST (SO_LINGER 0), without a close frame."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """One complete, masked client frame."""
-    mask = os.urandom(4)
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    masks = (mask * (size // 4 + 1))[:size]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(masks, "big")).to_bytes(size, "big")
-    return header + mask + masked
 
 
 def close_frame(code: int, reason: str = "") -> bytes:

@@ -32,12 +32,12 @@ from tests.test_uvicorn_contract import (
     Running,
     Session,
     anyio_backend,  # noqa: F401 - the fixture: every test on both loops
-    client_frame,
     close_code,
     close_frame,
     ended,
     run_server,
 )
+from tests.wire import client_frame
 
 pytestmark = pytest.mark.anyio
 

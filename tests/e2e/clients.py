@@ -15,6 +15,8 @@ import anyio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.wire import client_frame
+
 from .server_process import ServerProcess
 
 WAIT = 5.0
@@ -195,25 +197,11 @@ class RawClient:
 
     def send_frame(self, opcode: int, payload: bytes) -> None:
         """Send one masked frame, as a client must."""
-        self.sock.sendall(self.masked_frame(opcode, payload))
+        self.sock.sendall(client_frame(opcode, payload))
 
     def send_frames(self, payloads: list[bytes]) -> None:
         """Send several text frames in one write, so that the server reads them together."""
-        self.sock.sendall(b"".join(self.masked_frame(0x1, payload) for payload in payloads))
-
-    @staticmethod
-    def masked_frame(opcode: int, payload: bytes) -> bytes:
-        """One complete client frame, masked."""
-        mask = os.urandom(4)
-        size = len(payload)
-        if size < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-        elif size < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-        masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-        return header + mask + masked
+        self.sock.sendall(b"".join(client_frame(0x1, payload) for payload in payloads))
 
     def tcp_state(self) -> int:
         """The socket's TCP state as the kernel sees it (``TCP_ESTABLISHED``, ``TCP_CLOSE``, ...)."""
