@@ -128,8 +128,9 @@ class RoomRegistry:
         if member_id not in self._ids.get(room, ()):
             return 0
         removed = [connection for connection in self._rooms[room] if connection.member.id == member_id]
+        error = PolicyViolation("removed", "removed")
         for connection in removed:
             if self._metrics is not None and connection.is_open:
-                self._metrics.policy_closes.labels("removed").inc()
-            connection.close(PolicyViolation("removed", "removed"))
+                self._metrics.policy_closes.labels(error.reason).inc()
+            connection.close(error)
         return len(removed)

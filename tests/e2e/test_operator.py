@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -65,38 +65,46 @@ async def test_metrics_follow_live_traffic(start_server: StartServer) -> None:
     await scrape_until(server, lambda s: s["chat_connections"] == 0)
 
 
-async def test_a_slow_consumer_close_is_counted(start_server: StartServer) -> None:
-    """A member that stops reading and is closed with 1013 shows in chat_slow_consumer_closes_total."""
-    server = start_server(rate_per_second=0, queue_bytes=65536, max_text=50000)
-    async with joined(server, "slow", "publisher") as (publisher, _):
-        stuck, _ = await raw_join(server, "slow", "stuck", rcvbuf=4096)
+BIG = "x" * 50000
+
+
+def floods() -> int:
+    """How many BIG messages surely fill a non-reading socket's kernel buffers on both ends."""
+    return 2 * kernel_send_buffer_max() // len(BIG) + 10
+
+
+@asynccontextmanager
+async def beside_a_stuck_member(server: ServerProcess, room: str) -> AsyncIterator[ClientConnection]:
+    """A publisher in ``room`` with a member that read its welcome and never reads again (4 KiB receive buffer)."""
+    async with joined(server, room, "publisher") as (publisher, _):
+        stuck, _ = await raw_join(server, room, "stuck", rcvbuf=4096)
         try:
             await expect(publisher, "join")
-            text = "x" * 50000
-            with anyio.fail_after(60):
-                for index in range(2 * kernel_send_buffer_max() // len(text) + 10):
-                    await say(publisher, text)  # waits for its own echo: the publisher keeps up
-                    if index % 8 == 7 and (await scrape(server))["chat_slow_consumer_closes_total"] >= 1:
-                        break
-            assert (await scrape(server))["chat_slow_consumer_closes_total"] == 1
+            yield publisher
         finally:
             stuck.close()
+
+
+async def test_a_slow_consumer_close_is_counted(start_server: StartServer) -> None:
+    """A member that stops reading and is closed with 1013 shows in chat_slow_consumer_closes_total."""
+    server = start_server(rate_per_second=0, queue_bytes=65536, max_text=len(BIG))
+    async with beside_a_stuck_member(server, "slow") as publisher:
+        with anyio.fail_after(60):
+            for index in range(floods()):
+                await say(publisher, BIG)  # waits for its own echo: the publisher keeps up
+                if index % 8 == 7 and (await scrape(server))["chat_slow_consumer_closes_total"] >= 1:
+                    break
+        assert (await scrape(server))["chat_slow_consumer_closes_total"] == 1
 
 
 async def test_a_stalled_socket_close_is_counted_as_a_slow_consumer(start_server: StartServer) -> None:
     """A member whose socket takes nothing for send_timeout (its queue far from full): closed with 1013, counted."""
-    server = start_server(rate_per_second=0, queue_bytes=64 * 1024 * 1024, send_timeout=1, max_text=50000)
-    async with joined(server, "stall", "publisher") as (publisher, _):
-        stuck, _ = await raw_join(server, "stall", "stuck", rcvbuf=4096)
-        try:
-            await expect(publisher, "join")
-            text = "x" * 50000
-            with anyio.fail_after(60):
-                for _ in range(2 * kernel_send_buffer_max() // len(text) + 10):
-                    await say(publisher, text)  # fills the stuck socket's kernel buffers, never its queue
-            await scrape_until(server, lambda s: s["chat_slow_consumer_closes_total"] == 1)
-        finally:
-            stuck.close()
+    server = start_server(rate_per_second=0, queue_bytes=64 * 1024 * 1024, send_timeout=1, max_text=len(BIG))
+    async with beside_a_stuck_member(server, "stall") as publisher:
+        with anyio.fail_after(60):
+            for _ in range(floods()):
+                await say(publisher, BIG)  # fills the stuck socket's kernel buffers, never its queue
+        await scrape_until(server, lambda s: s["chat_slow_consumer_closes_total"] == 1)
 
 
 async def test_removing_a_member_is_counted_and_logged(start_server: StartServer) -> None:

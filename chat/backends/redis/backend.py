@@ -21,7 +21,7 @@ from chat.backends.redis.errors import unavailable
 from chat.backends.redis.link import link_supported
 from chat.backends.redis.listener import Listener
 from chat.backends.redis.presence import Presence
-from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher, Publish, Publisher
+from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher, Publish, Publisher, cancel_task
 from chat.backends.redis.scripts import (
     EVERY_EPOCH_KEY,
     HISTORY,
@@ -90,10 +90,7 @@ class RedisBackend(Backend):
         await self._publisher.stop()
         runner, self._runner = self._runner, None
         self._listener.detach()  # closing below
-        if runner is not None:
-            runner.cancel()
-            with suppress(asyncio.CancelledError):
-                await runner
+        await cancel_task(runner)
         with suppress(RedisError, OSError):
             await self._redis.aclose()
             await self._subscriber.aclose()

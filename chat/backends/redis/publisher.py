@@ -70,7 +70,7 @@ def _fail(publishes: list[Publish]) -> None:
         publish.settle(Unavailable(UNAVAILABLE))
 
 
-async def _cancel(task: asyncio.Task[None] | None) -> None:
+async def cancel_task(task: asyncio.Task[None] | None) -> None:
     """Cancel the task, if there is one, and wait until it ended."""
     if task is not None:
         task.cancel()
@@ -147,7 +147,7 @@ class LinkPublisher(Publisher):
         loop.call_soon(self._send)
 
     async def stop(self) -> None:
-        await _cancel(self._connecting)
+        await cancel_task(self._connecting)
         link, self._link = self._link, None
         if link is not None:
             link.close()  # fails the publishes waiting for their replies
@@ -200,7 +200,7 @@ class PipelinePublisher(Publisher):
         self._task = loop.create_task(self._send_queued(), name="chat-redis-publish")
 
     async def stop(self) -> None:
-        await _cancel(self._task)
+        await cancel_task(self._task)
         self._fail_queued()  # a task cancelled before it ran failed nothing
 
     async def _send_queued(self) -> None:
