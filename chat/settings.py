@@ -18,12 +18,23 @@ ENV_PREFIX = "CHAT_"
 MAX_WRITE_DELAY = 1.0
 """Seconds every frame may be held back to share a write with later ones (``write_delay``), at most."""
 
+SQLITE_SYNCHRONOUS = ("off", "normal", "full", "extra")
+"""SQLite's ``synchronous`` levels (the README says what each survives); ``normal`` is the default."""
+COMMAND_LINE_STORE = "sqlite:///chat.db"
+"""Where the command-line server records messages when neither the store nor a shared backend is named."""
+
 
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the server; defaults suit a single process serving a few thousand members."""
 
     backend: str = "memory://"
+    # Where messages are recorded: "" follows the backend (memory:// or redis://, bounded history);
+    # sqlite:///PATH or postgresql://... keep every message (the command-line server: sqlite:///chat.db).
+    store: str = ""
+    retention_seconds: float = 0.0
+    retention_messages: int = 0
+    sqlite_synchronous: str = "normal"
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -64,6 +75,11 @@ class Settings:
     metrics_dir: str = ""
 
     @property
+    def store_url(self) -> str:
+        """Where messages are recorded: the store, or the backend itself when no store is named."""
+        return self.store or self.backend
+
+    @property
     def auth(self) -> bool:
         """Whether connections need a signed token."""
         return bool(self.jwt_secret or self.jwt_public_key)
@@ -90,6 +106,8 @@ class Settings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         non_negative = (
             "history_ttl",
+            "retention_seconds",
+            "retention_messages",
             "rate_per_second",
             "write_delay",
             "ws_ping_interval",
@@ -110,6 +128,10 @@ class Settings:
             raise ConfigError("history_on_join must not exceed history_size")
         if "://" not in self.backend:
             raise ConfigError(f"backend must be a URL such as memory:// or redis://host:6379/0, got {self.backend!r}")
+        if self.store and "://" not in self.store:
+            raise ConfigError(f"store must be a URL such as sqlite:///chat.db or postgresql://..., got {self.store!r}")
+        if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise ConfigError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}, got {self.sqlite_synchronous!r}")
         if self.jwt_secret and self.jwt_public_key:
             raise ConfigError("set jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both")
 
