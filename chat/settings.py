@@ -131,7 +131,9 @@ class Settings:
         if self.store and "://" not in self.store:
             raise ConfigError(f"store must be a URL such as sqlite:///chat.db or postgresql://..., got {self.store!r}")
         if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
-            raise ConfigError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}, got {self.sqlite_synchronous!r}")
+            raise ConfigError(
+                f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}, got {self.sqlite_synchronous!r}"
+            )
         if self.jwt_secret and self.jwt_public_key:
             raise ConfigError("set jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both")
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from chat.settings import Settings
+from tests.postgres import postgres_url
 from tests.redis_server import RedisServer, redis_binary
 
 BACKENDS = ["memory", "redis"]
+__all__ = ["postgres_url"]  # a fixture for every test module
 
 
 @pytest.fixture

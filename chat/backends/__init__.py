@@ -12,7 +12,26 @@ __all__ = ["Backend", "Deliver", "PublishDone", "RoomSummary", "Snapshot", "open
 
 
 def open_backend(settings: Settings) -> Backend:
-    """The backend that ``settings.backend`` names (``memory://`` or ``redis://host:port/db``)."""
+    """The backend ``settings.backend`` names, recording in the store ``settings.store`` names.
+
+    A store that names the backend's own kind (``memory://`` with memory, ``redis://`` with Redis) or
+    none is the backend's own bounded history; SQLite or PostgreSQL wrap it in a ``StoredBackend``.
+    """
+    backend = _open_relay(settings)
+    if settings.store in ("", settings.backend):
+        return backend
+    if urlsplit(settings.store).scheme in ("memory", "redis", "rediss", "unix"):
+        raise ConfigError(
+            f"store {settings.store!r} cannot record for backend {settings.backend!r}: "
+            "name the backend's own URL, sqlite:///PATH or postgresql://..., or leave the store unset"
+        )
+    from chat.backends.stored import StoredBackend
+    from chat.stores import open_store
+
+    return StoredBackend(backend, open_store(settings.store, settings))
+
+
+def _open_relay(settings: Settings) -> Backend:
     scheme = urlsplit(settings.backend).scheme
     if scheme == "memory":
         from chat.backends.memory import MemoryBackend

@@ -11,10 +11,13 @@ import abc
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from chat.protocol import Event, Member, Message, Signal
 from chat.settings import Settings
+
+if TYPE_CHECKING:
+    from chat.stores.base import Store
 
 Deliver = Callable[[Event], None]
 PublishDone = Callable[["asyncio.Future[Message]"], None]
@@ -91,6 +94,22 @@ class Backend(abc.ABC):
         if done is not None:
             future.add_done_callback(done)
         return future
+
+    def record_in(self, store: Store) -> None:
+        """From now on ``store`` records this backend's rooms (``StoredBackend``): read positions from it.
+
+        Called before ``start``. A backend that fills gaps or learns a room's position from its own
+        history (Redis) reads them from the store instead; the memory backend needs nothing.
+        """
+        return None
+
+    def relay(self, message: Message, epoch: str) -> None:
+        """Deliver a message the store committed to every process serving its room, without waiting.
+
+        Messages relayed one after the other reach every process in that order; a process that
+        misses one reads it from the store before anything newer.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot relay a store's messages")
 
     @abc.abstractmethod
     async def signal(self, signal: Signal) -> None:

@@ -104,6 +104,9 @@ class MemoryBackend(Backend):
         self._send(room, message)
         return message
 
+    def relay(self, message: Message, epoch: str) -> None:
+        self._send(message.room, message)
+
     async def signal(self, signal: Signal) -> None:
         self._send(signal.room, signal)
 
