@@ -1,8 +1,9 @@
-"""Smoke test of the benchmark (``scripts/bench``): every scenario on every server with tiny parameters.
+"""The benchmark (``scripts/bench``): a smoke run of every scenario on its servers, and its pure pieces.
 
-It checks that the benchmark still runs and measures, not how fast anything is: every server starts,
-every scenario connects its clients, delivers, and reports figures, and nothing is lost where
-nothing should be. ``scripts/bench`` prepares the virtualenv's ``bench`` extra (picows) itself.
+The smoke run checks that the benchmark still runs and measures, not how fast anything is: every
+server starts, every scenario connects its clients, delivers, and reports figures, and nothing is
+lost where nothing should be. ``scripts/bench`` prepares the virtualenv's ``bench`` extra (picows)
+itself. The pure pieces (options, the store fill, the tables) are tested without servers.
 """
 
 from __future__ import annotations
@@ -22,12 +23,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench"
-SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle")
-SERVERS = ("chat", "chat-delay", "chat-redis", "seed", "raw")
-RUN_TIMEOUT = 180.0
-"""A quick run takes about 30 s; a stuck one must fail, not hang."""
+SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "restart", "history")
+EVERY_KIND = ("chat", "chat-delay", "chat-redis", "seed", "raw")
+WITH_STORES = ("chat", "chat-sqlite", "chat-delay", "chat-redis", "chat-redis-pg", "seed", "raw")
+SERVERS = {
+    "fanout": WITH_STORES,
+    "rooms": WITH_STORES,
+    "slow_consumer": EVERY_KIND,
+    "idle": EVERY_KIND,
+    "restart": ("chat-sqlite", "chat-redis-pg"),
+    "history": ("chat", "chat-sqlite", "chat-redis-pg"),
+}
+RUN_TIMEOUT = 240.0
+"""A quick run takes about 45 s; a stuck one must fail, not hang."""
 
-pytestmark = pytest.mark.e2e
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
 
 Document = dict[str, Any]
 Row = dict[str, Any]
@@ -54,23 +65,31 @@ def rows_of(document: Document, scenario: str) -> dict[str, Row]:
 
 
 def measured(document: Document, scenario: str) -> dict[str, Row]:
-    """The rows of a scenario that ran (chat-redis is skipped on a machine without redis-server)."""
+    """The rows of a scenario that ran (redis kinds are skipped without redis-server, chat-redis-pg without
+    PostgreSQL)."""
     rows = rows_of(document, scenario)
-    assert set(rows) == set(SERVERS), rows.keys()
+    assert set(rows) == set(SERVERS[scenario]), rows.keys()
     if shutil.which("redis-server") is None:
-        assert rows["chat-redis"].get("skipped"), rows["chat-redis"]
-        del rows["chat-redis"]
+        for server in ("chat-redis", "chat-redis-pg"):
+            if server in rows:
+                assert rows[server].get("skipped"), rows[server]
+                del rows[server]
+    if "chat-redis-pg" in rows and rows["chat-redis-pg"].get("skipped"):
+        assert "PostgreSQL" in rows["chat-redis-pg"]["error"], rows["chat-redis-pg"]
+        del rows["chat-redis-pg"]
     for server, row in rows.items():
         assert not row.get("error"), f"{scenario} on {server}: {row['error']}"
     return rows
 
 
+@pytest.mark.e2e
 def test_the_run_describes_itself(quick: Document) -> None:
     assert quick["machine"]["cores"] >= 1
     assert quick["machine"]["versions"]["picows"]
     assert set(quick["results"]) == set(SCENARIOS)
 
 
+@pytest.mark.e2e
 def test_fanout_delivers_everything_and_measures(quick: Document) -> None:
     for server, row in measured(quick, "fanout").items():
         assert row["deliveries_per_s"] > 0, server
@@ -84,8 +103,11 @@ def test_fanout_delivers_everything_and_measures(quick: Document) -> None:
     ratios = rows_of(quick, "fanout")["chat"]["ratio"]["deliveries_per_s"]
     assert ratios["seed"] > 0
     assert ratios["raw"] > 0
+    if "chat-sqlite" in measured(quick, "fanout"):
+        assert rows_of(quick, "fanout")["chat-sqlite"]["ratio"]["deliveries_per_s"]["no store"] > 0
 
 
+@pytest.mark.e2e
 def test_rooms_ramps_the_rate(quick: Document) -> None:
     for server, row in measured(quick, "rooms").items():
         assert row["steps"], server
@@ -97,6 +119,7 @@ def test_rooms_ramps_the_rate(quick: Document) -> None:
         assert first["p99_ms"] is not None, (server, first)
 
 
+@pytest.mark.e2e
 def test_slow_consumer_reports_what_reached_the_others(quick: Document) -> None:
     for server, row in measured(quick, "slow_consumer").items():
         assert row["published"] > 0, (server, row)
@@ -105,6 +128,7 @@ def test_slow_consumer_reports_what_reached_the_others(quick: Document) -> None:
         assert row["p99_ms"] is not None, (server, row)
 
 
+@pytest.mark.e2e
 def test_idle_counts_memory_and_handshakes(quick: Document) -> None:
     for server, row in measured(quick, "idle").items():
         assert row["open"] == row["connections"], (server, row)
@@ -112,6 +136,31 @@ def test_idle_counts_memory_and_handshakes(quick: Document) -> None:
         assert row["rss_mb"] > 0, (server, row)
 
 
+@pytest.mark.e2e
+def test_restart_fills_the_store_and_times_both_starts(quick: Document) -> None:
+    """A store kind is filled, then serves the filled rooms at their seqs after a restart."""
+    for server, row in measured(quick, "restart").items():
+        assert row["messages"] == 2000, (server, row)
+        assert row["fill_per_s"] > 0, (server, row)
+        assert 0 < row["empty_ready_s"] < row["wall_seconds"], (server, row)
+        assert 0 < row["full_ready_s"] < row["wall_seconds"], (server, row)
+        assert row["empty_rss_mb"] > 0, (server, row)
+        assert row["full_rss_mb"] > 0, (server, row)
+
+
+@pytest.mark.e2e
+def test_history_pages_at_random_depths(quick: Document) -> None:
+    """Every page is full and ends where it was asked to; memory:// pages within what it keeps."""
+    rows = measured(quick, "history")
+    for server, row in rows.items():
+        assert row["pages"] == 100, (server, row)
+        assert row["p99_ms"] >= row["p50_ms"] > 0, (server, row)
+    assert rows["chat"]["kept"] == 1000  # memory:// keeps history_size; the stores keep everything
+    for server in set(rows) - {"chat"}:
+        assert rows[server]["kept"] == rows[server]["messages"] == 2000, rows[server]
+
+
+@pytest.mark.e2e
 def test_clients_negotiate_deflate() -> None:
     document = bench("--quick", "--scenario", "fanout", "--servers", "chat,raw", "--deflate")
     assert document["deflate"] is True
@@ -121,6 +170,7 @@ def test_clients_negotiate_deflate() -> None:
         assert row["errors"] == 0, (server, row)
 
 
+@pytest.mark.e2e
 def test_a_server_that_fails_to_start_is_reported_not_waited_for() -> None:
     started = time.monotonic()
     document = bench_failing("--quick", "--scenario", "idle", "--servers", "chat", "--chat-arg=--history-size=-1")
@@ -170,6 +220,7 @@ def client_module() -> Any:
     return importlib.import_module("benchmark.client")
 
 
+@pytest.mark.e2e
 def test_client_counts_newline_delimited_compressed_and_fragmented_frames(quick: Document) -> None:
     client = client_module()
     latency = importlib.import_module("benchmark.latency")
@@ -201,3 +252,185 @@ def test_client_counts_newline_delimited_compressed_and_fragmented_frames(quick:
         assert worker.errors == []
     finally:
         loop.close()
+
+
+# --- pure pieces: options, the store fill, the tables ------------------------------------------
+
+
+def cli_module() -> Any:
+    """``benchmark.cli`` (it imports the client processes' module, hence picows)."""
+    pytest.importorskip("picows", reason="the bench extra is not installed (scripts/bench installs it)")
+    return importlib.import_module("benchmark.cli")
+
+
+def test_each_scenario_has_its_default_servers() -> None:
+    """Without --servers, the stores join fanout and rooms, and restart and history run where they mean something."""
+    cli = cli_module()
+    plan = cli.plan(cli.parser().parse_args([]))
+    assert plan.scenarios == list(SCENARIOS)
+    assert {name: tuple(kinds) for name, kinds in plan.servers.items()} == SERVERS
+
+
+def test_named_servers_run_every_scenario_chosen() -> None:
+    """--servers replaces every scenario's default list."""
+    cli = cli_module()
+    plan = cli.plan(cli.parser().parse_args(["--scenario", "fanout,restart", "--servers", "chat,chat-sqlite"]))
+    assert plan.servers == {"fanout": ["chat", "chat-sqlite"], "restart": ["chat", "chat-sqlite"]}
+
+
+def test_store_sizes_reach_restart_and_history() -> None:
+    """--stored sizes both stores, --rooms the restart's rooms, --pages the history requests."""
+    cli = cli_module()
+    plan = cli.plan(cli.parser().parse_args(["--stored", "5000", "--rooms", "7", "--pages", "30"]))
+    assert (plan.restart.messages, plan.restart.rooms) == (5000, 7)
+    assert (plan.history.messages, plan.history.pages, plan.history.limit) == (5000, 30, 50)
+    assert plan.idle.rooms == 7
+    quick = cli.plan(cli.parser().parse_args(["--quick"]))
+    assert quick.restart.messages == quick.history.messages == 2000
+
+
+def test_history_refuses_fewer_messages_than_a_page() -> None:
+    """A history store smaller than one page cannot be paged deep."""
+    cli = cli_module()
+    with pytest.raises(SystemExit):
+        cli.plan(cli.parser().parse_args(["--scenario", "history", "--stored", "10"]))
+
+
+def test_only_kinds_with_a_store_restart_and_references_keep_no_history() -> None:
+    """restart skips servers without a durable store; history skips the references."""
+    cli = cli_module()
+    kinds = importlib.import_module("benchmark.servers").KINDS
+    assert cli.unsupported("restart", kinds["chat"]) == "no durable store"
+    assert cli.unsupported("history", kinds["raw"]) == "no history"
+    assert cli.unsupported("history", kinds["chat"]) is None
+
+
+def test_chat_kinds_name_their_store() -> None:
+    """chat and chat-delay name memory:// (the baseline whatever the default); the store kinds get their URL."""
+    servers = importlib.import_module("benchmark.servers")
+    options = servers.ServerOptions()
+    chat = servers.ArgvBuilder(servers.KINDS["chat"], options, None)(8000)
+    assert chat[chat.index("--store") + 1] == "memory://"
+    delay = servers.ArgvBuilder(servers.KINDS["chat-delay"], options, None)(8000)
+    assert delay[delay.index("--store") + 1] == "memory://"
+    url = "postgresql://postgres@127.0.0.1:5432/chat_bench_x"
+    pg = servers.ArgvBuilder(servers.KINDS["chat-redis-pg"], options, "redis://127.0.0.1:1/0", url)(8000)
+    assert pg[pg.index("--store") + 1] == url
+    assert pg[pg.index("--backend") + 1] == "redis://127.0.0.1:1/0"
+
+
+def test_store_urls() -> None:
+    """An absolute SQLite path keeps its slash; a database's URL is the admin URL's server."""
+    stores = importlib.import_module("benchmark.stores")
+    assert stores.sqlite_url(Path("/tmp/x/chat.db")) == "sqlite:////tmp/x/chat.db"
+    assert stores.database_url("db1") == "postgresql://postgres@127.0.0.1:5432/db1"
+
+
+def test_postgres_backends_are_found_by_their_title() -> None:
+    """A backend's process title names its database before its client address; other processes do not match."""
+    stores = importlib.import_module("benchmark.stores")
+    assert stores.is_backend_of("postgres: 15/main: postgres chat_bench_1 127.0.0.1(50312) idle", "chat_bench_1")
+    assert stores.is_backend_of("postgres: postgres chat_bench_1 127.0.0.1(50312) INSERT", "chat_bench_1")
+    assert not stores.is_backend_of("postgres: postgres chat_bench_2 127.0.0.1(50312) idle", "chat_bench_1")
+    assert not stores.is_backend_of("postgres: 15/main: checkpointer", "chat_bench_1")
+    assert not stores.is_backend_of("python -m chat --store chat_bench_1 (x)", "chat_bench_1")
+
+
+def test_a_scratch_sqlite_store_is_removed(tmp_path: Path) -> None:
+    """A fresh SQLite store lives in a directory of its own, gone after ``remove``."""
+    stores = importlib.import_module("benchmark.stores")
+    store = stores.ScratchStore("sqlite", tmp_path)
+    assert store.url.startswith(f"sqlite:///{tmp_path}/")
+    assert store.directory.is_dir()
+    assert store.cpu_seconds() == 0.0
+    store.remove()
+    assert not store.directory.exists()
+
+
+def test_messages_spread_room_after_room() -> None:
+    """Rooms get as even a share as the numbers allow; batches keep rooms in order and cut at the size."""
+    fill = importlib.import_module("benchmark.fill")
+    assert fill.room_counts(10, 3) == [4, 3, 3]
+    assert fill.room_counts(2, 3) == [1, 1, 0]
+    batches = list(fill.batches([3, 2], 4))
+    assert batches == [["stored0"] * 3 + ["stored1"], ["stored1"]]
+    assert len(fill.text(7)) == fill.TEXT_SIZE
+
+
+def test_fill_records_every_message_in_its_room(tmp_path: Path) -> None:
+    """A small fill through the SQLite store class: each room ends at the seq its count says."""
+    pytest.importorskip("chat.stores.sqlite", reason="this chat has no SQLite store")
+    fill = importlib.import_module("benchmark.fill")
+    from chat.settings import Settings
+    from chat.stores import open_store
+
+    url = f"sqlite:///{tmp_path}/chat.db"
+    filled = fill.fill(url, 250, 3, batch=40)
+    assert (filled.messages, filled.counts, filled.rooms) == (250, [84, 83, 83], ["stored0", "stored1", "stored2"])
+
+    async def seqs() -> list[int]:
+        store = open_store(url, Settings(store=url))
+        await store.start(lambda message, epoch: None)
+        try:
+            return [(await store.snapshot(room, None, None, 1)).seq for room in filled.rooms]
+        finally:
+            await store.stop()
+
+    assert asyncio.run(seqs()) == [84, 83, 83]
+
+
+def test_percentiles_and_history_size() -> None:
+    """Nearest-rank percentiles; the history a server keeps follows its --history-size."""
+    stored = importlib.import_module("benchmark.stored")
+    assert stored.percentile([], 0.5) is None
+    assert stored.percentile([float(n) for n in range(1, 101)], 0.99) == 99.0
+    assert stored.percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert stored.history_size(["python", "-m", "chat"]) == 1000
+    assert stored.history_size(["--history-size", "300"]) == 300
+    assert stored.history_size(["--history-size=200"]) == 200
+
+
+def test_store_tables_and_skipped_rows() -> None:
+    """The restart and history tables show their figures; a skipped row says so, apart from failures."""
+    report = importlib.import_module("benchmark.report")
+    restart = {
+        "server": "chat-sqlite",
+        "variant": "v",
+        "messages": 1000,
+        "rooms": 10,
+        "fill_seconds": 0.5,
+        "fill_per_s": 2000.0,
+        "store_mb": 0.3,
+        "empty_ready_s": 0.812,
+        "full_ready_s": 0.845,
+        "empty_rss_mb": 40.0,
+        "full_rss_mb": 40.5,
+        "rss_growth_mb": 0.5,
+    }
+    skipped = {"server": "chat-redis-pg", "variant": "v", "error": "skipped: no PostgreSQL", "skipped": True}
+    text = report.TABLES["restart"]([restart, skipped])
+    assert "0.812" in text
+    assert "0.845" in text
+    assert "40.5" in text
+    assert "skipped:\n  chat-redis-pg (v): skipped: no PostgreSQL" in text
+    assert "FAILED" not in text
+    assert "failures:" not in text
+    history = {"server": "chat-sqlite", "variant": "v", "messages": 10**6, "kept": 10**6, "pages": 2000}
+    history.update(limit=50, depth_max=999950, p50_ms=0.61, p99_ms=1.93, max_ms=4.2, cpu_ms_per_page=0.4)
+    assert "1,000,000" in report.TABLES["history"]([history])
+    assert "1.93" in report.TABLES["history"]([history])
+
+
+def test_a_store_kind_is_compared_with_the_same_server_without_it() -> None:
+    """chat-sqlite's fanout figures are divided by chat's in the ``/no store`` column."""
+    report = importlib.import_module("benchmark.report")
+    rows = [
+        {"server": "chat", "variant": "200", "deliveries_per_s": 200000.0, "cpu_ms_per_1k": 3.0},
+        {"server": "chat-sqlite", "variant": "200", "deliveries_per_s": 180000.0, "cpu_ms_per_1k": 3.3},
+    ]
+    text = report.TABLES["fanout"](rows)
+    assert rows[1]["ratio"]["deliveries_per_s"]["no store"] == pytest.approx(0.9)
+    assert rows[1]["ratio"]["cpu_ms_per_1k"]["no store"] == pytest.approx(1.1)
+    assert "/no store" in text
+    assert "0.90" in text
+    assert "no store" not in rows[0]["ratio"]["deliveries_per_s"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -21,13 +22,26 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmark import procfs, report, scenarios
+from benchmark import procfs, report, scenarios, stored
 from benchmark.pool import WorkerError, WorkerPool
+from benchmark.probe import ProbeFailed
 from benchmark.scenarios import Common, FanoutParams, IdleParams, RoomsParams, Row, ScenarioFailed, SlowParams
-from benchmark.servers import KINDS, ROOT, Server, ServerFailed, ServerOptions, redis_available
+from benchmark.servers import KINDS, ROOT, Kind, Server, ServerFailed, ServerOptions, redis_available
+from benchmark.stored import HistoryParams, RestartParams
+from benchmark.stores import StoreFailed
 
-SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle")
-DEFAULT_SERVERS = ("chat", "chat-delay", "chat-redis", "seed", "raw")
+SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "restart", "history")
+EVERY_KIND = ("chat", "chat-delay", "chat-redis", "seed", "raw")
+WITH_STORES = ("chat", "chat-sqlite", "chat-delay", "chat-redis", "chat-redis-pg", "seed", "raw")
+DEFAULT_SERVERS: dict[str, tuple[str, ...]] = {
+    "fanout": WITH_STORES,
+    "rooms": WITH_STORES,
+    "slow_consumer": EVERY_KIND,
+    "idle": EVERY_KIND,
+    "restart": ("chat-sqlite", "chat-redis-pg"),
+    "history": ("chat", "chat-sqlite", "chat-redis-pg"),
+}
+"""The servers each scenario runs on unless ``--servers`` names them."""
 T = TypeVar("T")
 
 
@@ -39,8 +53,9 @@ def parser() -> argparse.ArgumentParser:
         "the figures that count.",
     )
     parser.add_argument("--scenario", default="all", help=f"comma-separated, from {', '.join(SCENARIOS)}, or all")
+    defaults = "; ".join(f"{name}: {','.join(kinds)}" for name, kinds in DEFAULT_SERVERS.items())
     parser.add_argument(
-        "--servers", default=",".join(DEFAULT_SERVERS), help="comma-separated, from " + ", ".join(KINDS)
+        "--servers", help=f"comma-separated, from {', '.join(KINDS)}, for every scenario (default: {defaults})"
     )
     parser.add_argument("--duration", type=positive_float, help="seconds measured: the fanout window, each rooms step")
     parser.add_argument(
@@ -49,7 +64,15 @@ def parser() -> argparse.ArgumentParser:
         "(50), idle connections (5000,15000), rooms connections (2000)",
     )
     parser.add_argument("--room-size", type=positive_int, help="rooms: members per room (10)")
-    parser.add_argument("--rooms", type=positive_int, help="idle: rooms the connections spread over (100)")
+    parser.add_argument(
+        "--rooms",
+        type=positive_int,
+        help="idle: rooms the connections spread over (100); restart: rooms the stored messages spread over (1000)",
+    )
+    parser.add_argument(
+        "--stored", type=positive_int, help="restart, history: messages in the store (1,000,000; history: one room)"
+    )
+    parser.add_argument("--pages", type=positive_int, help="history: pages of 50 requested at random depths (2000)")
     parser.add_argument(
         "--rates", help="rooms: messages per second per client to try, ascending (0.5 x 1.5^n, then 2 bisection steps)"
     )
@@ -133,12 +156,15 @@ def ints(text: str) -> list[int]:
 @dataclasses.dataclass
 class Plan:
     scenarios: list[str]
-    servers: list[str]
+    servers: dict[str, list[str]]
+    """The servers of each scenario chosen."""
     common: Common
     fanout: FanoutParams
     rooms: RoomsParams
     slow: SlowParams
     idle: IdleParams
+    restart: RestartParams = dataclasses.field(default_factory=RestartParams)
+    history: HistoryParams = dataclasses.field(default_factory=HistoryParams)
 
 
 def plan(arguments: argparse.Namespace) -> Plan:
@@ -146,19 +172,23 @@ def plan(arguments: argparse.Namespace) -> Plan:
     unknown = [name for name in chosen if name not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)} or all")
-    servers = [name for name in arguments.servers.split(",") if name]
-    unknown = [name for name in servers if name not in KINDS]
+    named = [name for name in (arguments.servers or "").split(",") if name]
+    unknown = [name for name in named if name not in KINDS]
     if unknown:
         raise SystemExit(f"unknown server {unknown[0]!r}: choose from {', '.join(KINDS)}")
+    servers = {name: named or list(DEFAULT_SERVERS[name]) for name in chosen}
     query = "".join(f"&{item}" for item in arguments.query)
     common = Common(deflate=arguments.deflate, query=query)
     fanout, rooms, slow, idle = FanoutParams(), RoomsParams(), SlowParams(), IdleParams()
+    restart, history = RestartParams(), HistoryParams()
     if arguments.quick:
         common = dataclasses.replace(common, connect_timeout=5.0)
         fanout = FanoutParams(members=[20], duration=1.0, warmup=0.3, stall=2.0, drain=3.0)
         rooms = RoomsParams(connections=40, room_size=10, rates=[1, 5], step=1.0, settle=0.3, refine=0)
         slow = SlowParams(members=6, messages=300, stall=2.0, limit=8.0, drain=2.0)
         idle = IdleParams(connections=[60], rooms=5, settle=0.3)
+        restart = RestartParams(messages=2000, rooms=10, timeout=20.0)
+        history = HistoryParams(messages=2000, pages=100, warmup=5)
     members = ints(arguments.members or "") or None
     first = members[0] if members else None
     rates = floats(arguments.rates or "") or None
@@ -190,9 +220,17 @@ def plan(arguments: argparse.Namespace) -> Plan:
     idle = dataclasses.replace(
         idle, connections=given(members, idle.connections), rooms=given(arguments.rooms, idle.rooms)
     )
+    restart = dataclasses.replace(
+        restart, messages=given(arguments.stored, restart.messages), rooms=given(arguments.rooms, restart.rooms)
+    )
+    history = dataclasses.replace(
+        history, messages=given(arguments.stored, history.messages), pages=given(arguments.pages, history.pages)
+    )
     if slow.members < 3:
         raise SystemExit("slow_consumer needs at least 3 members (publisher, slow one, one other)")
-    return Plan(list(chosen), servers, common, fanout, rooms, slow, idle)
+    if history.messages < history.limit:
+        raise SystemExit(f"history needs at least a page of stored messages ({history.limit})")
+    return Plan(list(chosen), servers, common, fanout, rooms, slow, idle, restart, history)
 
 
 def variants(name: str, plan: Plan) -> list[tuple[str, Callable[[WorkerPool, Server], Row]]]:
@@ -206,6 +244,12 @@ def variants(name: str, plan: Plan) -> list[tuple[str, Callable[[WorkerPool, Ser
     if name == "slow_consumer":
         label = f"{plan.slow.members} members, {plan.slow.messages} x {plan.slow.size} B"
         return [(label, lambda pool, server: scenarios.run_slow_consumer(pool, server, common, plan.slow))]
+    if name == "restart":
+        label = f"{plan.restart.messages:,} messages in {plan.restart.rooms:,} rooms"
+        return [(label, lambda pool, server: stored.run_restart(server, plan.restart))]
+    if name == "history":
+        label = f"{plan.history.messages:,} messages in one room, pages of {plan.history.limit}"
+        return [(label, lambda pool, server: stored.run_history(server, plan.history))]
     return [(f"{count} conns", idle_run(common, plan.idle, count)) for count in plan.idle.connections]
 
 
@@ -241,8 +285,22 @@ def wait_quiet(pool: WorkerPool, limit: float) -> tuple[float, float]:
             return waited, share
 
 
+def unsupported(scenario: str, kind: Kind) -> str | None:
+    """Why ``kind`` cannot run ``scenario`` (here, or at all); None when it can."""
+    if scenario == "restart" and kind.store is None:
+        return "no durable store"
+    if scenario == "history" and kind.chat_args is None:
+        return "no history"
+    if kind.redis and not redis_available():
+        return "no redis-server on PATH"
+    if kind.store is not None and importlib.util.find_spec(f"chat.stores.{kind.store}") is None:
+        return f"this chat has no chat.stores.{kind.store}"
+    return None
+
+
 def run_one(
     pool: WorkerPool,
+    name: str,
     kind_name: str,
     options: ServerOptions,
     label: str,
@@ -252,9 +310,9 @@ def run_one(
     """Start the server, run the scenario, stop the server; any failure becomes the row's ``error``."""
     row: Row = {"server": kind_name, "variant": label}
     kind = KINDS[kind_name]
-    if kind.redis and not redis_available():
-        row["error"] = "skipped: no redis-server on PATH"
-        row["skipped"] = True
+    reason = unsupported(name, kind)
+    if reason:
+        row.update(error=f"skipped: {reason}", skipped=True, wall_seconds=0.0)
         return row
     if quiet_wait > 0:
         waited, share = wait_quiet(pool, quiet_wait)
@@ -265,7 +323,10 @@ def run_one(
     try:
         server = Server(kind, options, f"{int(time.time() * 1000)}")
         row.update(run(pool, server))
-    except (ServerFailed, ScenarioFailed, WorkerError) as exc:
+    except StoreFailed as exc:
+        row["error"] = f"skipped: {exc}"
+        row["skipped"] = True
+    except (ServerFailed, ScenarioFailed, WorkerError, ProbeFailed) as exc:
         row["error"] = str(exc).strip()
         if server is not None and not server.alive:
             row["error"] += f"\n{server.log()}"
@@ -299,7 +360,7 @@ def measure(
     """``run_one``, again (up to ``--retries`` times) while other processes disturbed the measurement."""
     log(f"- {name} [{label}] {kind_name} ...")
     for attempt in range(1 + max(0, arguments.retries)):
-        row = run_one(pool, kind_name, options, label, run, arguments.quiet_wait)
+        row = run_one(pool, name, kind_name, options, label, run, arguments.quiet_wait)
         busy = disturbance(row)
         log(f"  {summary(name, row)} ({row['wall_seconds']} s)")
         if busy <= DISTURBED_PCT or row.get("error"):
@@ -405,12 +466,15 @@ def main(argv: list[str] | None = None) -> int:
             "rooms": dataclasses.asdict(the_plan.rooms),
             "slow_consumer": dataclasses.asdict(the_plan.slow),
             "idle": dataclasses.asdict(the_plan.idle),
+            "restart": dataclasses.asdict(the_plan.restart),
+            "history": dataclasses.asdict(the_plan.history),
         },
         "logs": str(workdir),
         "results": {},
     }
+    servers = sorted({kind for kinds in the_plan.servers.values() for kind in kinds}, key=list(KINDS).index)
     log(
-        f"chat benchmark: {', '.join(the_plan.scenarios)} on {', '.join(the_plan.servers)}; "
+        f"chat benchmark: {', '.join(the_plan.scenarios)} on {', '.join(servers)}; "
         f"{arguments.clients} client processes; server logs in {workdir}"
     )
     pool = WorkerPool(arguments.clients, arguments.client_pace_ms / 1000, client_cpus)
@@ -420,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in the_plan.scenarios:
             rows: list[Row] = []
             for label, run in variants(name, the_plan):
-                for kind_name in the_plan.servers:
+                for kind_name in the_plan.servers[name]:
                     row = measure(pool, name, kind_name, options, label, run, arguments)
                     note_client_saturation(row, client_capacity)
                     rows.append(row)
@@ -508,6 +572,19 @@ def summary(name: str, row: Row) -> str:
             f"published {row.get('published')}, delivered {report.number(row.get('delivered_pct'), 1)}%, "
             f"p99 {report.number(row.get('p99_ms'), 2)} ms, peak {report.number(row.get('peak_rss_mb'), 1)} MB, "
             f"slow closed after {report.number(row.get('slow_closed_s'), 2)} s, stalled {row.get('stalled')}"
+        )
+    if name == "restart":
+        return (
+            f"filled {report.number(row.get('messages'))} in {report.number(row.get('fill_seconds'), 1)} s; "
+            f"serving after {report.number(row.get('empty_ready_s'), 3)} s empty, "
+            f"{report.number(row.get('full_ready_s'), 3)} s full; "
+            f"RSS {report.number(row.get('empty_rss_mb'), 1)} / {report.number(row.get('full_rss_mb'), 1)} MB"
+        )
+    if name == "history":
+        return (
+            f"{report.number(row.get('pages'))} pages of {row.get('limit')} within the last "
+            f"{report.number(row.get('kept'))}: p50 {report.number(row.get('p50_ms'), 2)} ms, "
+            f"p99 {report.number(row.get('p99_ms'), 2)} ms, {report.number(row.get('cpu_ms_per_page'), 2)} CPU ms/page"
         )
     return (
         f"{report.number(row.get('kib_per_connection'), 1)} KiB/conn, "

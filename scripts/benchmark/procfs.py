@@ -19,6 +19,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def title(pid: int) -> str:
+    """A process's command line as ``ps`` shows it (a title it set itself included); "" if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
 def system_cpu_seconds() -> tuple[float, float]:
     """CPU time of the whole machine so far: (processes: user + nice + system, interrupts: irq + softirq + steal).
 

@@ -1,13 +1,21 @@
-"""The tables: one per scenario, each server on a row, with its ratios to the two reference servers."""
+"""The tables: one per scenario, each server on a row, with its ratios to the two reference servers.
+
+A server with a durable store is also compared with the same server without it (``/no store``:
+``chat-sqlite`` with ``chat``, ``chat-redis-pg`` with ``chat-redis``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from benchmark.servers import KINDS
+
 Row = dict[str, Any]
 Column = tuple[str, Callable[[Row], str]]
 REFERENCES = ("seed", "raw")
+BASELINE = "no store"
+"""The ratio key of a server with a durable store to the same server without it."""
 
 
 def number(value: Any, digits: int = 0) -> str:
@@ -23,14 +31,18 @@ def number(value: Any, digits: int = 0) -> str:
 
 
 def render(title: str, columns: Sequence[Column], rows: Sequence[Row]) -> str:
-    """A plain-text table; a failed row shows its error after the first two columns."""
+    """A plain-text table; a failed (or skipped) row shows its error after the first two columns."""
     header = [name for name, _ in columns]
     body: list[list[str]] = []
     failures: list[str] = []
+    skipped: list[str] = []
     for row in rows:
         if row.get("error"):
-            cells = [cell(row) for _, cell in columns[:2]] + ["FAILED"] + [""] * (len(columns) - 3)
-            failures.append(f"  {row['server']} ({row.get('variant', '')}): {row['error']}")
+            status = "skipped" if row.get("skipped") else "FAILED"
+            cells = [cell(row) for _, cell in columns[:2]] + [status] + [""] * (len(columns) - 3)
+            (skipped if row.get("skipped") else failures).append(
+                f"  {row['server']} ({row.get('variant', '')}): {row['error']}"
+            )
         else:
             cells = [cell(row) for _, cell in columns]
         body.append(cells)
@@ -40,6 +52,8 @@ def render(title: str, columns: Sequence[Column], rows: Sequence[Row]) -> str:
     notes = [f"  {row['server']} ({row.get('variant', '')}): {row['note']}" for row in rows if row.get("note")]
     if notes:
         lines += ["notes:", *notes]
+    if skipped:
+        lines += ["skipped:", *skipped]
     if failures:
         lines += ["failures:", *failures]
     return "\n".join(lines)
@@ -48,12 +62,10 @@ def render(title: str, columns: Sequence[Column], rows: Sequence[Row]) -> str:
 def add_ratios(rows: list[Row], metrics: Sequence[str]) -> None:
     """``row["ratio"][metric][ref]`` = row's metric / the reference's, within the same variant."""
     for row in rows:
-        references = {
-            reference: next(
-                (r for r in rows if r["server"] == reference and r.get("variant") == row.get("variant")), None
-            )
-            for reference in REFERENCES
-        }
+        references = {reference: same_variant(rows, reference, row) for reference in REFERENCES}
+        kind = KINDS.get(str(row["server"]))
+        if kind is not None and kind.baseline is not None:
+            references[BASELINE] = same_variant(rows, kind.baseline, row)
         row["ratio"] = {
             metric: {
                 reference: quotient(row.get(metric), other.get(metric) if other and not other.get("error") else None)
@@ -61,6 +73,11 @@ def add_ratios(rows: list[Row], metrics: Sequence[str]) -> None:
             }
             for metric in metrics
         }
+
+
+def same_variant(rows: list[Row], server: str, row: Row) -> Row | None:
+    """The row of ``server`` for the same variant as ``row``, if it ran."""
+    return next((r for r in rows if r["server"] == server and r.get("variant") == row.get("variant")), None)
 
 
 def quotient(mine: Any, theirs: Any) -> float | None:
@@ -78,9 +95,10 @@ def ratio(metric: str, reference: str) -> Callable[[Row], str]:
     return cell
 
 
-def ratios(metric: str) -> list[Column]:
-    """The ratio columns of one metric: ``/seed``, ``/raw``."""
-    return [(f"/{reference}", ratio(metric, reference)) for reference in REFERENCES]
+def ratios(metric: str, baseline: bool = False) -> list[Column]:
+    """The ratio columns of one metric: ``/seed``, ``/raw`` (and ``/no store`` with ``baseline``)."""
+    names = (*REFERENCES, BASELINE) if baseline else REFERENCES
+    return [(f"/{reference}", ratio(metric, reference)) for reference in names]
 
 
 def field(key: str, digits: int = 0) -> Callable[[Row], str]:
@@ -97,11 +115,11 @@ def fanout_table(rows: list[Row]) -> str:
         server_column(),
         ("members", field("members")),
         ("deliveries/s", field("deliveries_per_s")),
-        *ratios("deliveries_per_s"),
+        *ratios("deliveries_per_s", baseline=True),
         ("p50 ms", field("p50_ms", 2)),
         ("p99 ms", field("p99_ms", 2)),
         ("CPU ms/1k deliv", field("cpu_ms_per_1k", 2)),
-        *ratios("cpu_ms_per_1k"),
+        *ratios("cpu_ms_per_1k", baseline=True),
         ("lost", field("lost")),
         ("server CPU%", field("server_cpu_pct")),
         ("client CPU%", field("client_cpu_pct")),
@@ -123,11 +141,12 @@ def rooms_table(rows: list[Row]) -> str:
         server_column(),
         ("conns", field("connections")),
         ("held msg/s/client", field("held_rate_per_client", 1)),
-        *ratios("held_rate_per_client"),
+        *ratios("held_rate_per_client", baseline=True),
         ("publish/s", field("held_publish_per_s")),
         ("deliveries/s", field("held_deliveries_per_s")),
         ("p99 ms", field("held_p99_ms", 1)),
         ("CPU ms/1k deliv", field("held_cpu_ms_per_1k", 2)),
+        *ratios("held_cpu_ms_per_1k", baseline=True),
         ("next rate failed (p99 ms, delivered)", failed_at),
         ("client CPU%", field("held_client_cpu_pct")),
     ]
@@ -173,9 +192,48 @@ def idle_table(rows: list[Row]) -> str:
     return render("idle: connections that only join; memory per connection, handshakes per second", columns, rows)
 
 
+def restart_table(rows: list[Row]) -> str:
+    columns: list[Column] = [
+        server_column(),
+        ("stored", field("messages")),
+        ("rooms", field("rooms")),
+        ("filled in s", field("fill_seconds", 1)),
+        ("fill msg/s", field("fill_per_s")),
+        ("store MB", field("store_mb", 1)),
+        ("serving after s: empty", field("empty_ready_s", 3)),
+        ("full", field("full_ready_s", 3)),
+        ("RSS MB: empty", field("empty_rss_mb", 1)),
+        ("full", field("full_rss_mb", 1)),
+        ("+MB", field("rss_growth_mb", 1)),
+    ]
+    title = (
+        "restart: from the server process's start to a join's welcome at the room's seq, over an empty and a full store"
+    )
+    return render(title, columns, rows)
+
+
+def history_table(rows: list[Row]) -> str:
+    columns: list[Column] = [
+        server_column(),
+        ("stored", field("messages")),
+        ("kept", field("kept")),
+        ("pages", field("pages")),
+        ("of", field("limit")),
+        ("deepest", field("depth_max")),
+        ("p50 ms", field("p50_ms", 2)),
+        ("p99 ms", field("p99_ms", 2)),
+        ("max ms", field("max_ms", 2)),
+        ("CPU ms/page", field("cpu_ms_per_page", 2)),
+    ]
+    title = "history: one member pages back from random seqs of one room (round trip of each history request)"
+    return render(title, columns, rows)
+
+
 TABLES: dict[str, Callable[[list[Row]], str]] = {
     "fanout": fanout_table,
     "rooms": rooms_table,
     "slow_consumer": slow_table,
     "idle": idle_table,
+    "restart": restart_table,
+    "history": history_table,
 }

@@ -100,6 +100,7 @@ class Snapshot:
     replies: list[Reply]
     server_cpu: float
     redis_cpu: float
+    store_cpu: float
     client_cpu: float
     system_cpu: float
     interrupt_cpu: float
@@ -115,19 +116,20 @@ class Snapshot:
         return max(self.at - start.at, 1e-9)
 
     def server_cpu_since(self, start: Snapshot) -> float:
-        """CPU seconds of the server and its redis-server since ``start``."""
-        return (self.server_cpu - start.server_cpu) + (self.redis_cpu - start.redis_cpu)
+        """CPU seconds of the server, its redis-server and its PostgreSQL backends since ``start``."""
+        helpers = (self.redis_cpu - start.redis_cpu) + (self.store_cpu - start.store_cpu)
+        return (self.server_cpu - start.server_cpu) + helpers
 
 
 def snapshot(pool: WorkerPool, server: Server, reset: bool = False) -> Snapshot:
     """Read everything at once; ``reset`` starts a new latency window in every client process."""
     system_cpu, interrupt_cpu = procfs.system_cpu_seconds()
-    server_cpu, redis_cpu = server.cpu_seconds()
+    server_cpu, redis_cpu, store_cpu = server.cpu_seconds()
     client_cpu = pool.cpu_seconds()
     harness_cpu = procfs.cpu_seconds(os.getpid())
     replies = pool.call("stats", CALL_TIMEOUT, reset=reset)
     return Snapshot(
-        time.monotonic(), replies, server_cpu, redis_cpu, client_cpu, system_cpu, interrupt_cpu, harness_cpu
+        time.monotonic(), replies, server_cpu, redis_cpu, store_cpu, client_cpu, system_cpu, interrupt_cpu, harness_cpu
     )
 
 
@@ -150,6 +152,7 @@ def window_figures(start: Snapshot, end: Snapshot) -> Row:
         "cpu_ms_per_1k": server_cpu * 1e6 / deliveries if deliveries else None,
         "server_cpu_pct": 100 * server_cpu / elapsed,
         "redis_cpu_pct": 100 * (end.redis_cpu - start.redis_cpu) / elapsed,
+        "store_cpu_pct": 100 * (end.store_cpu - start.store_cpu) / elapsed,
         "client_cpu_pct": 100 * (end.client_cpu - start.client_cpu) / elapsed,
         # Over a short window, clock-tick granularity (10 ms per process read) makes this meaningless.
         "other_cpu_pct": max(0.0, 100 * other / elapsed) if elapsed >= SHORTEST_WINDOW else None,

@@ -1,11 +1,16 @@
 """The servers under test: how each one is started on a free loopback port, measured, and stopped.
 
-``chat``, ``chat-redis`` and ``chat-delay`` are this project (``python -m chat``, with the
-per-connection rate limit off and the connection cap out of the way); ``chat-redis`` also gets its
-own redis-server, started here without persistence and counted in the server's CPU;
-``chat-delay`` is ``chat`` with a 10 ms write delay (``--write-delay 0.01``). ``seed`` and ``raw`` are the references
-beside this file. A server is ready once its own process holds the socket listening on its port
-(read from /proc), so no log line is needed and every server can run at the same log level.
+``chat``, ``chat-delay``, ``chat-sqlite``, ``chat-redis`` and ``chat-redis-pg`` are this project
+(``python -m chat``, with the per-connection rate limit off and the connection cap out of the way).
+``chat`` and ``chat-delay`` name ``--store memory://`` (the bounded history of the memory backend),
+so that they stay the memory baseline whatever the command line's default store; ``chat-delay``
+adds a 10 ms write delay (``--write-delay 0.01``). ``chat-sqlite`` records in a fresh SQLite file,
+``chat-redis-pg`` in a fresh PostgreSQL database (``stores.py``); ``chat-redis`` and
+``chat-redis-pg`` get their own redis-server, started here without persistence. The CPU of that
+redis-server and of the PostgreSQL backends serving the database counts as the server's. ``seed``
+and ``raw`` are the references beside this file. A server is ready once its own process holds the
+socket listening on its port (read from /proc), so no log line is needed and every server can run
+at the same log level.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark import procfs
+from benchmark.stores import ScratchStore, StoreFailed, StoreKind
 
 SCRIPTS = Path(__file__).resolve().parent.parent
 ROOT = SCRIPTS.parent
@@ -32,6 +38,8 @@ STOP_TIMEOUT = 10.0
 BIND_ATTEMPTS = 5
 BIND_CLASH = "address already in use"
 PR_SET_PDEATHSIG = 1
+LISTEN_POLL = 0.01
+"""Seconds between looks at whether a starting server listens yet (``restart`` times the start)."""
 
 
 @dataclass(frozen=True)
@@ -44,12 +52,21 @@ class Kind:
     redis: bool
     chat_args: tuple[str, ...] | None = None
     """This project's server (``python -m chat``) with these arguments of its own; None: a reference server."""
+    store: StoreKind | None = None
+    """The durable store it records in (a fresh one per start); None: none (memory or redis history, or a reference)."""
+    baseline: str | None = None
+    """The same server without its durable store, which the tables compare it with."""
 
 
+MEMORY_STORE = ("--store", "memory://")
 KINDS = {
-    "chat": Kind("chat", acks=True, redis=False, chat_args=()),  # memory backend
+    "chat": Kind("chat", acks=True, redis=False, chat_args=MEMORY_STORE),  # memory backend, bounded history
+    "chat-sqlite": Kind("chat-sqlite", acks=True, redis=False, chat_args=(), store="sqlite", baseline="chat"),
     "chat-redis": Kind("chat-redis", acks=True, redis=True, chat_args=()),
-    "chat-delay": Kind("chat-delay", acks=True, redis=False, chat_args=("--write-delay", "0.01")),  # 10 ms
+    "chat-redis-pg": Kind(
+        "chat-redis-pg", acks=True, redis=True, chat_args=(), store="postgresql", baseline="chat-redis"
+    ),
+    "chat-delay": Kind("chat-delay", acks=True, redis=False, chat_args=(*MEMORY_STORE, "--write-delay", "0.01")),
     "seed": Kind("seed", acks=False, redis=False),  # classic Starlette example, serial await send_text
     "raw": Kind("raw", acks=False, redis=False),  # websockets library, websockets.broadcast()
 }
@@ -68,7 +85,7 @@ class ServerOptions:
 
 
 class ServerFailed(RuntimeError):
-    """A server (or its redis-server) did not start."""
+    """A server (or its redis-server, or its store) did not start."""
 
 
 def free_port() -> int:
@@ -103,6 +120,7 @@ class Process:
         self.argv = argv
         self.port = port
         self.log_path = log
+        self.started_at = time.monotonic()
         with log.open("wb") as output:
             self.popen = subprocess.Popen(
                 argv,
@@ -136,7 +154,7 @@ class Process:
                 return False
             if procfs.listens_on(self.pid, self.port):
                 return True
-            time.sleep(0.05)
+            time.sleep(LISTEN_POLL)
         command = " ".join(self.argv[:3])
         raise ServerFailed(f"{command} not listening on port {self.port} after {timeout:.0f} s:\n{self.log()}")
 
@@ -179,10 +197,11 @@ def start_listening(
 class ArgvBuilder:
     """``argv_for(port)`` for one kind of server."""
 
-    def __init__(self, kind: Kind, options: ServerOptions, redis_url: str | None) -> None:
+    def __init__(self, kind: Kind, options: ServerOptions, redis_url: str | None, store_url: str | None = None) -> None:
         self.kind = kind
         self.options = options
         self.redis_url = redis_url
+        self.store_url = store_url
 
     def __call__(self, port: int) -> list[str]:
         options = self.options
@@ -195,6 +214,8 @@ class ArgvBuilder:
             argv += ["--max-connections-per-ip", "0", "--handshake-rate-per-ip", "0"]
             if self.redis_url is not None:
                 argv += ["--backend", self.redis_url]
+            if self.store_url is not None:
+                argv += ["--store", self.store_url]
             if options.deflate:
                 argv.append("--ws-per-message-deflate")
             return argv + list(self.kind.chat_args) + list(options.chat_args)
@@ -230,37 +251,44 @@ class RedisArgv:
 
 
 class Server:
-    """One running server under test (and its redis-server)."""
+    """One running server under test (and its redis-server, and its store)."""
 
-    def __init__(self, kind: Kind, options: ServerOptions, label: str) -> None:
+    def __init__(self, kind: Kind, options: ServerOptions, label: str, store: ScratchStore | None = None) -> None:
+        """Start it; a kind with a store gets a fresh one, removed on ``stop``, unless ``store`` is given (kept)."""
         self.kind = kind
         self.redis: Process | None = None
+        self.store = store
+        self.own_store = False
+        self.starts = 1
         self.opened = 0
         """Connections the clients opened to it so far (they come from ever new source addresses)."""
         options.workdir.mkdir(parents=True, exist_ok=True)
-        redis_url = None
-        if kind.redis:
-            if not redis_available():
-                raise ServerFailed("no redis-server on PATH")
-            redis_dir = options.workdir / f"redis-{label}"
-            redis_dir.mkdir(parents=True, exist_ok=True)
-            redis_log = options.workdir / f"redis-{label}.log"
-            try:
-                self.redis = start_listening(RedisArgv(redis_dir), redis_log, START_TIMEOUT)
-            except ServerFailed as exc:
-                raise ServerFailed(f"redis-server {exc}") from None
-            redis_url = f"redis://127.0.0.1:{self.redis.port}/0"
         try:
-            self.process = start_listening(
-                ArgvBuilder(kind, options, redis_url),
-                options.workdir / f"{kind.name}-{label}.log",
-                START_TIMEOUT,
-                options.cpus,
-            )
+            if kind.store is not None and self.store is None:
+                self.store = ScratchStore(kind.store, options.workdir)
+                self.own_store = True
+            redis_url = self.start_redis(options, label) if kind.redis else None
+            store_url = self.store.url if self.store is not None else None
+            self.argv_for = ArgvBuilder(kind, options, redis_url, store_url)
+            self.log_stem = options.workdir / f"{kind.name}-{label}"
+            self.cpus = options.cpus
+            self.process = start_listening(self.argv_for, Path(f"{self.log_stem}.log"), START_TIMEOUT, self.cpus)
         except BaseException:
-            if self.redis is not None:
-                self.redis.stop()
+            self.stop_helpers()
             raise
+
+    def start_redis(self, options: ServerOptions, label: str) -> str:
+        """Start the server's own redis-server; its URL."""
+        if not redis_available():
+            raise ServerFailed("no redis-server on PATH")
+        redis_dir = options.workdir / f"redis-{label}"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        redis_log = options.workdir / f"redis-{label}.log"
+        try:
+            self.redis = start_listening(RedisArgv(redis_dir), redis_log, START_TIMEOUT)
+        except ServerFailed as exc:
+            raise ServerFailed(f"redis-server {exc}") from None
+        return f"redis://127.0.0.1:{self.redis.port}/0"
 
     @property
     def port(self) -> int:
@@ -270,10 +298,11 @@ class Server:
     def alive(self) -> bool:
         return self.process.popen.poll() is None
 
-    def cpu_seconds(self) -> tuple[float, float]:
-        """CPU time so far of the server's process tree, and of its redis-server (0 without one)."""
+    def cpu_seconds(self) -> tuple[float, float, float]:
+        """CPU time so far of the server's process tree, its redis-server and the PostgreSQL backends serving it."""
         redis = procfs.cpu_seconds(self.redis.pid) if self.redis is not None else 0.0
-        return procfs.tree_cpu_seconds([self.process.pid]), redis
+        store = self.store.cpu_seconds() if self.store is not None else 0.0
+        return procfs.tree_cpu_seconds([self.process.pid]), redis, store
 
     def memory(self) -> dict[str, int]:
         """``VmRSS`` and ``VmHWM`` of the server's process tree (redis-server not included)."""
@@ -282,8 +311,29 @@ class Server:
     def log(self) -> str:
         return self.process.log()
 
+    def stop_process(self) -> str | None:
+        """Stop the server's process only (its redis-server and store stay); a complaint if it had to be killed."""
+        return self.process.stop()
+
+    def start_process(self) -> None:
+        """Start the server's process again, on the same redis-server and store (on a new port, with a new log)."""
+        self.starts += 1
+        log = Path(f"{self.log_stem}-{self.starts}.log")
+        self.process = start_listening(self.argv_for, log, START_TIMEOUT, self.cpus)
+
     def stop(self) -> str | None:
         complaint = self.process.stop()
+        return self.stop_helpers() or complaint
+
+    def stop_helpers(self) -> str | None:
+        """Stop the redis-server and remove the store this server made (not one it was given); a complaint."""
         if self.redis is not None:
             self.redis.stop()
-        return complaint
+            self.redis = None
+        if self.own_store and self.store is not None:
+            self.own_store = False
+            try:
+                self.store.remove()
+            except StoreFailed as exc:
+                return f"store not removed: {exc}"
+        return None
