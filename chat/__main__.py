@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from chat.exceptions import ConfigError
 from chat.server import run
-from chat.settings import Settings
+from chat.settings import COMMAND_LINE_STORE, Settings
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = vars(parser().parse_args(argv))
     try:
         settings = Settings.from_env(**arguments)
+        if not settings.store and settings.backend.startswith("memory:"):
+            settings = settings.replace(store=COMMAND_LINE_STORE)  # the command-line server remembers
         run(settings)
     except ConfigError as exc:
         print(f"chat: {exc.detail}", file=sys.stderr)

@@ -16,6 +16,7 @@ from starlette.types import Scope
 
 from chat.access import Access
 from chat.backends import Backend, PublishDone, open_backend
+from chat.backends.stored import StoredBackend
 from chat.connection import Connection
 from chat.exceptions import GoingAway, Unavailable
 from chat.logs import Throttle, fields
@@ -23,6 +24,7 @@ from chat.metrics import Metrics
 from chat.protocol import JoinRequest, Member, Message, Signal, encode_welcome
 from chat.rooms import RoomRegistry
 from chat.settings import Settings
+from chat.stores import Store
 
 logger = logging.getLogger("chat")
 
@@ -36,6 +38,10 @@ class Chat:
     def __init__(self, settings: Settings | None = None, backend: Backend | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.backend = backend or open_backend(self.settings)
+        self.store: Store | None = self.backend.store if isinstance(self.backend, StoredBackend) else None
+        relay = self.backend.relay_backend if isinstance(self.backend, StoredBackend) else self.backend
+        self.backend_name = relay.name
+        self.store_name = self.store.name if self.store is not None else relay.name
         self.access = Access(self.settings)
         self.metrics = Metrics(self.settings)
         self.registry = RoomRegistry(self.backend, self.settings.max_connections, self.metrics)
@@ -54,6 +60,8 @@ class Chat:
             if not self._started:
                 await self.backend.start(self.registry.deliver)
                 self._started = True
+                if self.store is not None:
+                    logger.info("%s", fields(event="store", store=self.store.name, location=self.store.location))
                 if self._backend_up is None:
                     self._backend_state(await self.backend.healthy())
 
@@ -136,7 +144,8 @@ class Chat:
         self._backend_state(healthy)
         return healthy, {
             "status": "ok" if healthy else "degraded",
-            "backend": self.backend.name,
+            "backend": self.backend_name,
+            "store": self.store_name,
             "connections": self.registry.connections,
             "rooms": self.registry.room_count,
         }

@@ -8,6 +8,7 @@ query and all.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import gc
@@ -16,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,6 +25,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from chat.exceptions import ConfigError
 from chat.settings import Settings
+from chat.stores import DURABLE_STORES, open_store
 from chat.uvicorn import ChatHttpProtocol, ChatWebSocketProtocol
 from chat.uvicorn.websocket import SHUTDOWN_GRACE
 
@@ -54,6 +57,12 @@ def run(settings: Settings) -> None:
     """Serve the app with uvicorn until SIGTERM or Ctrl-C; workers rebuild ``settings`` from ``CHAT_*``."""
     if settings.workers > 1 and settings.backend.startswith("memory:"):
         raise ConfigError("--workers above 1 needs a shared backend (redis://...): with memory:// rooms would split")
+    if settings.workers > 1 and settings.store.startswith("sqlite:"):
+        raise ConfigError(
+            "--workers above 1 needs a store every worker shares (postgresql://...): "
+            "a SQLite file belongs to one process"
+        )
+    asyncio.run(check_store(settings))
     own_metrics_dir = None
     if settings.workers > 1 and settings.metrics and not settings.metrics_dir:
         own_metrics_dir = tempfile.mkdtemp(prefix="chat-metrics-")
@@ -83,6 +92,14 @@ def run(settings: Settings) -> None:
     finally:
         if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+async def check_store(settings: Settings) -> None:
+    """Open and close the store once before serving, so a store that cannot work stops the server with one line."""
+    if urlsplit(settings.store).scheme in DURABLE_STORES:
+        store = open_store(settings.store, settings)
+        await store.start(lambda message, epoch: None)
+        await store.stop()
 
 
 def prepare_metrics_dir(path: str) -> None:

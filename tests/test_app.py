@@ -607,13 +607,14 @@ def test_connection_over_the_cap_is_closed_with_1013(settings: Settings) -> None
 
 
 def test_healthz_of_an_idle_server(client: TestClient, settings: Settings) -> None:
-    """/healthz answers 200 with status ok, the backend's name and zero counts."""
+    """/healthz answers 200 with status ok, the backend's name, the store's (the backend's own) and zero counts."""
     link_up(client)
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
         "backend": settings.backend.split(":", 1)[0],
+        "store": settings.backend.split(":", 1)[0],
         "connections": 0,
         "rooms": 0,
     }
@@ -639,4 +640,10 @@ def test_healthz_is_503_degraded_while_the_backend_cannot_serve() -> None:
     with TestClient(app) as client:
         response = client.get("/healthz")
     assert response.status_code == 503
-    assert response.json() == {"status": "degraded", "backend": "memory", "connections": 0, "rooms": 0}
+    assert response.json() == {
+        "status": "degraded",
+        "backend": "memory",
+        "store": "memory",
+        "connections": 0,
+        "rooms": 0,
+    }

@@ -8,7 +8,10 @@ from chat.exceptions import ConfigError
 from chat.settings import Settings
 from chat.stores.base import SCHEMA_VERSION, Committed, Store
 
-__all__ = ["SCHEMA_VERSION", "Committed", "Store", "open_store"]
+__all__ = ["DURABLE_STORES", "SCHEMA_VERSION", "Committed", "Store", "open_store"]
+
+DURABLE_STORES = ("sqlite", "postgresql", "postgres")
+"""URL schemes of the stores that keep every message (``open_store``)."""
 
 
 def open_store(url: str, settings: Settings) -> Store:

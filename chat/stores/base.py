@@ -18,6 +18,7 @@ import abc
 import asyncio
 from collections.abc import Callable
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from chat.backends.base import PublishDone, Snapshot
 from chat.protocol import Member, Message
@@ -38,6 +39,15 @@ class Store(abc.ABC):
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
         self.settings = settings
+
+    @property
+    def location(self) -> str:
+        """Where the messages are, for the start-up log: the URL without its password."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
 
     @abc.abstractmethod
     async def start(self, committed: Committed) -> None:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
@@ -37,9 +38,17 @@ def free_port() -> int:
 
 
 def command_line(port: int, backend_url: str, flags: Mapping[str, object]) -> list[str]:
-    """``python -m chat`` with one option per flag: ``queue_bytes=65536`` -> ``--queue-bytes 65536``."""
+    """``python -m chat`` with one option per flag: ``queue_bytes=65536`` -> ``--queue-bytes 65536``.
+
+    A flag set to None is left out (``store=None``: the command line's default store). On memory://
+    the store is memory:// unless a flag names it: the suites written for memory test memory.
+    """
     argv = [sys.executable, "-m", "chat", "--host", "127.0.0.1", "--port", str(port), "--backend", backend_url]
+    if backend_url.startswith("memory:") and "store" not in flags:
+        argv += ["--store", "memory://"]
     for name, value in flags.items():
+        if value is None:
+            continue
         option = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             argv.append(option if value else "--no-" + name.replace("_", "-"))
@@ -51,7 +60,7 @@ def command_line(port: int, backend_url: str, flags: Mapping[str, object]) -> li
 class ServerProcess:
     """One server process: its port, its merged stdout/stderr log, and its lifecycle."""
 
-    def __init__(self, argv: list[str], port: int, env: Mapping[str, str]) -> None:
+    def __init__(self, argv: list[str], port: int, env: Mapping[str, str], cwd: str | None = None) -> None:
         self.port = port
         self.argv = argv
         self._lines: list[str] = []
@@ -64,6 +73,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=dict(env),
+            cwd=cwd,
         )
         self._reader = threading.Thread(target=self._read_log, name=f"chat-log-{port}", daemon=True)
         self._reader.start()
@@ -177,15 +187,19 @@ class StartServer(Protocol):
     def __call__(self, *, env: Mapping[str, str] | None = None, **flags: object) -> ServerProcess: ...
 
 
-def launch(backend_url: str, flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> ServerProcess:
-    """Start a server on a free port, retrying when another process grabbed the port first."""
+def launch(
+    backend_url: str, flags: Mapping[str, object], env: Mapping[str, str] | None = None, cwd: str | None = None
+) -> ServerProcess:
+    """Start a server on a free port (in ``cwd``: where a relative store path points; by default a new
+    temporary folder), retrying when another process grabbed the port first."""
+    cwd = cwd or tempfile.mkdtemp(prefix="chat-e2e-")
     environ = {key: value for key, value in os.environ.items() if not key.startswith("CHAT_")}
     environ["PYTHONUNBUFFERED"] = "1"
     environ.update(env or {})
     logs = []
     for _ in range(BIND_ATTEMPTS):
         port = free_port()
-        server = ServerProcess(command_line(port, backend_url, flags), port, environ)
+        server = ServerProcess(command_line(port, backend_url, flags), port, environ, cwd)
         try:
             ready = server.wait_ready()
         except TimeoutError:
