@@ -32,10 +32,9 @@ from benchmark.stores import StoreFailed
 
 SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "restart", "history")
 EVERY_KIND = ("chat", "chat-delay", "chat-redis", "seed", "raw")
-WITH_STORES = ("chat", "chat-sqlite", "chat-delay", "chat-redis", "chat-redis-pg", "seed", "raw")
 DEFAULT_SERVERS: dict[str, tuple[str, ...]] = {
-    "fanout": WITH_STORES,
-    "rooms": WITH_STORES,
+    "fanout": ("chat", "chat-sqlite", "chat-delay", "chat-redis", "chat-redis-pg", "seed", "raw"),
+    "rooms": ("chat", "chat-sqlite", "chat-delay", "chat-redis", "seed", "raw"),
     "slow_consumer": EVERY_KIND,
     "idle": EVERY_KIND,
     "restart": ("chat-sqlite", "chat-redis-pg"),
@@ -487,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 for kind_name in the_plan.servers[name]:
                     row = measure(pool, name, kind_name, options, label, run, arguments)
                     note_client_saturation(row, client_capacity)
+                    note_store_cpu(name, row)
                     rows.append(row)
             table = report.TABLES[name](rows)
             tables.append(table)
@@ -536,6 +536,20 @@ def note_disturbance(row: Row, busy: float, attempt: int) -> None:
     if busy > DISTURBED_PCT:
         note = f"other processes used up to {busy:.0f}% of a core while measuring: figures disturbed"
         row["note"] = f"{row['note']}; {note}" if row.get("note") else note
+
+
+STORE_CPU_NOTE = (
+    "server CPU includes the PostgreSQL backends serving its database, not PostgreSQL's shared WAL writer, "
+    "checkpointer and background writer"
+)
+MEASURES_CPU = ("fanout", "rooms", "slow_consumer", "idle", "history")
+
+
+def note_store_cpu(name: str, row: Row) -> None:
+    """Say what of PostgreSQL's CPU a server's figures count, where they count CPU."""
+    kind = KINDS[row["server"]]
+    if kind.store == "postgresql" and name in MEASURES_CPU and not row.get("error"):
+        row["note"] = f"{row['note']}; {STORE_CPU_NOTE}" if row.get("note") else STORE_CPU_NOTE
 
 
 def note_client_saturation(row: Row, capacity: float) -> None:

@@ -206,9 +206,7 @@ def restart_table(rows: list[Row]) -> str:
         ("full", field("full_rss_mb", 1)),
         ("+MB", field("rss_growth_mb", 1)),
     ]
-    title = (
-        "restart: from the server process's start to a join's welcome at the room's seq, over an empty and a full store"
-    )
+    title = "restart: from the server process's start to a join's welcome at its room's seq, empty and full store"
     return render(title, columns, rows)
 
 
