@@ -85,7 +85,7 @@ class ServerOptions:
 
 
 class ServerFailed(RuntimeError):
-    """A server (or its redis-server, or its store) did not start."""
+    """A server (or its redis-server) did not start."""
 
 
 def free_port() -> int:
@@ -253,20 +253,18 @@ class RedisArgv:
 class Server:
     """One running server under test (and its redis-server, and its store)."""
 
-    def __init__(self, kind: Kind, options: ServerOptions, label: str, store: ScratchStore | None = None) -> None:
-        """Start it; a kind with a store gets a fresh one, removed on ``stop``, unless ``store`` is given (kept)."""
+    def __init__(self, kind: Kind, options: ServerOptions, label: str) -> None:
+        """Start it; a kind with a durable store gets a fresh one, removed on ``stop``."""
         self.kind = kind
         self.redis: Process | None = None
-        self.store = store
-        self.own_store = False
+        self.store: ScratchStore | None = None
         self.starts = 1
         self.opened = 0
         """Connections the clients opened to it so far (they come from ever new source addresses)."""
         options.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            if kind.store is not None and self.store is None:
+            if kind.store is not None:
                 self.store = ScratchStore(kind.store, options.workdir)
-                self.own_store = True
             redis_url = self.start_redis(options, label) if kind.redis else None
             store_url = self.store.url if self.store is not None else None
             self.argv_for = ArgvBuilder(kind, options, redis_url, store_url)
@@ -326,14 +324,14 @@ class Server:
         return self.stop_helpers() or complaint
 
     def stop_helpers(self) -> str | None:
-        """Stop the redis-server and remove the store this server made (not one it was given); a complaint."""
+        """Stop the redis-server and remove the store; a complaint if the store could not be removed."""
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
-        if self.own_store and self.store is not None:
-            self.own_store = False
+        store, self.store = self.store, None
+        if store is not None:
             try:
-                self.store.remove()
+                store.remove()
             except StoreFailed as exc:
                 return f"store not removed: {exc}"
         return None
