@@ -122,6 +122,11 @@ DELETE FROM chat_messages WHERE room = $1 AND seq < (
 """
 
 
+def _now_ms() -> int:
+    """Milliseconds since the epoch: a message's ``ts``."""
+    return time.time_ns() // 1_000_000
+
+
 def _redacted(url: str) -> str:
     """The URL without its password, as it may appear in a log or an error."""
     parts = urlsplit(url)
@@ -278,7 +283,7 @@ class PostgresStore(Store):
 
     def append(self, room: str, sender: Member, text: str, done: PublishDone | None = None) -> asyncio.Future[Message]:
         loop = asyncio.get_running_loop()
-        pending = _Append(room, sender, text, time.time_ns() // 1_000_000, loop.create_future(), done)
+        pending = _Append(room, sender, text, _now_ms(), loop.create_future(), done)
         if self._closed:
             loop.call_soon(pending.settle, None)
         else:
@@ -440,7 +445,7 @@ class PostgresStore(Store):
     async def prune(self) -> int:
         """Delete the messages older than ``retention_seconds`` or beyond ``retention_messages``; how many."""
         seconds, keep = self.settings.retention_seconds, self.settings.retention_messages
-        cutoff = time.time_ns() // 1_000_000 - int(seconds * 1000) if seconds > 0 else -NO_SEQ
+        cutoff = _now_ms() - int(seconds * 1000) if seconds > 0 else -NO_SEQ
         deleted = 0
         async with self._connection(self._reads) as connection:
             rooms = [row["room"] for row in await connection.fetch("SELECT room FROM chat_rooms")]
