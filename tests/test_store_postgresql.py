@@ -219,3 +219,15 @@ def test_both_schemes_open_it() -> None:
     """``postgresql://`` and ``postgres://`` both name this store."""
     for url in ("postgresql://postgres@127.0.0.1/chat", "postgres://postgres@127.0.0.1/chat"):
         assert isinstance(open_store(url, Settings(store=url)), PostgresStore)
+
+
+async def test_a_foreign_meta_table_is_refused(postgres_url: str, opened: Opener) -> None:
+    """A database whose chat_meta holds no schema version and epoch of ours is refused, not written to."""
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        await connection.execute("CREATE TABLE chat_meta (key text PRIMARY KEY, value text NOT NULL)")
+        with pytest.raises(ConfigError, match="not ours"):
+            await opened(postgres_url)
+        assert await connection.fetchval("SELECT to_regclass('chat_rooms')") is None
+    finally:
+        await connection.close()

@@ -227,8 +227,13 @@ class PostgresStore(Store):
                     "INSERT INTO chat_meta (key, value) VALUES ($1, $2)",
                     [("schema_version", str(SCHEMA_VERSION)), ("epoch", secrets.token_urlsafe(9))],
                 )
-            meta = {row["key"]: row["value"] for row in await connection.fetch("SELECT key, value FROM chat_meta")}
-            version = int(meta.get("schema_version", "0"))
+            meta: dict[str, str] = {
+                row["key"]: row["value"] for row in await connection.fetch("SELECT key, value FROM chat_meta")
+            }
+            written, epoch = meta.get("schema_version", ""), meta.get("epoch", "")
+            if not (written.isascii() and written.isdigit() and int(written) >= 1 and epoch):
+                raise ConfigError(f"the PostgreSQL store {_redacted(self.url)} has a chat_meta table that is not ours")
+            version = int(written)
             if version > SCHEMA_VERSION:
                 raise ConfigError(
                     f"the PostgreSQL store {_redacted(self.url)} has schema version {version}, written by a newer "
@@ -237,7 +242,7 @@ class PostgresStore(Store):
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 await connection.execute(MIGRATIONS[step])
                 await connection.execute("UPDATE chat_meta SET value = $1 WHERE key = 'schema_version'", str(step))
-            return str(meta["epoch"])
+            return epoch
 
     async def _pool(self, size: int) -> asyncpg.Pool:
         return await asyncpg.create_pool(
@@ -423,7 +428,10 @@ class PostgresStore(Store):
                 raise Unavailable(UNAVAILABLE) from exc
             raise
         finally:
-            await pool.release(connection, timeout=COMMAND_TIMEOUT)
+            try:
+                await pool.release(connection, timeout=COMMAND_TIMEOUT)
+            except FAILURES as exc:  # its reset failed: the pool closed it and opens another next time
+                logger.debug("postgresql connection not reusable: %s", _one_line(exc))
 
     def _mark(self, up: bool, why: BaseException | None = None) -> None:
         """Log when the store goes down or comes back."""
