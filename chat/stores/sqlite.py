@@ -3,8 +3,9 @@
 Appends go to one writer thread. The appends of an event-loop turn travel as one batch, and every
 batch that arrives while a transaction is being written joins the next one (group commit): a
 transaction holds whatever is waiting, never one await per row. Seqs are given inside the
-transaction (the ``rooms`` table keeps each room's last seq), so a failed commit uses none; only
-once it is committed does the event loop learn of a message (``committed``, then its future).
+transaction (the ``rooms`` table keeps each room's last seq; the writer remembers those of the
+``max_rooms`` rooms it wrote last, once committed), so a failed commit uses none; only once it is
+committed does the event loop learn of a message (``committed``, then its future).
 Reads run in worker threads on connections of their own; in WAL mode they never block the writer.
 
 What an acknowledged message survives, by ``sqlite_synchronous`` (in WAL mode):
@@ -35,6 +36,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -53,7 +55,6 @@ logger = logging.getLogger("chat.sqlite")
 URL_PREFIX = "sqlite:///"
 UNAVAILABLE = "store unavailable"
 STOPPED = "store unavailable: stopped"
-REQUIRED_SQLITE = (3, 35, 0)  # RETURNING
 READERS = 4
 """Read connections, each used by one worker thread at a time."""
 PRUNE_ROOMS = 100
@@ -73,10 +74,8 @@ SCHEMA = (
 )
 """Version 1 (``SCHEMA_VERSION``); a later release migrates it in ``_check_schema``."""
 
-RESERVE_SEQS = (
-    "INSERT INTO rooms (name, seq) VALUES (?, ?)"
-    " ON CONFLICT (name) DO UPDATE SET seq = seq + excluded.seq RETURNING id, seq"
-)
+NEW_ROOM = "INSERT INTO rooms (name, seq) VALUES (?, 0)"
+SET_SEQ = "UPDATE rooms SET seq = ? WHERE id = ?"
 INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)"
 DROP_UP_TO = "DELETE FROM messages WHERE room = ? AND seq <= ?"
 DROP_EXPIRED = (  # a prefix of the room: history stays contiguous
@@ -182,8 +181,6 @@ class SqliteStore(Store):
 
     def _open(self) -> tuple[int, sqlite3.Connection, str, _Readers]:
         """Lock the file, open it for writing, create or check the schema, open the readers (in a thread)."""
-        if sqlite3.sqlite_version_info < REQUIRED_SQLITE:
-            raise ConfigError(f"store {self.path}: SQLite {sqlite3.sqlite_version} is too old, 3.35 or newer is needed")
         lock = _lock(self.path)
         connection: sqlite3.Connection | None = None
         try:
@@ -208,6 +205,7 @@ class SqliteStore(Store):
                 raise ConfigError(f"cannot open store {self.path}: WAL mode is not available here (got {mode!r})")
             connection.execute(f"PRAGMA synchronous = {self.settings.sqlite_synchronous.upper()}")
             connection.execute("PRAGMA journal_size_limit = 67108864")
+            connection.execute("PRAGMA cache_size = -16384")  # 16 MiB: a batch over many rooms touches many pages
         except BaseException:
             connection.close()
             raise
@@ -276,6 +274,8 @@ class _Writer:
         self._inbox = inbox
         self._settle = settle
         self._next_prune = clock()
+        self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()  # room -> committed id, seq
+        self._max_positions = settings.max_rooms
         self._prune_from = 0  # the room id the age pruning goes on after
 
     def _run(self) -> None:
@@ -327,31 +327,51 @@ class _Writer:
     def _write(self, batch: list[_Append]) -> list[Message]:
         """Give the batch its seqs and commit it, with the pruning ``retention_messages`` asks for."""
         connection = self._connection
-        counts: dict[str, int] = {}
-        for append in batch:
-            counts[append.room] = counts.get(append.room, 0) + 1
         connection.execute("BEGIN IMMEDIATE")
         try:
-            rooms: dict[str, list[int]] = {}  # room -> [id, last seq given]
-            for room, count in counts.items():
-                ((room_id, last),) = connection.execute(RESERVE_SEQS, (room, count)).fetchall()
-                rooms[room] = [room_id, last - count]
+            rooms: dict[str, list[int]] = {}  # room -> [id, last seq given], for this transaction
             rows = []
             messages = []
             for append in batch:
-                position = rooms[append.room]
+                room = append.room
+                position = rooms.get(room)
+                if position is None:
+                    position = rooms[room] = self._position(room)
                 seq = position[1] = position[1] + 1
                 sender = append.sender
                 rows.append((position[0], seq, sender.id, sender.name, append.text, append.ts))
-                messages.append(Message(append.room, seq, sender, append.text, append.ts))
+                messages.append(Message(room, seq, sender, append.text, append.ts))
             connection.executemany(INSERT_MESSAGE, rows)
+            connection.executemany(SET_SEQ, [(seq, room_id) for room_id, seq in rooms.values()])
             if self._keep:
-                connection.executemany(DROP_UP_TO, [(room_id, last - self._keep) for room_id, last in rooms.values()])
+                connection.executemany(DROP_UP_TO, [(room_id, seq - self._keep) for room_id, seq in rooms.values()])
             connection.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+        self._remember(rooms)
         return messages
+
+    def _position(self, room: str) -> list[int]:
+        """The room's id and last seq, as committed (a new room gets its row in this transaction)."""
+        known = self._positions.get(room)
+        if known is not None:
+            self._positions.move_to_end(room)
+            return list(known)
+        found = self._connection.execute(ROOM, (room,)).fetchone()
+        if found is not None:
+            return list(found)
+        created = self._connection.execute(NEW_ROOM, (room,)).lastrowid
+        assert created is not None
+        return [created, 0]
+
+    def _remember(self, rooms: dict[str, list[int]]) -> None:
+        """Keep the committed positions of the rooms of a batch, and of the ``max_rooms`` used last at most."""
+        positions = self._positions
+        for room, (room_id, seq) in rooms.items():
+            positions[room] = (room_id, seq)
+        while len(positions) > self._max_positions:
+            positions.popitem(last=False)
 
     def _prune_expired(self) -> None:
         """Delete expired messages of the next few rooms, in one short transaction; a pass ends at the last room."""
@@ -521,7 +541,7 @@ def _check_schema(connection: sqlite3.Connection, path: str) -> str:
     """Create the schema in an empty database, or check the version of the one there; the database's epoch."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables:
             for statement in SCHEMA:
                 connection.execute(statement)
