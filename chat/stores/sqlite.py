@@ -177,7 +177,8 @@ class SqliteStore(Store):
         return await self._read(_read_exists, room)
 
     async def healthy(self) -> bool:
-        return self._writer is not None and self._writer.healthy
+        writer = self._writer
+        return writer is not None and writer.healthy and writer.thread.is_alive()
 
     def _open(self) -> tuple[int, sqlite3.Connection, str, _Readers]:
         """Lock the file, open it for writing, create or check the schema, open the readers (in a thread)."""
@@ -234,8 +235,10 @@ class SqliteStore(Store):
 
     def _settle(self, batch: list[_Append], outcome: list[Message] | Exception) -> None:
         """Tell ``committed`` of each message, then resolve its future and call its ``done``."""
-        if isinstance(outcome, Exception):
-            _settle_failed(batch, f"{UNAVAILABLE}: {_one_line(outcome)}")
+        if isinstance(outcome, Exception):  # the database's own words; a bug's are only in the log
+            _settle_failed(
+                batch, f"{UNAVAILABLE}: {_one_line(outcome)}" if isinstance(outcome, sqlite3.Error) else UNAVAILABLE
+            )
             return
         committed, epoch = self._committed, self.epoch
         assert committed is not None
@@ -282,15 +285,23 @@ class _Writer:
         try:
             stopping = False
             while not stopping:
-                batch, stopping = self._collect()
-                if self._max_age and not stopping and self._clock() >= self._next_prune:
-                    self._prune_expired()
-                if batch:
-                    self._commit(batch)
-                elif not self.healthy and not stopping:
-                    self._probe()
+                try:
+                    stopping = self._serve()
+                except Exception:  # a bug: the batch at hand was settled; go on with the next
+                    logger.exception("store %s: the writer failed", self._path)
         finally:
             self._connection.close()
+
+    def _serve(self) -> bool:
+        """Write what waits (after a step of age pruning, when one is due); whether the store stops."""
+        batch, stopping = self._collect()
+        if self._max_age and not stopping and self._clock() >= self._next_prune:
+            self._prune_expired()
+        if batch:
+            self._commit(batch)
+        elif not self.healthy and not stopping:
+            self._probe()
+        return stopping
 
     def _collect(self) -> tuple[list[_Append], bool]:
         """Every batch handed over by now, waiting for the first until there is work; and whether to stop."""
@@ -391,7 +402,7 @@ class _Writer:
                     self._prune_from = 0
                     self._next_prune = self._clock() + self._prune_every
             connection.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             self._rollback()
             logger.warning("store %s: pruning expired messages failed: %s", self._path, _one_line(exc))
             self._prune_from = 0
@@ -432,9 +443,15 @@ class _Readers:
     """A few read connections, each used by one worker thread at a time (the store's limiter sees to it)."""
 
     def __init__(self, path: str, size: int) -> None:
-        self._idle = [_connect(path, query_only=True) for _ in range(size)]
+        self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        try:
+            for _ in range(size):
+                self._idle.append(_connect(path, query_only=True))
+        except BaseException:
+            self.close()
+            raise
 
     def run(self, query: Callable[..., T], args: tuple[Any, ...]) -> T:
         with self._lock:
