@@ -312,3 +312,13 @@ async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
         count, first, last = connection.execute("SELECT count(*), min(seq), max(seq) FROM messages").fetchone()
     assert (count, first) == (last, 1)
     assert last >= acked
+
+
+async def test_rooms_beyond_max_rooms_keep_their_sequence(opened: Opener, tmp_path: Path) -> None:
+    """The writer remembers the positions of ``max_rooms`` rooms; the others continue from the database."""
+    store = await opened(tmp_path / "chat.db", max_rooms=2)
+    rooms = [f"r{n}" for n in range(5)]
+    for expected in (1, 2, 3):
+        for room in rooms:
+            assert [m.seq for m in await append_all(store, room, ["x"]) if isinstance(m, Message)] == [expected]
+    assert await store.rooms() == rooms
