@@ -1,9 +1,14 @@
 """Presence: who is in a room, on every process.
 
 A room's presence key holds each member's JSON with its expiry on Redis's clock. Every process
-refreshes the entries of its own members (and its rooms' keys) every third of ``presence_ttl``;
-the same heartbeat drops the entries nobody refreshed (their process died without leaving) and
-announces them as left.
+refreshes the entries of its own members (and its rooms' keys, unless a store keeps the rooms) every
+third of ``presence_ttl``; the same heartbeat drops the entries nobody refreshed (their process died
+without leaving) and announces them as left.
+
+A heartbeat only refreshes entries that are there, so that it never brings back a member whose
+leave overtook it. With a store, Redis coming back empty closes nobody, so ``rejoin_soon`` (the
+pub/sub link is up again) has the next heartbeat add this process's members back, without
+announcing them: to the other members nobody left.
 """
 
 from __future__ import annotations
@@ -43,6 +48,18 @@ class Presence:
         self._presence_ms = int(settings.presence_ttl * 1000)
         self._ttl = key_ttl(settings)
         self._interval = max(0.2, settings.presence_ttl / 3)
+        self._room_keys = True  # the heartbeat keeps the rooms' seq and history alive too
+        self._rejoin = False  # the next heartbeat adds this process's entries back
+        self._wake = anyio.Event()
+
+    def record_elsewhere(self) -> None:
+        """A store keeps the rooms: heartbeats keep only presence alive, and ``rejoin_soon`` is wanted."""
+        self._room_keys = False
+
+    def rejoin_soon(self) -> None:
+        """Redis may have lost this process's members: add them back now (without telling anyone)."""
+        self._rejoin = True
+        self._wake.set()
 
     async def join(self, room: str, member: Member) -> None:
         """Add the member to the room's presence and announce it."""
@@ -72,14 +89,24 @@ class Presence:
     async def run_forever(self) -> None:
         """Keep this node's members present and its rooms alive; reap members of dead nodes."""
         while True:
-            await anyio.sleep(self._interval)
-            for room, local in list(self._local.items()):
-                epoch_key, seq_key, history_key, presence_key = room_keys(room)
-                keys = [presence_key, epoch_key, seq_key, history_key]
-                args: list[str | int] = [self._presence_ms, self._ttl, room_channel(room), *leave_frame_parts(room)]
-                args.extend(local.values())
-                try:
-                    await self._heartbeat(keys=keys, args=args)
-                except (RedisError, OSError) as exc:
-                    logger.debug("heartbeat of %s skipped: %s", room, exc)
-                    break
+            with anyio.move_on_after(self._interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            rejoin, self._rejoin = self._rejoin, False
+            if not await self._beat(rejoin):
+                self._rejoin = self._rejoin or rejoin  # not every room made it: next time
+
+    async def _beat(self, rejoin: bool) -> bool:
+        """One heartbeat of every room with local members; whether Redis took them all."""
+        mode = "" if rejoin else "XX"
+        for room, local in list(self._local.items()):
+            epoch_key, seq_key, history_key, presence_key = room_keys(room)
+            keys = [presence_key, epoch_key, seq_key, history_key] if self._room_keys else [presence_key]
+            args: list[str | int] = [self._presence_ms, self._ttl, room_channel(room), *leave_frame_parts(room), mode]
+            args.extend(local.values())
+            try:
+                await self._heartbeat(keys=keys, args=args)
+            except (RedisError, OSError) as exc:
+                logger.debug("heartbeat of %s skipped: %s", room, exc)
+                return False
+        return True
