@@ -70,7 +70,7 @@ class RedisBackend(Backend):
         self._history = self._redis.register_script(HISTORY)
         self._ttl = key_ttl(settings)
         self._presence = Presence(self._redis, settings)
-        self._listener = Listener(self._subscriber, self._read_snapshot, self._link_state)
+        self._listener = Listener(self._subscriber, self._read_snapshot, self.state_changed)
         self._runner: asyncio.Task[None] | None = None
         self._publisher: Publisher = (
             LinkPublisher(url, settings, CONNECT_TIMEOUT, REPLY_TIMEOUT)
@@ -84,6 +84,7 @@ class RedisBackend(Backend):
         """Positions and gaps come from the store; Redis carries the store's messages (``relay``) and presence."""
         self._listener.read_snapshot = store.snapshot
         self._presence.record_elsewhere()
+        self._listener.linked = self._presence.rejoin  # Redis may have come back empty: closing nobody
         self._room_pattern = EVERY_PRESENCE_KEY
         url = self.url
         self._relay = (
@@ -134,12 +135,6 @@ class RedisBackend(Backend):
     def listener_restarts(self) -> int:
         """How many times the pub/sub listener started again."""
         return self._listener.restarts
-
-    def _link_state(self, up: bool) -> None:
-        """The pub/sub link went up or down; with a store, Redis may have come back empty: add our members back."""
-        self.state_changed(up)
-        if up and self._relay is not None:
-            self._presence.rejoin_soon()
 
     async def _run(self) -> None:
         async with anyio.create_task_group() as task_group:

@@ -57,6 +57,7 @@ class Listener:
         self.restarts = 0
         self._subscriber = subscriber
         self.read_snapshot = read_snapshot  # where positions and missed messages are read
+        self.linked: Callable[[], Awaitable[None]] | None = None  # awaited each time the link is up, before catch-up
         self._state_changed = state_changed
         self._subscribed: set[str] = set()
         self._cursors: dict[str, _Cursor] = {}
@@ -138,6 +139,8 @@ class Listener:
         kind, channel, data = message["type"], message["channel"], message["data"]
         if kind == "subscribe":
             if channel == CONTROL_CHANNEL:
+                if self.linked is not None:
+                    await self.linked()
                 self.up = self._was_up = True
                 self.ready.set()
                 logger.info("redis pub/sub link up (%d rooms)", len(self._subscribed))

@@ -6,9 +6,9 @@ third of ``presence_ttl``; the same heartbeat drops the entries nobody refreshed
 without leaving) and announces them as left.
 
 A heartbeat only refreshes entries that are there, so that it never brings back a member whose
-leave overtook it. With a store, Redis coming back empty closes nobody, so ``rejoin_soon`` (the
-pub/sub link is up again) has the next heartbeat add this process's members back, without
-announcing them: to the other members nobody left.
+leave overtook it. With a store, Redis coming back empty closes nobody, so each time the pub/sub
+link is up again ``rejoin`` adds this process's members back, without announcing them: to the other
+members nobody left.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Presence:
     """Joins, leaves and member lists; ``run_forever`` is the heartbeat of this process's members."""
 
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self._redis = redis
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
         self._members = redis.register_script(MEMBERS)
@@ -49,17 +50,18 @@ class Presence:
         self._ttl = key_ttl(settings)
         self._interval = max(0.2, settings.presence_ttl / 3)
         self._room_keys = True  # the heartbeat keeps the rooms' seq and history alive too
-        self._rejoin = False  # the next heartbeat adds this process's entries back
-        self._wake = anyio.Event()
 
     def record_elsewhere(self) -> None:
-        """A store keeps the rooms: heartbeats keep only presence alive, and ``rejoin_soon`` is wanted."""
+        """A store keeps the rooms: heartbeats keep only presence alive."""
         self._room_keys = False
 
-    def rejoin_soon(self) -> None:
-        """Redis may have lost this process's members: add them back now (without telling anyone)."""
-        self._rejoin = True
-        self._wake.set()
+    async def rejoin(self) -> None:
+        """Add this process's members back, in one round trip, without telling anyone (Redis may have lost them)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, local in self._local.items():
+                keys, args = self._heartbeat_of(room, local, "")
+                await self._heartbeat(keys=keys, args=args, client=pipe)
+            await pipe.execute()
 
     async def join(self, room: str, member: Member) -> None:
         """Add the member to the room's presence and announce it."""
@@ -89,24 +91,19 @@ class Presence:
     async def run_forever(self) -> None:
         """Keep this node's members present and its rooms alive; reap members of dead nodes."""
         while True:
-            with anyio.move_on_after(self._interval):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            rejoin, self._rejoin = self._rejoin, False
-            if not await self._beat(rejoin):
-                self._rejoin = self._rejoin or rejoin  # not every room made it: next time
+            await anyio.sleep(self._interval)
+            for room, local in list(self._local.items()):
+                keys, args = self._heartbeat_of(room, local, "XX")
+                try:
+                    await self._heartbeat(keys=keys, args=args)
+                except (RedisError, OSError) as exc:
+                    logger.debug("heartbeat of %s skipped: %s", room, exc)
+                    break
 
-    async def _beat(self, rejoin: bool) -> bool:
-        """One heartbeat of every room with local members; whether Redis took them all."""
-        mode = "" if rejoin else "XX"
-        for room, local in list(self._local.items()):
-            epoch_key, seq_key, history_key, presence_key = room_keys(room)
-            keys = [presence_key, epoch_key, seq_key, history_key] if self._room_keys else [presence_key]
-            args: list[str | int] = [self._presence_ms, self._ttl, room_channel(room), *leave_frame_parts(room), mode]
-            args.extend(local.values())
-            try:
-                await self._heartbeat(keys=keys, args=args)
-            except (RedisError, OSError) as exc:
-                logger.debug("heartbeat of %s skipped: %s", room, exc)
-                return False
-        return True
+    def _heartbeat_of(self, room: str, local: dict[str, str], mode: str) -> tuple[list[str], list[str | int]]:
+        """The heartbeat script's KEYS and ARGV for a room's local members (``mode`` 'XX': refresh only)."""
+        epoch_key, seq_key, history_key, presence_key = room_keys(room)
+        keys = [presence_key, epoch_key, seq_key, history_key] if self._room_keys else [presence_key]
+        args: list[str | int] = [self._presence_ms, self._ttl, room_channel(room), *leave_frame_parts(room), mode]
+        args.extend(local.values())
+        return keys, args
