@@ -132,6 +132,18 @@ async def test_relay_lost_on_the_wire_is_sent_again(redis_server: RedisServer) -
         await every_node_delivers([1, 2], a, b)
 
 
+@pytest.mark.parametrize("use_link", [True, False], ids=["link", "pipeline"])
+async def test_messages_committed_while_a_node_stops_are_relayed(redis_server: RedisServer, use_link: bool) -> None:
+    """A node stopping relays what its store still commits on the way, before it lets go of Redis."""
+    async with nodes(redis_server.url, Database(), use_link) as (a, b):
+        await a.backend.publish(ROOM, ANN, "opens the relay link")
+        await every_node_delivers([1], b)
+        on_their_way = [a.backend.start_publish(ROOM, ANN, f"last {index}") for index in range(3)]
+        await a.backend.stop()
+        assert [future.result().seq for future in on_their_way] == [2, 3, 4]
+        await every_node_delivers([1, 2, 3, 4], b)
+
+
 async def test_redis_restarted_empty_loses_nothing(redis_server: RedisServer) -> None:
     """Redis killed and restarted empty: no restart, every committed message arrives, seqs go on under the epoch."""
     database = Database()

@@ -8,7 +8,7 @@ link cannot serve (``link_supported``), as a redis-py pipeline, one at a time.
 A relay Redis may not have carried (the connection failed) is lost for live delivery only: every
 listener fills a seq gap from the store. So that a room's last message is not stuck until the next
 one, the last lost relay of each room is sent again once Redis can be reached; a listener that
-already has it drops it.
+already has it drops it. Stopping sends what is queued and waits a moment for Redis to take it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import abc
 import asyncio
 import logging
 
+import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from chat.backends.redis.link import Link, LinkLost, bulk_strings
+from chat.backends.redis.link import Link, LinkLost, bulk_strings, command
 from chat.backends.redis.publisher import cancel_task
 from chat.backends.redis.scripts import room_channel
 from chat.protocol import Message
@@ -29,6 +30,7 @@ logger = logging.getLogger("chat.redis")
 
 RETRY_FIRST = 0.05
 RETRY_MAX = 1.0
+STOP_WAIT = 1.0
 
 _PUBLISH = bulk_strings((b"PUBLISH",))
 
@@ -45,6 +47,7 @@ class Relay(abc.ABC):
         self._lost: dict[str, Relayed] = {}  # room -> its latest relay that may not have reached Redis
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_FIRST
+        self._stopping = False
 
     def relay(self, message: Message, epoch: str) -> None:
         """Queue the message for its room's channel; it leaves with the others relayed this turn."""
@@ -55,10 +58,12 @@ class Relay(abc.ABC):
             asyncio.get_running_loop().call_soon(self._send_queued)
 
     async def stop(self) -> None:
-        """Drop what is still queued or lost: the store has it, and this process stops listening."""
+        """Send what is queued if Redis can take it within ``STOP_WAIT``; drop the rest (the store has it)."""
+        self._stopping = True
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        await self._flush()
         self._queued.clear()
         self._lost.clear()
 
@@ -66,13 +71,19 @@ class Relay(abc.ABC):
     def _send_queued(self) -> None:
         """Send what is queued (clearing ``_scheduled``), or leave it queued until the connection is up."""
 
+    @abc.abstractmethod
+    async def _flush(self) -> None:
+        """Send what is queued on a connection that is up, and wait at most ``STOP_WAIT`` for Redis to take it."""
+
     def _sent(self) -> None:
-        """Redis took a batch: whatever was lost has gone again."""
+        """Redis can be reached again: the next loss waits the shortest pause."""
         self._retry_delay = RETRY_FIRST
 
     def _lose(self, relays: list[Relayed], error: BaseException) -> None:
         """Relays Redis may not have carried: keep each room's last, and send it again after a pause."""
         logger.debug("%d relays lost for live delivery: %s", len(relays), error)
+        if self._stopping:
+            return
         for relayed in relays:
             self._lost[relayed[0]] = relayed
         if self._lost and self._retry is None:
@@ -89,18 +100,33 @@ class Relay(abc.ABC):
             self._send_queued()
 
 
-class _Ignored:
-    """The reply to a relay's ``PUBLISH`` (how many subscribers got it), which nobody waits for."""
+class _Batch:
+    """Waits for the replies to one batch's ``PUBLISH``es, which matter only if the link is lost first."""
 
-    __slots__ = ("relay", "relayed")
+    __slots__ = ("lost", "relay", "relays")
 
-    def __init__(self, relay: LinkRelay, relayed: Relayed) -> None:
+    def __init__(self, relay: LinkRelay, relays: list[Relayed]) -> None:
         self.relay = relay
-        self.relayed = relayed
+        self.relays = relays
+        self.lost = False
 
     def settle(self, reply: object) -> None:
-        if isinstance(reply, LinkLost):
-            self.relay._lose([self.relayed], reply)
+        if isinstance(reply, LinkLost) and not self.lost:
+            self.lost = True  # some may have gone through: sending them again is harmless
+            self.relay._lose(self.relays, reply)
+
+
+class _Drained:
+    """Waits for the reply to a ``PING`` sent after everything else: Redis has taken all of it."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+
+    def settle(self, reply: object) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
 
 
 class LinkRelay(Relay):
@@ -114,28 +140,41 @@ class LinkRelay(Relay):
         self._link: Link | None = None
         self._connecting: asyncio.Task[None] | None = None
 
-    async def stop(self) -> None:
-        await cancel_task(self._connecting)
-        await super().stop()
-        link, self._link = self._link, None
-        if link is not None:
-            link.close()
-
     def _send_queued(self) -> None:
+        if not self._queued:
+            self._scheduled = False
+            return
         link = self._link
         if link is None or link.closed:
-            if self._connecting is None:
+            if self._connecting is None and not self._stopping:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="chat-redis-relay")
             return
         self._scheduled = False
+        self._write(link)
+
+    def _write(self, link: Link) -> None:
+        """Write every queued relay on the link, as one write."""
         batch, self._queued = self._queued, []
-        if not batch:
-            return
-        link.send(
-            b"".join([b"*3\r\n" + _PUBLISH + bulk_strings((channel, payload)) for _, channel, payload in batch]),
-            [_Ignored(self, relayed) for relayed in batch],
-        )
+        data = b"".join([b"*3\r\n" + _PUBLISH + bulk_strings((channel, payload)) for _, channel, payload in batch])
+        link.send(data, [_Batch(self, batch)] * len(batch))
         self._sent()
+
+    async def _flush(self) -> None:
+        with anyio.move_on_after(STOP_WAIT):
+            connecting = self._connecting
+            if connecting is not None:
+                await asyncio.shield(connecting)  # which sends what is queued
+            link = self._link
+            if link is not None and not link.closed:
+                if self._queued:
+                    self._write(link)
+                drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                link.send(command(b"PING"), [_Drained(drained)])
+                await drained
+        await cancel_task(self._connecting)
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
     async def _connect(self) -> None:
         """Open the link and send what waits; if Redis cannot be reached, those relays are lost."""
@@ -161,13 +200,18 @@ class PipelineRelay(Relay):
         self._redis = redis
         self._task: asyncio.Task[None] | None = None
 
-    async def stop(self) -> None:
-        await cancel_task(self._task)
-        await super().stop()
-
     def _send_queued(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._send_batches(), name="chat-redis-relay")
+
+    async def _flush(self) -> None:
+        if self._queued:
+            self._send_queued()
+        task = self._task
+        if task is not None:
+            with anyio.move_on_after(STOP_WAIT):
+                await asyncio.shield(task)
+        await cancel_task(self._task)
 
     async def _send_batches(self) -> None:
         """Send what is queued as one pipeline, wait for its replies, repeat; one pipeline at a time keeps order."""
