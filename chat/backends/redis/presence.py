@@ -58,7 +58,7 @@ class Presence:
     async def rejoin(self) -> None:
         """Add this process's members back, in one round trip, without telling anyone (Redis may have lost them)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for room, local in self._local.items():
+            for room, local in list(self._local.items()):
                 keys, args = self._heartbeat_of(room, local, "")
                 await self._heartbeat(keys=keys, args=args, client=pipe)
             await pipe.execute()
