@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -362,7 +362,7 @@ class Participant:
         self._notify()
 
     async def wait_until(self, condition: Callable[[], bool], within: float = WAIT) -> None:
-        """Wait until ``condition()`` holds, checking it after each frame (and at the close)."""
+        """Wait until ``condition()`` holds, checking it after each frame received or sent (and at the close)."""
         try:
             with anyio.fail_after(within):
                 while not condition():
@@ -374,20 +374,31 @@ class Participant:
         """Wait until the connection has ended."""
         await self.wait_until(lambda: self.closed, within)
 
-    async def publish(self, within: float = 30.0) -> None:
-        """Send messages until ``stop`` or the end of the connection, never more than ``window`` unanswered."""
-        count = 0
-        while not self._stopped and not self.closed:
+    async def wait_answered(self, within: float = WAIT) -> None:
+        """Wait until every message sent was acknowledged or refused (or the connection ended)."""
+        await self.wait_until(lambda: self.in_flight == 0 or self.closed, within)
+
+    async def wait_seqs(self, seqs: Iterable[int], within: float = WAIT) -> None:
+        """Wait until a ``message`` frame came for each of ``seqs``."""
+        wanted = set(seqs)
+        await self.wait_until(lambda: wanted <= set(self.seqs()), within)
+
+    async def publish(self, count: int | None = None, within: float = 30.0) -> None:
+        """Send messages (``count`` of them, or until ``stop``) while the connection lasts, never more than
+        ``window`` unanswered at a time."""
+        sent = 0
+        while not self._stopped and not self.closed and sent != count:
             if self.in_flight >= self.window:
                 await self.wait_until(lambda: self.in_flight < self.window or self._stopped or self.closed, within)
                 continue
-            count += 1
-            ref, text = f"{self.name}-{count}", f"{self.name} says {count}"
+            sent += 1
+            ref, text = f"{self.name}-{sent}", f"{self.name} says {sent}"
             self.sent[ref] = text
             try:
                 await send_message(self.ws, text, ref)
             except ConnectionClosed:
                 return
+            self._notify()
 
     def stop(self) -> None:
         """Make ``publish`` return before its next message."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -25,6 +25,8 @@ KEY = "e2e-durable-key"
 EXIT_DEADLINE = 15.0
 STOPPED_BY_SIGTERM = (0, -signal.SIGTERM)
 SENDERS = 4
+IN_FLIGHT_AT_THE_KILL = SENDERS * 8 // 2
+"""Messages sent and not yet answered, summed over the senders (each keeps up to 8 on their way)."""
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def start_durable(tmp_path: Path) -> Iterator[StartServer]:
 
 
 async def stop_while_publishing(
-    server: ServerProcess, halt: Callable[[list[Participant]], None]
+    server: ServerProcess, halt: Callable[[list[Participant]], Awaitable[None]]
 ) -> tuple[list[Participant], Participant, Participant]:
     """Four senders publish; a member leaves after 20 messages; ``halt`` stops the server while the senders
     go on. Returns the senders, the member that left and one that stayed to the end, all closed."""
@@ -58,7 +60,7 @@ async def stop_while_publishing(
         await leaver.wait_closed()
         enough = leaver.seqs()[-1] + 40
         await stayer.wait_until(lambda: len(stayer.seqs()) >= enough, within=20)
-        halt(senders)
+        await halt(senders)
         status = await anyio.to_thread.run_sync(server.wait_exit, EXIT_DEADLINE)
         assert status is not None, f"the server still runs {EXIT_DEADLINE} s after it was stopped"
         for participant in (stayer, *senders):
@@ -98,7 +100,11 @@ async def check_nothing_acked_was_lost(
 async def test_sigterm_while_four_senders_publish_loses_nothing_acked(start_durable: StartServer) -> None:
     """SIGTERM mid-stream, restart in the same folder: every acked message is kept, gap-free, same epoch."""
     first = start_durable()
-    senders, leaver, stayer = await stop_while_publishing(first, lambda senders: first.terminate())
+
+    async def terminate(senders: list[Participant]) -> None:
+        first.terminate()
+
+    senders, leaver, stayer = await stop_while_publishing(first, terminate)
     assert first.wait_exit(0) in STOPPED_BY_SIGTERM, first.log
     await check_nothing_acked_was_lost(start_durable(), senders, leaver, stayer)
 
@@ -107,10 +113,10 @@ async def test_sigkill_with_publishes_in_flight_loses_nothing_acked(start_durabl
     """SIGKILL while publishes await their ack, restart in the same folder: every acked message is kept, gap-free."""
     first = start_durable()
 
-    def kill_in_flight(senders: list[Participant]) -> None:
-        in_flight = sum(sender.in_flight for sender in senders)
-        assert in_flight > 0, "no publish in flight to kill"
-        first.process.kill()
+    async def kill_in_flight(senders: list[Participant]) -> None:
+        in_flight = IN_FLIGHT_AT_THE_KILL
+        await senders[0].wait_until(lambda: sum(sender.in_flight for sender in senders) >= in_flight)
+        first.process.kill()  # at once: nothing awaited since the count above
 
     senders, leaver, stayer = await stop_while_publishing(first, kill_in_flight)
     assert first.wait_exit(0) == -signal.SIGKILL
@@ -126,7 +132,9 @@ async def test_the_default_store_is_chat_db_in_the_working_directory(
     """With no store named, the start-up log names ``chat.db``'s absolute path and /healthz says sqlite on memory."""
     server = start_durable()
     path = tmp_path / DATABASE
-    server.wait_log(str(path))
+    server.wait_log("event=store")
+    announced = next(line for line in server.log.splitlines() if "event=store" in line)
+    assert str(path) in announced, announced  # pytest's tmp_path is resolved already
     body = await server.healthz()
     assert (body["status"], body["store"], body["backend"]) == ("ok", "sqlite", "memory")
     async with joined(server, ROOM, "ann") as (ann, _):
@@ -189,6 +197,21 @@ async def test_retention_by_count_keeps_the_latest_messages(start_durable: Start
     async with joined(server, ROOM, "recent", since=25, epoch=epoch) as (_, recent):
         assert recent["recovered"] is True
         assert [message["text"] for message in recent["history"]] == [f"note {index}" for index in range(26, 31)]
+
+
+async def test_retention_by_age_drops_old_messages_and_the_sequence_goes_on(start_durable: StartServer) -> None:
+    """``--retention-seconds 1``: older messages are gone within seconds; the room keeps its seq and epoch."""
+    server = start_durable(retention_seconds=1)
+    async with joined(server, ROOM, "ann") as (ann, welcome):
+        assert await say(ann, "soon gone", "gone too") == [1, 2]
+        with anyio.fail_after(20):
+            while True:
+                if not await page_history(ann):
+                    break
+                await anyio.sleep(0.2)  # the store prunes on its own clock: nothing to wait on but the history
+        assert await say(ann, "fresh") == [3]
+    async with joined(server, ROOM, "bob", since=1, epoch=welcome["epoch"]) as (_, bob):
+        assert (bob["recovered"], bob["epoch"], bob["seq"]) == (False, welcome["epoch"], 3)
 
 
 # --- refusals ----------------------------------------------------------------------------------
