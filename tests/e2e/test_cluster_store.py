@@ -3,16 +3,22 @@ to a database of the test's own; Redis restarted empty loses nothing, and neithe
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
 
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
-from .clients import Frame, Participant, joined, page_history, say
+from .clients import Frame, Participant, joined, messages, page_history, say, send_message, wait_for
 from .server_process import ServerProcess, StartServer, servers_on
+from .test_cluster import health_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -24,6 +30,73 @@ FLAGS: dict[str, object] = {"rate_per_second": 0, "presence_ttl": 2}
 def start_node(redis_server: RedisServer, postgres_url: str) -> Iterator[StartServer]:
     """A factory of server processes on the test's Redis, recording in the test's PostgreSQL database."""
     yield from servers_on(redis_server.url, {**FLAGS, "store": postgres_url})
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (trust auth, loopback, a free port), to stop and start again."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.folder = Path(tempfile.mkdtemp(prefix="chat-e2e-postgres-"))  # not under tmp_path: postgres must reach it
+        self.data = self.folder / "data"
+        self.port = free_port()
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            shutil.chown(self.folder, "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [*self.as_postgres, str(self.bin_dir / tool), *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        """Start the server and return once it accepts connections."""
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.folder / "log"), "-w", "-t", "30", "-o", options, "start"
+        )
+
+    def stop(self) -> None:
+        """Stop the server (fast: connections are cut, nothing is left half-written) and wait for its exit."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
+
+    def remove(self) -> None:
+        """Stop the server at once if it runs, and delete its files."""
+        subprocess.run(
+            [*self.as_postgres, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where initdb and pg_ctl are: Debian's newest PostgreSQL, else PATH."""
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name))
+    if debian:
+        return debian[-1]
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else None
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A running PostgreSQL cluster of this test's own, removed afterwards."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's initdb and pg_ctl are missing, and CI must run the PostgreSQL tests")
+        pytest.skip("PostgreSQL's initdb and pg_ctl are missing (apt-get install postgresql)")
+    server = PrivatePostgres(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 @asynccontextmanager
@@ -134,3 +207,41 @@ async def test_redis_restarted_empty_while_members_publish_loses_nothing(
     async with joined(two, ROOM, "later") as (ws, welcome):
         assert welcome["epoch"] == epoch
         assert await say(ws, "after the restart") == [count + 1]
+
+
+async def wait_status(node: ServerProcess, status: int, within: float) -> None:
+    """Poll ``/healthz`` until it answers ``status``."""
+    with anyio.fail_after(within):
+        while True:
+            if await health_status(node) == status:
+                return
+            await anyio.sleep(0.1)
+
+
+@pytest.fixture
+def start_on_private_postgres(redis_server: RedisServer, private_postgres: PrivatePostgres) -> Iterator[StartServer]:
+    """A factory of server processes on the test's Redis, recording in the test's own PostgreSQL cluster."""
+    yield from servers_on(redis_server.url, {**FLAGS, "store": private_postgres.url})
+
+
+async def test_postgresql_stopped_then_started_again(
+    start_on_private_postgres: StartServer, private_postgres: PrivatePostgres
+) -> None:
+    """PostgreSQL down: publishes get unavailable and /healthz 503; back up: publishes go on at the next seq."""
+    one, two = start_on_private_postgres(), start_on_private_postgres()
+    async with joined(one, ROOM, "ann") as (ann, welcome), joined(two, ROOM, "bob") as (bob, _):
+        assert await say(ann, "before") == [1]
+        await anyio.to_thread.run_sync(private_postgres.stop)
+        await send_message(ann, "during", "during")
+        refusal, _ = await wait_for(ann, lambda frame: frame.get("ref") == "during", within=30)
+        assert (refusal["type"], refusal["code"]) == ("error", "unavailable"), refusal
+        await wait_status(one, 503, within=15)
+
+        await anyio.to_thread.run_sync(private_postgres.start)
+        await wait_status(one, 200, within=30)
+        await wait_status(two, 200, within=30)
+        assert await say(ann, "after", within=30) == [2]
+        assert [(m["seq"], m["text"]) for m in await messages(bob, 2, within=30)] == [(1, "before"), (2, "after")]
+    async with joined(two, ROOM, "carol") as (carol, again):
+        assert again["epoch"] == welcome["epoch"]
+        assert [m["text"] for m in await page_history(carol)] == ["before", "after"]
