@@ -250,7 +250,7 @@ async def test_a_corrupt_store_file_is_refused(tmp_path: Path) -> None:
     """A ``chat.db`` that is not a database: exit 2, one line naming the file, and the file left as it was."""
     garbage = b"this is not a SQLite database\n" * 200
     (tmp_path / DATABASE).write_bytes(garbage)
-    assert_refused(await refused(tmp_path, {"store": None}), DATABASE)
+    assert_refused(await refused(tmp_path, {"store": None}), str(tmp_path / DATABASE))
     assert (tmp_path / DATABASE).read_bytes() == garbage
 
 
@@ -261,7 +261,7 @@ async def test_a_second_server_on_the_same_file_is_refused_and_the_first_serves_
     first = start_durable()
     async with joined(first, ROOM, "ann") as (ann, _):
         assert await say(ann, "before the second server") == [1]
-        assert_refused(await refused(tmp_path, {"store": None}), DATABASE)
+        assert_refused(await refused(tmp_path, {"store": None}), str(tmp_path / DATABASE))
         assert (await first.healthz())["status"] == "ok"
         assert await say(ann, "after it") == [2]
         async with joined(first, ROOM, "bob") as (_, welcome):
