@@ -35,15 +35,21 @@ def start_node(redis_server: RedisServer, postgres_url: str) -> Iterator[StartSe
 class PrivatePostgres:
     """A PostgreSQL cluster of the test's own (trust auth, loopback, a free port), to stop and start again."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, password: str | None = None) -> None:
+        """Create the cluster: trust auth, or, given ``password``, user postgres with that password."""
         self.bin_dir = bin_dir
         self.folder = Path(tempfile.mkdtemp(prefix="chat-e2e-postgres-"))  # not under tmp_path: postgres must reach it
         self.data = self.folder / "data"
         self.port = free_port()
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        auth = ["--auth=trust"]
+        if password is not None:
+            (self.folder / "password").write_text(password)
+            auth = ["--auth=scram-sha-256", f"--pwfile={self.folder / 'password'}"]
         if self.as_postgres:
-            shutil.chown(self.folder, "postgres")
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust")
+            for path in (self.folder, *self.folder.iterdir()):
+                shutil.chown(path, "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", *auth)
 
     @property
     def url(self) -> str:
@@ -74,24 +80,24 @@ class PrivatePostgres:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def postgres_bin_dir() -> Path | None:
-    """Where initdb and pg_ctl are: Debian's newest PostgreSQL, else PATH."""
+def postgres_bin_dir() -> Path:
+    """Where initdb and pg_ctl are (Debian's newest PostgreSQL, else PATH); skip the test when they are
+    missing, except under CI, where that fails it."""
     debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name))
+    pg_ctl = shutil.which("pg_ctl")
     if debian:
         return debian[-1]
-    pg_ctl = shutil.which("pg_ctl")
-    return Path(pg_ctl).parent if pg_ctl else None
+    if pg_ctl:
+        return Path(pg_ctl).parent
+    if os.environ.get("CI"):
+        pytest.fail("PostgreSQL's initdb and pg_ctl are missing, and CI must run the PostgreSQL tests")
+    pytest.skip("PostgreSQL's initdb and pg_ctl are missing (apt-get install postgresql)")
 
 
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
     """A running PostgreSQL cluster of this test's own, removed afterwards."""
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL's initdb and pg_ctl are missing, and CI must run the PostgreSQL tests")
-        pytest.skip("PostgreSQL's initdb and pg_ctl are missing (apt-get install postgresql)")
-    server = PrivatePostgres(bin_dir)
+    server = PrivatePostgres(postgres_bin_dir())
     try:
         server.start()
         yield server

@@ -16,6 +16,7 @@ import pytest
 
 from .clients import WAIT, Frame, Participant, joined, page_history, say
 from .server_process import FORBIDDEN_IN_LOG, ServerProcess, StartServer, refused_start, servers_on
+from .test_cluster_store import PrivatePostgres, postgres_bin_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -294,3 +295,17 @@ async def test_a_postgresql_store_with_a_wrong_database_name_is_refused(postgres
     """A PostgreSQL server that answers, without the named database: exit 2, one line naming the database."""
     url = postgres_url.rsplit("/", 1)[0] + "/chat_no_such_database"
     assert_refused(await refused(tmp_path, {"store": url}), "chat_no_such_database")
+
+
+async def test_a_postgresql_store_with_a_wrong_password_is_refused(tmp_path: Path) -> None:
+    """A PostgreSQL server that wants a password, given a wrong one: exit 2, one line, the password never shown."""
+    bin_dir = postgres_bin_dir()
+    server = await anyio.to_thread.run_sync(lambda: PrivatePostgres(bin_dir, password="the-right-one"))
+    try:
+        await anyio.to_thread.run_sync(server.start)
+        url = f"postgresql://postgres:not-the-password@127.0.0.1:{server.port}/postgres"
+        result = await refused(tmp_path, {"store": url})
+        assert_refused(result, f"127.0.0.1:{server.port}")
+        assert "not-the-password" not in result.stdout + result.stderr
+    finally:
+        await anyio.to_thread.run_sync(server.remove)
