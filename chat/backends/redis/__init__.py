@@ -21,8 +21,16 @@ link, a node that fell behind) is filled from history before anything newer is d
 epoch (Redis came back empty) closes the room's members with 1012 so that they rejoin and learn it.
 Heartbeats keep each process's members present and drop those of a process that died.
 
+With a store (``StoredBackend``, ``record_in``), the store gives seqs, epoch and history, and Redis
+keeps only presence: each committed message is relayed as a plain ``PUBLISH`` of the same
+``m:<epoch>:<frame>``, and the listener reads positions and gaps from the store. A relay Redis did
+not carry, or one overtaken by a later seq from another process, is one more gap to fill; Redis
+coming back empty loses nothing (the store's epoch is unchanged) and each process adds its members'
+presence back.
+
     scripts    the Lua scripts, key names and channel names
     publisher  the publish path, on ``link`` (a lean RESP connection) or on redis-py pipelines
+    relay      the relay path of a store's messages, on ``link`` or on redis-py pipelines
     listener   the pub/sub connection, catch-up and reconnection
     presence   join, leave, member lists and the heartbeat
     errors     ``unavailable()``: Redis failing, as callers see it (``Unavailable``)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -22,8 +22,10 @@ from chat.backends.redis.link import link_supported
 from chat.backends.redis.listener import Listener
 from chat.backends.redis.presence import Presence
 from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher, Publish, Publisher, cancel_task
+from chat.backends.redis.relay import LinkRelay, PipelineRelay, Relay
 from chat.backends.redis.scripts import (
     EVERY_EPOCH_KEY,
+    EVERY_PRESENCE_KEY,
     HISTORY,
     SNAPSHOT,
     key_ttl,
@@ -34,6 +36,9 @@ from chat.backends.redis.scripts import (
 )
 from chat.protocol import Member, Message, Signal, message_frame_parts
 from chat.settings import Settings
+
+if TYPE_CHECKING:
+    from chat.stores.base import Store
 
 logger = logging.getLogger("chat.redis")
 
@@ -72,6 +77,25 @@ class RedisBackend(Backend):
             if link_supported(url)
             else PipelinePublisher(self._redis, settings)
         )
+        self._relay: Relay | None = None  # with a store (``record_in``)
+        self._room_pattern = EVERY_EPOCH_KEY
+
+    def record_in(self, store: Store) -> None:
+        """Positions and gaps come from the store; Redis carries the store's messages (``relay``) and presence."""
+        self._listener.read_snapshot = store.snapshot
+        self._presence.record_elsewhere()
+        self._listener.linked = self._presence.rejoin  # Redis may have come back empty: closing nobody
+        self._room_pattern = EVERY_PRESENCE_KEY
+        url = self.url
+        self._relay = (
+            LinkRelay(url, CONNECT_TIMEOUT, REPLY_TIMEOUT) if link_supported(url) else PipelineRelay(self._redis)
+        )
+
+    def relay(self, message: Message, epoch: str) -> None:
+        relay = self._relay
+        if relay is None:
+            raise RuntimeError("relay needs a store: call record_in first")
+        relay.relay(message, epoch)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -88,6 +112,8 @@ class RedisBackend(Backend):
 
     async def stop(self) -> None:
         await self._publisher.stop()
+        if self._relay is not None:
+            await self._relay.stop()
         runner, self._runner = self._runner, None
         self._listener.detach()  # closing below
         await cancel_task(runner)
@@ -183,8 +209,9 @@ class RedisBackend(Backend):
 
     async def rooms(self) -> list[RoomSummary]:
         with unavailable():
-            keys = {key async for key in self._redis.scan_iter(EVERY_EPOCH_KEY, ROOM_SCAN_BATCH)}  # SCAN may repeat
-            rooms = sorted(room_of(key.removesuffix(":epoch")) for key in keys)
+            pattern = self._room_pattern  # every epoch key, or every presence key with a store
+            keys = {key async for key in self._redis.scan_iter(pattern, ROOM_SCAN_BATCH)}  # SCAN may repeat
+            rooms = sorted(room_of(key.rsplit(":", 1)[0]) for key in keys)
             now_ms = time.time_ns() // 1_000_000
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room in rooms:

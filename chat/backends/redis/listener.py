@@ -1,10 +1,14 @@
 """The receiving end: one pub/sub connection per process, for every room with local members.
 
 It remembers the last seq it delivered per room; a seq gap (a dropped link, a node that fell
-behind) is filled from history before anything newer is delivered, and a changed epoch (Redis came
-back empty) delivers ``Restart``, which closes the room's members with 1012 so that they rejoin and
-learn it. The link reconnects with backoff and resubscribes every room; whatever it dies of is
-logged and it is started again.
+behind, a message that overtook an earlier one) is filled from history before anything newer is
+delivered, and what arrives late is dropped. A changed epoch (Redis came back empty) delivers
+``Restart``, which closes the room's members with 1012 so that they rejoin and learn it. The link
+reconnects with backoff, resubscribes every room and catches each up; whatever it dies of is logged
+and it is started again.
+
+History is Redis's own, or a store's (``RedisBackend.record_in``): a store's epoch outlives Redis,
+so Redis coming back empty is then one more gap to fill.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Listener:
         self.ready = anyio.Event()
         self.restarts = 0
         self._subscriber = subscriber
-        self._read_snapshot = read_snapshot
+        self.read_snapshot = read_snapshot  # where positions and missed messages are read
+        self.linked: Callable[[], Awaitable[None]] | None = None  # awaited each time the link is up, before catch-up
         self._state_changed = state_changed
         self._subscribed: set[str] = set()
         self._cursors: dict[str, _Cursor] = {}
@@ -134,6 +139,8 @@ class Listener:
         kind, channel, data = message["type"], message["channel"], message["data"]
         if kind == "subscribe":
             if channel == CONTROL_CHANNEL:
+                if self.linked is not None:
+                    await self.linked()
                 self.up = self._was_up = True
                 self.ready.set()
                 logger.info("redis pub/sub link up (%d rooms)", len(self._subscribed))
@@ -149,7 +156,7 @@ class Listener:
             return
         cursor = self._cursors.get(room)
         if cursor is None:
-            snapshot = await self._read_snapshot(room, None, None, 0)
+            snapshot = await self.read_snapshot(room, None, None, 0)
             self._cursors[room] = _Cursor(snapshot.epoch, snapshot.seq)
         else:
             await self._catch_up(room, cursor)
@@ -177,7 +184,7 @@ class Listener:
 
     async def _catch_up(self, room: str, cursor: _Cursor) -> None:
         """Deliver everything after the cursor from history, or restart the room if that is gone."""
-        snapshot = await self._read_snapshot(room, cursor.seq, cursor.epoch, 0)
+        snapshot = await self.read_snapshot(room, cursor.seq, cursor.epoch, 0)
         deliver = self.deliver
         if deliver is None:
             return

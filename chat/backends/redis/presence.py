@@ -1,9 +1,14 @@
 """Presence: who is in a room, on every process.
 
 A room's presence key holds each member's JSON with its expiry on Redis's clock. Every process
-refreshes the entries of its own members (and its rooms' keys) every third of ``presence_ttl``;
-the same heartbeat drops the entries nobody refreshed (their process died without leaving) and
-announces them as left.
+refreshes the entries of its own members (and its rooms' keys, unless a store keeps the rooms) every
+third of ``presence_ttl``; the same heartbeat drops the entries nobody refreshed (their process died
+without leaving) and announces them as left.
+
+A heartbeat only refreshes entries that are there, so that it never brings back a member whose
+leave overtook it. With a store, Redis coming back empty closes nobody, so each time the pub/sub
+link is up again ``rejoin`` adds this process's members back, without announcing them: to the other
+members nobody left.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Presence:
     """Joins, leaves and member lists; ``run_forever`` is the heartbeat of this process's members."""
 
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self._redis = redis
         self._join = redis.register_script(JOIN)
         self._leave = redis.register_script(LEAVE)
         self._members = redis.register_script(MEMBERS)
@@ -43,6 +49,19 @@ class Presence:
         self._presence_ms = int(settings.presence_ttl * 1000)
         self._ttl = key_ttl(settings)
         self._interval = max(0.2, settings.presence_ttl / 3)
+        self._room_keys = True  # the heartbeat keeps the rooms' seq and history alive too
+
+    def record_elsewhere(self) -> None:
+        """A store keeps the rooms: heartbeats keep only presence alive."""
+        self._room_keys = False
+
+    async def rejoin(self) -> None:
+        """Add this process's members back, in one round trip, without telling anyone (Redis may have lost them)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, local in list(self._local.items()):
+                keys, args = self._heartbeat_of(room, local, "")
+                await self._heartbeat(keys=keys, args=args, client=pipe)
+            await pipe.execute()
 
     async def join(self, room: str, member: Member) -> None:
         """Add the member to the room's presence and announce it."""
@@ -74,12 +93,17 @@ class Presence:
         while True:
             await anyio.sleep(self._interval)
             for room, local in list(self._local.items()):
-                epoch_key, seq_key, history_key, presence_key = room_keys(room)
-                keys = [presence_key, epoch_key, seq_key, history_key]
-                args: list[str | int] = [self._presence_ms, self._ttl, room_channel(room), *leave_frame_parts(room)]
-                args.extend(local.values())
+                keys, args = self._heartbeat_of(room, local, "XX")
                 try:
                     await self._heartbeat(keys=keys, args=args)
                 except (RedisError, OSError) as exc:
                     logger.debug("heartbeat of %s skipped: %s", room, exc)
                     break
+
+    def _heartbeat_of(self, room: str, local: dict[str, str], mode: str) -> tuple[list[str], list[str | int]]:
+        """The heartbeat script's KEYS and ARGV for a room's local members (``mode`` 'XX': refresh only)."""
+        epoch_key, seq_key, history_key, presence_key = room_keys(room)
+        keys = [presence_key, epoch_key, seq_key, history_key] if self._room_keys else [presence_key]
+        args: list[str | int] = [self._presence_ms, self._ttl, room_channel(room), *leave_frame_parts(room), mode]
+        args.extend(local.values())
+        return keys, args

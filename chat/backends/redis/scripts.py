@@ -24,6 +24,9 @@ def room_keys(room: str) -> tuple[str, str, str, str]:
 EVERY_EPOCH_KEY = "chat:{*}:epoch"
 """A SCAN pattern for every room Redis keeps (each has an epoch key)."""
 
+EVERY_PRESENCE_KEY = "chat:{*}:presence"
+"""A SCAN pattern for every room with someone present (with a store, Redis keeps nothing else of a room)."""
+
 
 def room_channel(room: str) -> str:
     """The channel of a room's events."""
@@ -147,20 +150,27 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 """
 
-# KEYS: presence, epoch, seq, history. ARGV: presence ttl ms, key ttl s, channel, the room's leave
-# frame before and after its member (``leave_frame_parts``), entries...
+# KEYS: presence, then the keys to keep alive with it (epoch, seq, history; none with a store).
+# ARGV: presence ttl ms, key ttl s, channel, the room's leave frame before and after its member
+# (``leave_frame_parts``), 'XX' (refresh entries that are there) or '' (add them back), entries...
 # Refreshes this node's members, drops everyone whose heartbeat stopped and announces them.
 HEARTBEAT = (
     _NOW_MS
     + """
-for i = 6, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ms + tonumber(ARGV[1]), ARGV[i]) end
+for i = 7, #ARGV do
+  if ARGV[6] == 'XX' then
+    redis.call('ZADD', KEYS[1], 'XX', ms + tonumber(ARGV[1]), ARGV[i])
+  else
+    redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[1]), ARGV[i])
+  end
+end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms)
 for _, entry in ipairs(expired) do
   if redis.call('ZREM', KEYS[1], entry) == 1 then
     redis.call('PUBLISH', ARGV[3], 's:' .. ARGV[4] .. entry .. ARGV[5])
   end
 end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return #expired
 """
 )
