@@ -8,16 +8,40 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
 from chat.backends import Backend, open_backend
 from chat.backends.memory import MemoryBackend
+from chat.backends.stored import StoredBackend
 from chat.protocol import Member, Message, Signal
 from chat.settings import Settings
+from tests.redis_server import RedisServer
 from tests.standins import EventSink
 
 pytestmark = pytest.mark.anyio
+
+COMBINATIONS = ["memory", "redis", "memory+sqlite", "redis+postgresql"]
+"""Each backend on its own history, and with the durable store that suits it (``StoredBackend``):
+SQLite belongs to one process, PostgreSQL is a cluster's record."""
+
+
+@pytest.fixture(params=COMBINATIONS)
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """The backend under test, recording in its own history or in a fresh store (Redis starts empty)."""
+    backend, _, store = request.param.partition("+")
+    url = "memory://"
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("shared_redis")
+        server.command("FLUSHALL")
+        url = server.url
+    if store == "sqlite":
+        return Settings(backend=url, store=f"sqlite:///{tmp_path}/chat.db")
+    if store == "postgresql":
+        return Settings(backend=url, store=request.getfixturevalue("postgres_url"))
+    return Settings(backend=url)
+
 
 ALICE = Member("a1", "alice")
 BOB = Member("b2", "bob")
@@ -235,8 +259,13 @@ async def test_history_of_an_unknown_room_is_empty(settings: Settings) -> None:
 
 
 async def test_history_is_capped_at_history_size(settings: Settings) -> None:
-    """Only the latest ``history_size`` messages are kept; seq keeps counting."""
+    """Only the latest ``history_size`` messages are kept; seq keeps counting (a durable store keeps them all)."""
     room = new_room()
+    if settings.store:
+        async with started(settings.replace(history_size=3, history_on_join=3)) as (backend, _):
+            await publish(backend, room, 5)
+            assert seqs(await backend.history(room, None, 100)) == [1, 2, 3, 4, 5]
+        return
     async with started(settings.replace(history_size=3, history_on_join=3)) as (backend, _):
         await publish(backend, room, 5)
         assert seqs(await backend.history(room, None, 100)) == [3, 4, 5]
@@ -444,8 +473,11 @@ async def test_backend_is_healthy_when_started(settings: Settings) -> None:
 
 
 async def test_backend_names_itself(settings: Settings) -> None:
-    """The backend's name is its URL scheme family."""
+    """The backend's name is its URL scheme family (a stored one's relay's)."""
     backend = open_backend(settings)
+    if isinstance(backend, StoredBackend):
+        assert backend.store.name == settings.store.split(":", 1)[0]
+        backend = backend.relay_backend
     assert backend.name == settings.backend.split(":", 1)[0]
 
 

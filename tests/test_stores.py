@@ -201,3 +201,13 @@ async def test_stop_settles_every_append(opened: Callable[..., object]) -> None:
     committed = [r.seq for r in results if isinstance(r, Message)]
     assert all(isinstance(r, Message | Unavailable) for r in results)
     assert committed == list(range(1, len(committed) + 1))
+
+
+async def test_each_room_has_its_own_epoch(opened: Callable[..., object]) -> None:
+    """Rooms have different epochs, so one room's position never passes for another's."""
+    store = await opened()  # type: ignore[misc]
+    await append_all(store, "a", ["1", "2", "3"])
+    await append_all(store, "b", ["1", "2", "3"])
+    epoch_a = (await store.snapshot("a", None, None, 0)).epoch
+    assert epoch_a != (await store.snapshot("b", None, None, 0)).epoch
+    assert not (await store.snapshot("b", 1, epoch_a, 1)).recovered

@@ -14,6 +14,9 @@ from chat.backends.base import Backend, Deliver, PublishDone, RoomSummary, Snaps
 from chat.protocol import Member, Message, Signal
 from chat.stores.base import Store
 
+MAX_SEQ = 2**63 - 1
+"""The largest seq a store can hold (a signed 64-bit integer); ``before`` may be any integer, however large."""
+
 
 class StoredBackend(Backend):
     """Fan-out, presence and typing through ``relay``; seqs, epoch and history from ``store``."""
@@ -55,7 +58,7 @@ class StoredBackend(Backend):
         return await self.store.snapshot(room, since, epoch, self.settings.history_on_join)
 
     async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
-        return await self.store.history(room, before, limit)
+        return await self.store.history(room, None if before is None else min(before, MAX_SEQ), limit)
 
     async def rooms(self) -> list[RoomSummary]:
         present = {summary.room: summary.members for summary in await self.relay_backend.rooms() if summary.members}

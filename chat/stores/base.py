@@ -5,9 +5,10 @@ A backend carries frames between processes (fan-out, presence, typing); ``memory
 history of every room come from it, and the backend only relays what it committed
 (``chat.backends.stored.StoredBackend`` puts the two together).
 
-A store's epoch belongs to the database, not the room: it is made when the schema is created and
-changes only if the database is replaced, so a room needs no row until its first message and a
-member's ``since``/``epoch`` stays valid across restarts.
+A store's epochs come from the database: one secret made when the schema is created, from which
+each room's epoch is derived (``room_epoch``). They change only if the database is replaced, so a
+room needs no row until its first message, a member's ``since``/``epoch`` stays valid across
+restarts, and one room's position never passes for another's.
 
 Stores are picked by URL scheme and imported lazily (``chat.stores.open_store``).
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
+import hashlib
 from collections.abc import Callable
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -29,6 +32,12 @@ Committed = Callable[[Message, str], None]
 
 SCHEMA_VERSION = 1
 """The layout this release writes; a database with a higher version was written by a newer release."""
+
+
+def room_epoch(database_epoch: str, room: str) -> str:
+    """The epoch of ``room`` in a database whose epoch is ``database_epoch``: stable, and different per room."""
+    digest = hashlib.blake2b(room.encode(), digest_size=9, key=database_epoch.encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode()
 
 
 class Store(abc.ABC):

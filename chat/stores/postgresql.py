@@ -33,7 +33,7 @@ from chat.backends.base import PublishDone, Snapshot
 from chat.exceptions import ConfigError, Unavailable
 from chat.protocol import Member, Message
 from chat.settings import Settings
-from chat.stores.base import SCHEMA_VERSION, Committed, Store
+from chat.stores.base import SCHEMA_VERSION, Committed, Store, room_epoch
 
 logger = logging.getLogger("chat.postgresql")
 
@@ -334,7 +334,7 @@ class PostgresStore(Store):
             seq = seqs[pending.room] = seqs[pending.room] + 1
             message = Message(pending.room, seq, pending.sender, pending.text, pending.ts)
             try:
-                self._committed(message, self.epoch)
+                self._committed(message, room_epoch(self.epoch, message.room))
             except Exception:
                 logger.exception("the committed callback failed")
             pending.settle(message)
@@ -371,17 +371,17 @@ class PostgresStore(Store):
 
     async def snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
         async with self._connection(self._reads) as connection:
-            if since is not None and epoch == self.epoch:
+            if since is not None and epoch == room_epoch(self.epoch, room):
                 most = max(self.settings.history_size, count)  # a member further behind starts afresh
                 rows = await connection.fetch(AFTER, room, since, most)
                 top = rows[0]["top"] if rows else 0
                 missed = [_message(room, row) for row in rows if row["seq"] is not None]
                 if since == top or (since < top <= since + most and missed and missed[0].seq == since + 1):
-                    return Snapshot(top, self.epoch, missed, recovered=True)
+                    return Snapshot(top, room_epoch(self.epoch, room), missed, recovered=True)
             rows = await connection.fetch(LATEST, room, count)
         top = rows[0]["top"] if rows else 0
         latest = [_message(room, row) for row in reversed(rows) if row["seq"] is not None]
-        return Snapshot(top, self.epoch, latest)
+        return Snapshot(top, room_epoch(self.epoch, room), latest)
 
     async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
         async with self._connection(self._reads) as connection:

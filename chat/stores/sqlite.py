@@ -48,7 +48,7 @@ from chat.backends.base import PublishDone, Snapshot
 from chat.exceptions import ConfigError, Unavailable
 from chat.protocol import Member, Message
 from chat.settings import Settings
-from chat.stores.base import SCHEMA_VERSION, Committed, Store
+from chat.stores.base import SCHEMA_VERSION, Committed, Store, room_epoch
 
 logger = logging.getLogger("chat.sqlite")
 
@@ -165,9 +165,9 @@ class SqliteStore(Store):
         return future
 
     async def snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
-        recover = since if epoch == self.epoch else None
+        recover = since if epoch == room_epoch(self.epoch, room) else None
         seq, rows, recovered = await self._read(_read_snapshot, room, recover, count, self.settings.history_size)
-        return Snapshot(seq, self.epoch, _messages(room, rows), recovered)
+        return Snapshot(seq, room_epoch(self.epoch, room), _messages(room, rows), recovered)
 
     async def history(self, room: str, before: int | None, limit: int) -> list[Message]:
         if limit <= 0:
@@ -249,7 +249,7 @@ class SqliteStore(Store):
         assert committed is not None
         for append, message in zip(batch, outcome, strict=True):
             try:
-                committed(message, epoch)
+                committed(message, room_epoch(epoch, message.room))
             except Exception:
                 logger.exception("the committed callback failed")
             future = append.future
