@@ -122,6 +122,11 @@ class SqliteStore(Store):
         self._limiter: anyio.CapacityLimiter | None = None
         self._lock: int | None = None
 
+    @property
+    def location(self) -> str:
+        """The database file's absolute path, for the start-up log."""
+        return self.path
+
     async def start(self, committed: Committed) -> None:
         self._committed = committed
         self._loop = asyncio.get_running_loop()

@@ -141,8 +141,8 @@ class Servers:
         assert complaint is None, complaint
 
     def rerun(self, process: ServerProcess) -> ServerProcess:
-        """Run a stopped server's command again, on the same port."""
-        return self._started(ServerProcess(process.argv, process.port, server_environment()))
+        """Run a stopped server's command again, on the same port, in the same folder (so on the same store file)."""
+        return self._started(ServerProcess(process.argv, process.port, server_environment(), process.cwd))
 
     def restart(self, process: ServerProcess) -> ServerProcess:
         """Stop ``process`` and run it again on the same port."""

@@ -1,4 +1,4 @@
-"""Reconnecting: after a dropped connection, a server restart, a restart on Redis, and a refused join."""
+"""Reconnecting: after a dropped connection, a server restart (memory, the default store, Redis), and a refused join."""
 
 from __future__ import annotations
 
@@ -34,12 +34,18 @@ def texts(person: Person) -> list[str]:
     return person.messages.locator(".text").all_inner_texts()
 
 
-def say_through_websocket(server: ServerProcess, room: str, text: str) -> None:
-    """Post one message to ``room`` with a plain WebSocket client, and wait for its ack."""
+def say_through_websocket(server: ServerProcess, room: str, *texts: str) -> str:
+    """Post messages to ``room`` with a plain WebSocket client, and wait for their acks; returns the room's epoch."""
     with connect(server.url(room, name="Bob")) as ws:
-        ws.send(json.dumps({"type": "message", "text": text, "ref": 1}))
-        while json.loads(ws.recv(timeout=10)).get("type") != "ack":
+        welcome = json.loads(ws.recv(timeout=10))
+        assert welcome["type"] == "welcome", welcome
+        for ref, text in enumerate(texts, 1):
+            ws.send(json.dumps({"type": "message", "text": text, "ref": ref}))
+        while (frame := json.loads(ws.recv(timeout=10))).get("ref") != len(texts):
             pass
+        assert frame["type"] == "ack", frame
+        epoch: str = welcome["epoch"]
+        return epoch
 
 
 @pytest.fixture
@@ -120,6 +126,51 @@ def test_a_restarted_memory_server_cannot_recover_and_says_so(servers: Servers, 
     assert ann.seqs() == [1]
     notice.get_by_role("button", name="Dismiss").click()
     expect(notice).to_have_count(0)
+
+
+def test_a_restarted_server_on_the_default_store_recovers_and_goes_on(servers: Servers, open_page: OpenPage) -> None:
+    server = servers.start(store=None)  # the command line's default: chat.db in the server's folder
+    ann = open_page(page_url(server, room="phoenix", name="Ann"), "ann")
+    live(ann)
+    ann.say("said before the restart")
+    expect(ann.messages).to_have_count(1)
+    epoch = say_through_websocket(server, "phoenix", "answered before the restart")
+    expect(ann.messages).to_have_count(2)
+
+    server = servers.restart(server)  # same folder, same file
+    assert say_through_websocket(server, "phoenix", "said after the restart") == epoch
+    live(ann)
+    expect(ann.messages).to_have_count(3)
+    assert texts(ann) == ["said before the restart", "answered before the restart", "said after the restart"]
+    assert ann.seqs() == [1, 2, 3]
+    expect(ann.page.locator("[data-notice=recovery]")).to_have_count(0)
+    rejoin = ann.socket_urls[-1]
+    assert rejoin.endswith(f"since=2&epoch={epoch}"), rejoin
+
+    ann.say("and the sequence goes on")
+    expect(ann.messages).to_have_count(4)
+    assert ann.seqs() == [1, 2, 3, 4]
+
+
+def test_load_older_reaches_the_first_message_kept_across_a_restart(servers: Servers, open_page: OpenPage) -> None:
+    server = servers.start(store=None, rate_per_second=0)
+    say_through_websocket(server, "archive", *[f"entry {index}" for index in range(1, 181)])
+    server = servers.restart(server)
+    ann = open_page(page_url(server, room="archive", name="Ann"), "ann")
+    live(ann)
+    expect(ann.messages).to_have_count(50)
+    assert ann.seqs() == list(range(131, 181))
+
+    load_older = ann.page.get_by_role("button", name="Load older messages")
+    for shown in (100, 150, 180):
+        # The click event alone: a pointer's mousedown counts as the reader scrolling, and the page inserted
+        # above may then fetch the next one by itself, racing the next click.
+        load_older.dispatch_event("click")
+        expect(ann.messages).to_have_count(shown)
+    expect(ann.page.locator("#older-status")).to_have_text("This is the beginning of the room.")
+    expect(load_older).to_be_hidden()
+    assert ann.seqs() == list(range(1, 181))
+    assert texts(ann)[0] == "entry 1"
 
 
 def test_restart_on_redis_recovers_what_another_node_delivered_meanwhile(

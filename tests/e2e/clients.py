@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -296,3 +296,139 @@ async def wait_tcp_state(raw: RawClient, state: int, within: float) -> None:
                 await anyio.sleep(0.1)  # the kernel offers no event to wait for
     except TimeoutError:
         raise AssertionError(f"TCP state still {raw.tcp_state()} after {within} s, want {state}") from None
+
+
+# --- members that keep talking ----------------------------------------------------------------
+
+
+class Participant:
+    """A member that reads every frame in the background (so it never holds the server back) and, once
+    ``publish`` runs, sends messages with refs, up to ``window`` of them unanswered at a time."""
+
+    def __init__(self, ws: ClientConnection, welcome: Frame, window: int = 8) -> None:
+        self.ws = ws
+        self.welcome = welcome
+        self.window = window
+        self.received: list[Frame] = []
+        self.sent: dict[str, str] = {}
+        """ref -> text of every message sent."""
+        self.acked: dict[str, int] = {}
+        """ref -> seq of every message acknowledged."""
+        self.refused: dict[str, str] = {}
+        """ref -> error code of every message refused."""
+        self.close_code: int | None = None
+        self.closed = False
+        self._stopped = False
+        self._changed = anyio.Event()
+
+    @property
+    def name(self) -> str:
+        name: str = self.welcome["you"]["name"]
+        return name
+
+    @property
+    def in_flight(self) -> int:
+        """Messages sent and neither acknowledged nor refused yet."""
+        return len(self.sent) - len(self.acked) - len(self.refused)
+
+    def seqs(self) -> list[int]:
+        """The seqs of the ``message`` frames received, in the order they came."""
+        return [frame["seq"] for frame in self.received if frame["type"] == "message"]
+
+    def acked_texts(self) -> dict[int, str]:
+        """seq -> text of every message of this member's that was acknowledged."""
+        return {seq: self.sent[ref] for ref, seq in self.acked.items()}
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def read(self) -> None:
+        """Read until the connection ends, recording frames, acks and refusals."""
+        try:
+            async for data in self.ws:
+                frame = parse(data)
+                self.received.append(frame)
+                ref = frame.get("ref")
+                if frame["type"] == "ack" and ref in self.sent:
+                    self.acked[ref] = frame["seq"]
+                elif frame["type"] == "error" and ref in self.sent:
+                    self.refused[ref] = frame["code"]
+                self._notify()
+        except ConnectionClosed:
+            pass
+        self.close_code = self.ws.close_code
+        self.closed = True
+        self._notify()
+
+    async def wait_until(self, condition: Callable[[], bool], within: float = WAIT) -> None:
+        """Wait until ``condition()`` holds, checking it after each frame received or sent (and at the close)."""
+        try:
+            with anyio.fail_after(within):
+                while not condition():
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"{self.name}: condition not met within {within} s") from None
+
+    async def wait_closed(self, within: float = WAIT) -> None:
+        """Wait until the connection has ended."""
+        await self.wait_until(lambda: self.closed, within)
+
+    async def wait_answered(self, within: float = WAIT) -> None:
+        """Wait until every message sent was acknowledged or refused (or the connection ended)."""
+        await self.wait_until(lambda: self.in_flight == 0 or self.closed, within)
+
+    async def wait_seqs(self, seqs: Iterable[int], within: float = WAIT) -> None:
+        """Wait until a ``message`` frame came for each of ``seqs``."""
+        wanted = set(seqs)
+        await self.wait_until(lambda: wanted <= set(self.seqs()), within)
+
+    async def publish(self, count: int | None = None, within: float = 30.0) -> None:
+        """Send messages (``count`` of them, or until ``stop``) while the connection lasts, never more than
+        ``window`` unanswered at a time."""
+        sent = 0
+        while not self._stopped and not self.closed and sent != count:
+            if self.in_flight >= self.window:
+                await self.wait_until(lambda: self.in_flight < self.window or self._stopped or self.closed, within)
+                continue
+            sent += 1
+            ref, text = f"{self.name}-{sent}", f"{self.name} says {sent}"
+            self.sent[ref] = text
+            try:
+                await send_message(self.ws, text, ref)
+            except ConnectionClosed:
+                return
+            self._notify()
+
+    def stop(self) -> None:
+        """Make ``publish`` return before its next message."""
+        self._stopped = True
+        self._notify()
+
+
+async def page_history(ws: ClientConnection, limit: int = 100, within: float = 60.0) -> list[Frame]:
+    """A room's whole history through ``history`` frames, paged back with ``before`` until a page reaches
+    seq 1 (or comes back short); oldest first. Each page must be oldest first and end below the page after it."""
+    pages: list[list[Frame]] = []
+    before: int | None = None
+    with anyio.fail_after(within):
+        while True:
+            ref = f"page-{len(pages)}"
+            request: Frame = {"type": "history", "limit": limit, "ref": ref}
+            if before is not None:
+                request["before"] = before
+            await ws.send(json.dumps(request))
+
+            def answers(frame: Frame, ref: str = ref) -> bool:
+                return frame.get("ref") == ref
+
+            answer, _ = await wait_for(ws, answers)
+            assert answer["type"] == "history", answer
+            page: list[Frame] = answer["messages"]
+            seqs = [message["seq"] for message in page]
+            assert seqs == sorted(seqs), f"a page not oldest first: {seqs}"
+            assert before is None or not seqs or seqs[-1] < before, (before, seqs)
+            pages.insert(0, page)
+            if len(page) < limit or seqs[0] == 1:
+                return [message for older in pages for message in older]
+            before = seqs[0]

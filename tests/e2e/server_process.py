@@ -63,6 +63,7 @@ class ServerProcess:
     def __init__(self, argv: list[str], port: int, env: Mapping[str, str], cwd: str | None = None) -> None:
         self.port = port
         self.argv = argv
+        self.cwd = cwd
         self._lines: list[str] = []
         self._changed = threading.Condition()
         self._ready = False
@@ -187,15 +188,21 @@ class StartServer(Protocol):
     def __call__(self, *, env: Mapping[str, str] | None = None, **flags: object) -> ServerProcess: ...
 
 
+def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without its ``CHAT_*`` variables, plus ``env``."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("CHAT_")}
+    environ["PYTHONUNBUFFERED"] = "1"
+    environ.update(env or {})
+    return environ
+
+
 def launch(
     backend_url: str, flags: Mapping[str, object], env: Mapping[str, str] | None = None, cwd: str | None = None
 ) -> ServerProcess:
     """Start a server on a free port (in ``cwd``: where a relative store path points; by default a new
     temporary folder), retrying when another process grabbed the port first."""
     cwd = cwd or tempfile.mkdtemp(prefix="chat-e2e-")
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("CHAT_")}
-    environ["PYTHONUNBUFFERED"] = "1"
-    environ.update(env or {})
+    environ = environment(env)
     logs = []
     for _ in range(BIND_ATTEMPTS):
         port = free_port()
@@ -214,16 +221,31 @@ def launch(
     raise RuntimeError("the chat server did not start:\n" + "\n---\n".join(logs))
 
 
+def refused_start(
+    backend_url: str, flags: Mapping[str, object], cwd: str, timeout: float = START_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run a server that should refuse to start, and wait for its exit (its status, stdout and stderr);
+    ``subprocess.TimeoutExpired`` if it still runs after ``timeout`` seconds (it is killed then)."""
+    argv = command_line(free_port(), backend_url, flags)
+    return subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=environment(), cwd=cwd, timeout=timeout
+    )
+
+
 def servers_on(
-    backend_url: str, defaults: Mapping[str, object] | None = None, base_env: Mapping[str, str] | None = None
+    backend_url: str,
+    defaults: Mapping[str, object] | None = None,
+    base_env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
 ) -> Iterator[StartServer]:
     """For a fixture to ``yield from``: a factory of servers on ``backend_url`` (each call's flags over
-    ``defaults``, its ``env`` over ``base_env``); afterwards each server is stopped, and the test fails
-    if one had to be killed or logged a traceback."""
+    ``defaults``, its ``env`` over ``base_env``; all in ``cwd`` if given, else each in a folder of its
+    own); afterwards each server is stopped, and the test fails if one had to be killed or logged a
+    traceback."""
     servers: list[ServerProcess] = []
 
     def start(*, env: Mapping[str, str] | None = None, **flags: object) -> ServerProcess:
-        server = launch(backend_url, {**(defaults or {}), **flags}, {**(base_env or {}), **(env or {})})
+        server = launch(backend_url, {**(defaults or {}), **flags}, {**(base_env or {}), **(env or {})}, cwd)
         servers.append(server)
         return server
 
