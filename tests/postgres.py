@@ -86,14 +86,20 @@ def _is_zombie(pid: int) -> bool:
 class PostgresServer:
     """One PostgreSQL server in a temporary folder, on a free loopback port, that a test may stop and start again."""
 
-    def __init__(self, bindir: Path, port: int | None = None) -> None:
+    def __init__(self, bindir: Path, port: int | None = None, password: str | None = None) -> None:
+        """Create the cluster: trust auth, or, given ``password``, user postgres with that password."""
         self.bindir = bindir
         self.port = port or free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="chat-postgres-"))  # not under pytest's root-only tmp dirs
         self.process: subprocess.Popen[bytes] | None = None
+        auth = ["-A", "trust"]
+        if password is not None:
+            (self.workdir / "password").write_text(password)
+            auth = ["-A", "scram-sha-256", f"--pwfile={self.workdir / 'password'}"]
         if os.geteuid() == 0:
-            shutil.chown(self.workdir, "postgres", "postgres")
-        self._run(["initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            for path in (self.workdir, *self.workdir.iterdir()):
+                shutil.chown(path, "postgres", "postgres")
+        self._run(["initdb", "-D", str(self.data), "-U", "postgres", *auth, "-E", "UTF8", "--no-sync"])
 
     @property
     def data(self) -> Path:
@@ -190,15 +196,20 @@ class PostgresServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, running, to stop, kill and start again."""
+def require_postgres_binaries() -> Path:
+    """Where initdb and postgres are; skip the test when they are missing, except under CI, where that fails it."""
     bindir = postgres_bindir()
     if bindir is None:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL's binaries (initdb, postgres) are not installed, and CI must run these tests")
         pytest.skip("PostgreSQL's binaries (initdb, postgres) are not installed (apt-get install postgresql)")
-    server = PostgresServer(bindir)
+    return bindir
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, running, to stop, kill and start again."""
+    server = PostgresServer(require_postgres_binaries())
     try:
         server.start()
         yield server

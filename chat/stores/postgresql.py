@@ -247,7 +247,7 @@ class PostgresStore(Store):
     async def _pool(self, size: int) -> asyncpg.Pool:
         return await asyncpg.create_pool(
             self.url,
-            min_size=1,
+            min_size=0,  # no reconnecting in the background (and its log lines) while PostgreSQL is down
             max_size=size,
             timeout=CONNECT_TIMEOUT,
             command_timeout=COMMAND_TIMEOUT,

@@ -3,22 +3,20 @@ to a database of the test's own; Redis restarted empty loses nothing, and neithe
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 import anyio
 import pytest
 
-from tests.redis_server import RedisServer, free_port
+from tests.postgres import PostgresServer, postgres_server
+from tests.redis_server import RedisServer
 
 from .clients import Frame, Participant, joined, messages, page_history, say, send_message, wait_for
 from .server_process import ServerProcess, StartServer, servers_on
 from .test_cluster import health_status
+
+__all__ = ["postgres_server"]  # a fixture for this module
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -30,79 +28,6 @@ FLAGS: dict[str, object] = {"rate_per_second": 0, "presence_ttl": 2}
 def start_node(redis_server: RedisServer, postgres_url: str) -> Iterator[StartServer]:
     """A factory of server processes on the test's Redis, recording in the test's PostgreSQL database."""
     yield from servers_on(redis_server.url, {**FLAGS, "store": postgres_url})
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of the test's own (trust auth, loopback, a free port), to stop and start again."""
-
-    def __init__(self, bin_dir: Path, password: str | None = None) -> None:
-        """Create the cluster: trust auth, or, given ``password``, user postgres with that password."""
-        self.bin_dir = bin_dir
-        self.folder = Path(tempfile.mkdtemp(prefix="chat-e2e-postgres-"))  # not under tmp_path: postgres must reach it
-        self.data = self.folder / "data"
-        self.port = free_port()
-        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        auth = ["--auth=trust"]
-        if password is not None:
-            (self.folder / "password").write_text(password)
-            auth = ["--auth=scram-sha-256", f"--pwfile={self.folder / 'password'}"]
-        if self.as_postgres:
-            for path in (self.folder, *self.folder.iterdir()):
-                shutil.chown(path, "postgres")
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", *auth)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, tool: str, *args: str) -> None:
-        command = [*self.as_postgres, str(self.bin_dir / tool), *args]
-        subprocess.run(command, check=True, capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        """Start the server and return once it accepts connections."""
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
-        self._run(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.folder / "log"), "-w", "-t", "30", "-o", options, "start"
-        )
-
-    def stop(self) -> None:
-        """Stop the server (fast: connections are cut, nothing is left half-written) and wait for its exit."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
-
-    def remove(self) -> None:
-        """Stop the server at once if it runs, and delete its files."""
-        subprocess.run(
-            [*self.as_postgres, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def postgres_bin_dir() -> Path:
-    """Where initdb and pg_ctl are (Debian's newest PostgreSQL, else PATH); skip the test when they are
-    missing, except under CI, where that fails it."""
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name))
-    pg_ctl = shutil.which("pg_ctl")
-    if debian:
-        return debian[-1]
-    if pg_ctl:
-        return Path(pg_ctl).parent
-    if os.environ.get("CI"):
-        pytest.fail("PostgreSQL's initdb and pg_ctl are missing, and CI must run the PostgreSQL tests")
-    pytest.skip("PostgreSQL's initdb and pg_ctl are missing (apt-get install postgresql)")
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A running PostgreSQL cluster of this test's own, removed afterwards."""
-    server = PrivatePostgres(postgres_bin_dir())
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 @asynccontextmanager
@@ -225,25 +150,25 @@ async def wait_status(node: ServerProcess, status: int, within: float) -> None:
 
 
 @pytest.fixture
-def start_on_private_postgres(redis_server: RedisServer, private_postgres: PrivatePostgres) -> Iterator[StartServer]:
-    """A factory of server processes on the test's Redis, recording in the test's own PostgreSQL cluster."""
-    yield from servers_on(redis_server.url, {**FLAGS, "store": private_postgres.url})
+def start_on_private_postgres(redis_server: RedisServer, postgres_server: PostgresServer) -> Iterator[StartServer]:
+    """A factory of server processes on the test's Redis, recording in the test's own PostgreSQL server."""
+    yield from servers_on(redis_server.url, {**FLAGS, "store": postgres_server.url()})
 
 
 async def test_postgresql_stopped_then_started_again(
-    start_on_private_postgres: StartServer, private_postgres: PrivatePostgres
+    start_on_private_postgres: StartServer, postgres_server: PostgresServer
 ) -> None:
     """PostgreSQL down: publishes get unavailable and /healthz 503; back up: publishes go on at the next seq."""
     one, two = start_on_private_postgres(), start_on_private_postgres()
     async with joined(one, ROOM, "ann") as (ann, welcome), joined(two, ROOM, "bob") as (bob, _):
         assert await say(ann, "before") == [1]
-        await anyio.to_thread.run_sync(private_postgres.stop)
+        await anyio.to_thread.run_sync(postgres_server.stop)
         await send_message(ann, "during", "during")
         refusal, _ = await wait_for(ann, lambda frame: frame.get("ref") == "during", within=30)
         assert (refusal["type"], refusal["code"]) == ("error", "unavailable"), refusal
         await wait_status(one, 503, within=15)
 
-        await anyio.to_thread.run_sync(private_postgres.start)
+        await anyio.to_thread.run_sync(postgres_server.start)
         await wait_status(one, 200, within=30)
         await wait_status(two, 200, within=30)
         assert await say(ann, "after", within=30) == [2]

@@ -14,9 +14,10 @@ import anyio
 import httpx2 as httpx
 import pytest
 
+from tests.postgres import PostgresServer, require_postgres_binaries
+
 from .clients import WAIT, Frame, Participant, joined, page_history, say
 from .server_process import FORBIDDEN_IN_LOG, ServerProcess, StartServer, refused_start, servers_on
-from .test_cluster_store import PrivatePostgres, postgres_bin_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -299,8 +300,8 @@ async def test_a_postgresql_store_with_a_wrong_database_name_is_refused(postgres
 
 async def test_a_postgresql_store_with_a_wrong_password_is_refused(tmp_path: Path) -> None:
     """A PostgreSQL server that wants a password, given a wrong one: exit 2, one line, the password never shown."""
-    bin_dir = postgres_bin_dir()
-    server = await anyio.to_thread.run_sync(lambda: PrivatePostgres(bin_dir, password="the-right-one"))
+    bindir = require_postgres_binaries()
+    server = await anyio.to_thread.run_sync(lambda: PostgresServer(bindir, password="the-right-one"))
     try:
         await anyio.to_thread.run_sync(server.start)
         url = f"postgresql://postgres:not-the-password@127.0.0.1:{server.port}/postgres"
