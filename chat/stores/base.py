@@ -19,19 +19,52 @@ import abc
 import asyncio
 import base64
 import hashlib
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlsplit
 
 from chat.backends.base import PublishDone, Snapshot
+from chat.exceptions import Unavailable
 from chat.protocol import Member, Message
 from chat.settings import Settings
+
+logger = logging.getLogger("chat.store")
+
+UNAVAILABLE = "store unavailable"
 
 Committed = Callable[[Message, str], None]
 """Called with each committed message and the store's epoch, in commit order (a room's in seq order)."""
 
 SCHEMA_VERSION = 1
 """The layout this release writes; a database with a higher version was written by a newer release."""
+
+
+@dataclass(slots=True)
+class Append:
+    """An append on its way: the message without its seq, the future its caller awaits, and its ``done``."""
+
+    room: str
+    sender: Member
+    text: str
+    ts: int
+    future: asyncio.Future[Message]
+    done: PublishDone | None
+
+    def settle(self, outcome: Message | Unavailable) -> None:
+        """Resolve the future with the message or the error (unless its caller cancelled it), then call ``done``."""
+        future = self.future
+        if not future.done():
+            if isinstance(outcome, Message):
+                future.set_result(outcome)
+            else:
+                future.set_exception(outcome)
+        if self.done is not None:
+            try:
+                self.done(future)
+            except Exception:
+                logger.exception("an append's done callback failed")
 
 
 def room_epoch(database_epoch: str, room: str) -> str:

@@ -22,7 +22,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,11 +32,10 @@ from chat.backends.base import PublishDone, Snapshot
 from chat.exceptions import ConfigError, Unavailable
 from chat.protocol import Member, Message
 from chat.settings import Settings
-from chat.stores.base import SCHEMA_VERSION, Committed, Store, room_epoch
+from chat.stores.base import SCHEMA_VERSION, UNAVAILABLE, Append, Committed, Store, room_epoch
 
 logger = logging.getLogger("chat.postgresql")
 
-UNAVAILABLE = "store unavailable"
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0  # a batch, from taking a connection to its commit
@@ -147,32 +145,6 @@ def _message(room: str, row: asyncpg.Record) -> Message:
     return Message(room, row["seq"], Member(row["sender_id"], row["sender_name"]), row["text"].decode(), row["ts"])
 
 
-@dataclass(slots=True)
-class _Append:
-    """An append on its way: the message without its seq, the future its caller awaits, and its ``done``."""
-
-    room: str
-    sender: Member
-    text: str
-    ts: int
-    future: asyncio.Future[Message]
-    done: PublishDone | None
-
-    def settle(self, message: Message | None) -> None:
-        """Resolve the future with the committed message, or with ``Unavailable`` (None), then call ``done``."""
-        future = self.future
-        if not future.done():  # else its caller cancelled it
-            if message is None:
-                future.set_exception(Unavailable(UNAVAILABLE))
-            else:
-                future.set_result(message)
-        if self.done is not None:
-            try:
-                self.done(future)
-            except Exception:
-                logger.exception("an append's done callback failed")
-
-
 class PostgresStore(Store):
     """Appends committed in batches by one writer; reads on connections of their own."""
 
@@ -182,7 +154,7 @@ class PostgresStore(Store):
         super().__init__(url, settings)
         self.epoch = ""
         self._committed: Committed | None = None
-        self._queued: list[_Append] = []
+        self._queued: list[Append] = []
         self._wanted = asyncio.Event()  # something was queued
         self._closed = True
         self._writes: asyncpg.Pool | None = None
@@ -288,9 +260,9 @@ class PostgresStore(Store):
 
     def append(self, room: str, sender: Member, text: str, done: PublishDone | None = None) -> asyncio.Future[Message]:
         loop = asyncio.get_running_loop()
-        pending = _Append(room, sender, text, _now_ms(), loop.create_future(), done)
+        pending = Append(room, sender, text, _now_ms(), loop.create_future(), done)
         if self._closed:
-            loop.call_soon(pending.settle, None)
+            loop.call_soon(pending.settle, Unavailable(UNAVAILABLE))
         else:
             self._queued.append(pending)
             self._wanted.set()
@@ -306,11 +278,11 @@ class PostgresStore(Store):
             if self._closed:
                 return
 
-    def _take(self, count: int) -> list[_Append]:
+    def _take(self, count: int) -> list[Append]:
         batch, self._queued = self._queued[:count], self._queued[count:]
         return batch
 
-    async def _commit(self, batch: list[_Append]) -> None:
+    async def _commit(self, batch: list[Append]) -> None:
         """Commit the batch; then, in order, tell ``committed`` and settle each append (or fail them all)."""
         try:
             tops = await self._insert(batch)
@@ -339,7 +311,7 @@ class PostgresStore(Store):
                 logger.exception("the committed callback failed")
             pending.settle(message)
 
-    async def _insert(self, batch: list[_Append]) -> dict[str, int]:
+    async def _insert(self, batch: list[Append]) -> dict[str, int]:
         """Run the batch's statement (again after a deadlock); each room's seq after it."""
         columns: tuple[list[Any], ...] = ([], [], [], [], [])
         for pending in batch:
@@ -363,9 +335,9 @@ class PostgresStore(Store):
                 raise Unavailable(UNAVAILABLE) from exc
         raise AssertionError("unreachable")
 
-    def _fail(self, batch: Iterable[_Append]) -> None:
+    def _fail(self, batch: Iterable[Append]) -> None:
         for pending in batch:
-            pending.settle(None)
+            pending.settle(Unavailable(UNAVAILABLE))
 
     # --- reading ----------------------------------------------------------------------------
 

@@ -38,7 +38,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -48,12 +47,11 @@ from chat.backends.base import PublishDone, Snapshot
 from chat.exceptions import ConfigError, Unavailable
 from chat.protocol import Member, Message
 from chat.settings import Settings
-from chat.stores.base import SCHEMA_VERSION, Committed, Store, room_epoch
+from chat.stores.base import SCHEMA_VERSION, UNAVAILABLE, Append, Committed, Store, room_epoch
 
 logger = logging.getLogger("chat.sqlite")
 
 URL_PREFIX = "sqlite:///"
-UNAVAILABLE = "store unavailable"
 STOPPED = "store unavailable: stopped"
 READERS = 4
 """Read connections, each used by one worker thread at a time."""
@@ -91,18 +89,6 @@ T = TypeVar("T")
 Row = tuple[int, str, str, str, int]
 
 
-@dataclass(slots=True)
-class _Append:
-    """An append on its way to the writer: the message without its seq, its future and its ``done``."""
-
-    room: str
-    sender: Member
-    text: str
-    ts: int
-    future: asyncio.Future[Message]
-    done: PublishDone | None
-
-
 class SqliteStore(Store):
     """Every message in one SQLite file, written by one thread, read by a few."""
 
@@ -115,8 +101,8 @@ class SqliteStore(Store):
         self._clock = clock
         self._committed: Committed | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queued: list[_Append] = []  # this loop turn's appends
-        self._inbox: queue.SimpleQueue[list[_Append] | None] = queue.SimpleQueue()
+        self._queued: list[Append] = []  # this loop turn's appends
+        self._inbox: queue.SimpleQueue[list[Append] | None] = queue.SimpleQueue()
         self._writer: _Writer | None = None
         self._readers: _Readers | None = None
         self._limiter: anyio.CapacityLimiter | None = None
@@ -154,7 +140,7 @@ class SqliteStore(Store):
     def append(self, room: str, sender: Member, text: str, done: PublishDone | None = None) -> asyncio.Future[Message]:
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
-        append = _Append(room, sender, text, time.time_ns() // 1_000_000, future, done)
+        append = Append(room, sender, text, time.time_ns() // 1_000_000, future, done)
         if self._writer is None:
             _settle_failed([append], STOPPED)
             return future
@@ -233,12 +219,12 @@ class SqliteStore(Store):
             batch, self._queued = self._queued, []
             self._inbox.put(batch)
 
-    def _settle_soon(self, batch: list[_Append], outcome: list[Message] | Exception) -> None:
+    def _settle_soon(self, batch: list[Append], outcome: list[Message] | Exception) -> None:
         """From the writer thread: settle a batch on the event loop (in the order batches were written)."""
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._settle, batch, outcome)
 
-    def _settle(self, batch: list[_Append], outcome: list[Message] | Exception) -> None:
+    def _settle(self, batch: list[Append], outcome: list[Message] | Exception) -> None:
         """Tell ``committed`` of each message, then resolve its future and call its ``done``."""
         if isinstance(outcome, Exception):  # the database's own words; a bug's are only in the log
             _settle_failed(
@@ -252,11 +238,7 @@ class SqliteStore(Store):
                 committed(message, room_epoch(epoch, message.room))
             except Exception:
                 logger.exception("the committed callback failed")
-            future = append.future
-            if not future.done():  # else its caller cancelled it
-                future.set_result(message)
-            if append.done is not None:
-                _call_done(append.done, future)
+            append.settle(message)
 
 
 class _Writer:
@@ -268,8 +250,8 @@ class _Writer:
         path: str,
         settings: Settings,
         clock: Callable[[], float],
-        inbox: queue.SimpleQueue[list[_Append] | None],
-        settle: Callable[[list[_Append], list[Message] | Exception], None],
+        inbox: queue.SimpleQueue[list[Append] | None],
+        settle: Callable[[list[Append], list[Message] | Exception], None],
     ) -> None:
         self.healthy = True
         self.thread = threading.Thread(target=self._run, name="chat-sqlite-writer", daemon=True)
@@ -308,9 +290,9 @@ class _Writer:
             self._probe()
         return stopping
 
-    def _collect(self) -> tuple[list[_Append], bool]:
+    def _collect(self) -> tuple[list[Append], bool]:
         """Every batch handed over by now, waiting for the first until there is work; and whether to stop."""
-        batch: list[_Append] = []
+        batch: list[Append] = []
         try:
             item = self._inbox.get(timeout=self._idle_timeout())
             while item is not None:
@@ -327,7 +309,7 @@ class _Writer:
             return max(0.0, self._next_prune - self._clock())
         return None
 
-    def _commit(self, batch: list[_Append]) -> None:
+    def _commit(self, batch: list[Append]) -> None:
         try:
             messages = self._write(batch)
         except sqlite3.Error as exc:
@@ -340,7 +322,7 @@ class _Writer:
             self._succeeded()
             self._settle(batch, messages)
 
-    def _write(self, batch: list[_Append]) -> list[Message]:
+    def _write(self, batch: list[Append]) -> list[Message]:
         """Give the batch its seqs and commit it, with the pruning ``retention_messages`` asks for."""
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
@@ -593,20 +575,9 @@ def _check_schema(connection: sqlite3.Connection, path: str) -> str:
     return epoch
 
 
-def _settle_failed(batch: list[_Append], detail: str) -> None:
+def _settle_failed(batch: list[Append], detail: str) -> None:
     for append in batch:
-        future = append.future
-        if not future.done():
-            future.set_exception(Unavailable(detail))
-        if append.done is not None:
-            _call_done(append.done, future)
-
-
-def _call_done(done: PublishDone, future: asyncio.Future[Message]) -> None:
-    try:
-        done(future)
-    except Exception:
-        logger.exception("an append's done callback failed")
+        append.settle(Unavailable(detail))
 
 
 def _one_line(exc: BaseException) -> str:
