@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -647,3 +648,28 @@ def test_healthz_is_503_degraded_while_the_backend_cannot_serve() -> None:
         "connections": 0,
         "rooms": 0,
     }
+
+
+# --- where messages are recorded -------------------------------------------------------------------
+
+
+def test_an_app_built_in_code_writes_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_app() on the default settings records in memory: chatting leaves the working directory empty."""
+    monkeypatch.chdir(tmp_path)
+    with serve(Settings()) as client, joined(client) as (alice, _):
+        assert send_messages(alice, 3)[-1]["seq"] == 3
+        assert client.get("/healthz").json()["store"] == "memory"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_app_whose_settings_name_a_sqlite_file_records_there(tmp_path: Path) -> None:
+    """Settings(store="sqlite:///...") records in that file, and a new app on it remembers the room."""
+    settings = Settings(store=f"sqlite:///{tmp_path}/chat.db")
+    with serve(settings) as client, joined(client) as (alice, welcome):
+        send_messages(alice, 2)
+        assert client.get("/healthz").json()["store"] == "sqlite"
+    assert (tmp_path / "chat.db").exists()
+    with serve(settings) as client, joined(client, f"since=1&epoch={welcome['epoch']}") as (_, again):
+        assert again["recovered"] is True
+        assert [message["text"] for message in again["history"]] == ["m2"]
+        assert stored(client) == ["m1", "m2"]

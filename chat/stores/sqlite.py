@@ -6,6 +6,9 @@ transaction holds whatever is waiting, never one await per row. Seqs are given i
 transaction (the ``rooms`` table keeps each room's last seq; the writer remembers those of the
 ``max_rooms`` rooms it wrote last, once committed), so a failed commit uses none; only once it is
 committed does the event loop learn of a message (``committed``, then its future).
+Under load, a commit starts at most every ``COMMIT_INTERVAL`` (2 ms) after the previous one, since
+most of a commit's cost is per commit, not per row. Checkpoints (copying the WAL into the database,
+with their fsyncs) run in a thread of their own, so a commit never waits for one.
 Reads run in worker threads on connections of their own; in WAL mode they never block the writer.
 
 What an acknowledged message survives, by ``sqlite_synchronous`` (in WAL mode):
@@ -59,6 +62,12 @@ PRUNE_ROOMS = 100
 """Rooms an age-pruning transaction visits, at most."""
 PRUNE_ROWS = 1000
 """Messages of one room an age-pruning transaction deletes, at most."""
+COMMIT_INTERVAL = 0.002
+"""Seconds from one commit's start to the next's, at least: what arrives meanwhile joins the next one."""
+CHECKPOINT_INTERVAL = 0.25
+"""Seconds between the checkpointer's passes while messages are written."""
+WRITER_CHECKPOINT_PAGES = 20000
+"""WAL pages (80 MiB) beyond which the writer checkpoints itself: only if the checkpointer cannot keep up."""
 PROBE_INTERVAL = 1.0
 """Seconds between the writer's probe writes while writes fail and no append comes."""
 LATEST = 1 << 62
@@ -107,6 +116,7 @@ class SqliteStore(Store):
         self._readers: _Readers | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._lock: int | None = None
+        self._checkpointer: _Checkpointer | None = None
 
     @property
     def location(self) -> str:
@@ -119,7 +129,11 @@ class SqliteStore(Store):
         self._limiter = anyio.CapacityLimiter(READERS)
         lock, connection, self.epoch, self._readers = await anyio.to_thread.run_sync(self._open)
         self._lock = lock
-        self._writer = _Writer(connection, self.path, self.settings, self._clock, self._inbox, self._settle_soon)
+        self._checkpointer = _Checkpointer(self.path)
+        self._writer = _Writer(
+            connection, self.path, self.settings, self._clock, self._inbox, self._settle_soon, self._checkpointer.due
+        )
+        self._checkpointer.thread.start()
         self._writer.thread.start()
 
     async def stop(self) -> None:
@@ -131,6 +145,9 @@ class SqliteStore(Store):
         try:
             await anyio.to_thread.run_sync(writer.thread.join)  # its last batches are settled before it returns
         finally:
+            if self._checkpointer is not None:
+                await anyio.to_thread.run_sync(self._checkpointer.stop)
+                self._checkpointer = None
             if self._readers is not None:
                 self._readers.close()
             if self._lock is not None:
@@ -198,6 +215,8 @@ class SqliteStore(Store):
             connection.execute(f"PRAGMA synchronous = {self.settings.sqlite_synchronous.upper()}")
             connection.execute("PRAGMA journal_size_limit = 67108864")
             connection.execute("PRAGMA cache_size = -16384")  # 16 MiB: a batch over many rooms touches many pages
+            # Checkpoints (and their fsyncs) are the checkpointer's: a commit never waits for one.
+            connection.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
         except BaseException:
             connection.close()
             raise
@@ -252,6 +271,7 @@ class _Writer:
         clock: Callable[[], float],
         inbox: queue.SimpleQueue[list[Append] | None],
         settle: Callable[[list[Append], list[Message] | Exception], None],
+        written: Callable[[], None],
     ) -> None:
         self.healthy = True
         self.thread = threading.Thread(target=self._run, name="chat-sqlite-writer", daemon=True)
@@ -263,7 +283,9 @@ class _Writer:
         self._clock = clock
         self._inbox = inbox
         self._settle = settle
+        self._written = written
         self._next_prune = clock()
+        self._last_commit = 0.0
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()  # room -> committed id, seq
         self._max_positions = settings.max_rooms
         self._prune_from = 0  # the room id the age pruning goes on after
@@ -281,20 +303,27 @@ class _Writer:
 
     def _serve(self) -> bool:
         """Write what waits (after a step of age pruning, when one is due); whether the store stops."""
-        batch, stopping = self._collect()
+        batch, stopping = self._collect(self._idle_timeout())
         if self._max_age and not stopping and self._clock() >= self._next_prune:
             self._prune_expired()
+        pause = self._last_commit + COMMIT_INTERVAL - time.monotonic()
+        if batch and not stopping and pause > 0:  # a commit's cost is mostly per commit: let more join it
+            time.sleep(pause)
+            more, stopping = self._collect(0.0)
+            batch += more
         if batch:
+            self._last_commit = time.monotonic()
             self._commit(batch)
         elif not self.healthy and not stopping:
             self._probe()
         return stopping
 
-    def _collect(self) -> tuple[list[Append], bool]:
-        """Every batch handed over by now, waiting for the first until there is work; and whether to stop."""
+    def _collect(self, timeout: float | None) -> tuple[list[Append], bool]:
+        """Every batch handed over by now, waiting ``timeout`` for the first (None: until there is one); and
+        whether to stop."""
         batch: list[Append] = []
         try:
-            item = self._inbox.get(timeout=self._idle_timeout())
+            item = self._inbox.get(timeout=timeout) if timeout != 0.0 else self._inbox.get_nowait()
             while item is not None:
                 batch += item
                 item = self._inbox.get_nowait()
@@ -321,6 +350,7 @@ class _Writer:
         else:
             self._succeeded()
             self._settle(batch, messages)
+            self._written()
 
     def _write(self, batch: list[Append]) -> list[Message]:
         """Give the batch its seqs and commit it, with the pruning ``retention_messages`` asks for."""
@@ -424,6 +454,49 @@ class _Writer:
         if not self.healthy:
             logger.warning("store %s records messages again", self._path)
         self.healthy = True
+
+
+class _Checkpointer:
+    """Copies the WAL into the database from a thread and a connection of its own, while writes go on.
+
+    A commit that had to checkpoint would wait for the copy and, above ``synchronous = off``, for its
+    fsyncs: a stall of every publish of the moment. Passive checkpoints here never block the writer
+    or the readers; the writer resets the WAL once one is complete.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.thread = threading.Thread(target=self._run, name="chat-sqlite-checkpointer", daemon=True)
+        self._path = path
+        self._connection = _connect(path)
+        self._wanted = threading.Event()
+        self._stopping = False
+
+    def due(self) -> None:
+        """Something was committed: checkpoint within ``CHECKPOINT_INTERVAL``."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        """End the thread (blocking) and close its connection."""
+        self._stopping = True
+        self._wanted.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wanted.wait()
+                if self._stopping:
+                    return
+                time.sleep(CHECKPOINT_INTERVAL)  # let a few commits gather: one pass copies them all
+                self._wanted.clear()
+                if self._stopping:  # stop() sets it before waking us: a wake-up cleared here is seen
+                    return
+                try:
+                    self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    logger.warning("store %s: checkpoint failed: %s", self._path, _one_line(exc))
+        finally:
+            self._connection.close()
 
 
 class _Readers:
