@@ -37,6 +37,9 @@ from chat.stores.base import SCHEMA_VERSION, UNAVAILABLE, Append, Committed, Sto
 logger = logging.getLogger("chat.postgresql")
 
 CONNECT_TIMEOUT = 5.0
+QUEUE_TIMEOUT = 30.0
+"""Seconds a read or a batch may wait for a free connection of its pool: a join storm queues there, and a
+queue is not PostgreSQL failing (a connection PostgreSQL refuses or leaves unanswered fails within CONNECT_TIMEOUT)."""
 COMMAND_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0  # a batch, from taking a connection to its commit
 HEALTH_TIMEOUT = 2.0
@@ -386,7 +389,7 @@ class PostgresStore(Store):
         if pool is None:
             raise Unavailable(UNAVAILABLE)
         try:
-            connection = await pool.acquire(timeout=CONNECT_TIMEOUT)
+            connection = await pool.acquire(timeout=QUEUE_TIMEOUT)
         except FAILURES as exc:
             self._mark(up=False, why=exc)
             raise Unavailable(UNAVAILABLE) from exc
