@@ -20,6 +20,8 @@ MAX_WRITE_DELAY = 1.0
 
 SQLITE_SYNCHRONOUS = ("off", "normal", "full", "extra")
 """SQLite's ``synchronous`` levels (the README says what each survives); ``normal`` is the default."""
+SQLITE_WRITERS = ("thread", "loop")
+"""Where SQLite commits: a writer thread of its own (the default), or the event loop's thread."""
 COMMAND_LINE_STORE = "sqlite:///chat.db"
 """Where the command-line server records messages when neither the store nor a shared backend is named."""
 
@@ -35,6 +37,7 @@ class Settings:
     retention_seconds: float = 0.0
     retention_messages: int = 0
     sqlite_synchronous: str = "normal"
+    sqlite_writer: str = "thread"
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -133,6 +136,13 @@ class Settings:
         if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
             raise ConfigError(
                 f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS)}, got {self.sqlite_synchronous!r}"
+            )
+        if self.sqlite_writer not in SQLITE_WRITERS:
+            raise ConfigError(f"sqlite_writer must be one of {', '.join(SQLITE_WRITERS)}, got {self.sqlite_writer!r}")
+        if self.sqlite_writer == "loop" and self.sqlite_synchronous in ("full", "extra"):
+            raise ConfigError(
+                "sqlite_writer=loop needs sqlite_synchronous off or normal: "
+                "a commit that waits for the disk would stall every connection"
             )
         if self.jwt_secret and self.jwt_public_key:
             raise ConfigError("set jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both")

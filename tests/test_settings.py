@@ -319,3 +319,17 @@ def test_to_env_round_trips_the_security_fields() -> None:
         metrics_dir="/tmp/m",
     )
     assert Settings.from_env(settings.to_env()) == settings
+
+
+@pytest.mark.parametrize("synchronous", ["full", "extra"])
+def test_sqlite_commits_on_the_loop_only_without_waiting_for_the_disk(synchronous: str) -> None:
+    """sqlite_writer=loop with a synchronous level that flushes every commit is refused, naming both settings."""
+    Settings(sqlite_writer="loop", sqlite_synchronous="normal")
+    with pytest.raises(ConfigError, match="sqlite_writer=loop needs sqlite_synchronous"):
+        Settings(sqlite_writer="loop", sqlite_synchronous=synchronous)
+
+
+def test_unknown_sqlite_writer_is_refused() -> None:
+    """sqlite_writer is thread or loop."""
+    with pytest.raises(ConfigError, match="sqlite_writer must be one of thread, loop"):
+        Settings(sqlite_writer="process")

@@ -17,16 +17,18 @@ from chat.stores import Store, open_store
 pytestmark = pytest.mark.anyio
 
 ALICE = Member("a1", "alice")
-STORES = ["sqlite", "postgresql"]
+STORES = ["sqlite", "sqlite-loop", "postgresql"]
+"""Every store; ``sqlite-loop`` is SQLite committing on the event loop's thread (``sqlite_writer``)."""
 
 
 @pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store of each kind."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/chat.db"
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings naming a fresh, empty store of each kind."""
+    if request.param.startswith("sqlite"):
+        writer = "loop" if request.param == "sqlite-loop" else "thread"
+        return Settings(store=f"sqlite:///{tmp_path}/chat.db", sqlite_writer=writer)
     url: str = request.getfixturevalue("postgres_url")
-    return url
+    return Settings(store=url)
 
 
 class Recorder:
@@ -42,12 +44,12 @@ class Recorder:
 
 
 @pytest.fixture
-async def opened(store_url: str) -> AsyncIterator[Callable[..., object]]:
-    """Open stores on ``store_url`` (with settings changes); every one is stopped at the end."""
+async def opened(store_settings: Settings) -> AsyncIterator[Callable[..., object]]:
+    """Open stores on ``store_settings`` (with changes); every one is stopped at the end."""
     stores: list[Store] = []
 
     async def open_(recorder: Recorder | None = None, **changes: object) -> Store:
-        store = open_store(store_url, Settings(store=store_url).replace(**changes))
+        store = open_store(store_settings.store, store_settings.replace(**changes))
         await store.start(recorder or Recorder())
         stores.append(store)
         return store

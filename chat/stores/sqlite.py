@@ -95,6 +95,8 @@ BEFORE = f"{COLUMNS} WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
 AFTER = f"{COLUMNS} WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?"
 
 T = TypeVar("T")
+Settle = Callable[[list[Append], "list[Message] | Exception"], None]
+"""Hands a written batch's outcome (its messages, or what failed it) back to the event loop."""
 Row = tuple[int, str, str, str, int]
 
 
@@ -117,6 +119,7 @@ class SqliteStore(Store):
         self._limiter: anyio.CapacityLimiter | None = None
         self._lock: int | None = None
         self._checkpointer: _Checkpointer | None = None
+        self._in_loop = settings.sqlite_writer == "loop"
 
     @property
     def location(self) -> str:
@@ -236,7 +239,10 @@ class SqliteStore(Store):
         """Give this turn's appends to the writer, as one batch."""
         if self._queued:
             batch, self._queued = self._queued, []
-            self._inbox.put(batch)
+            if self._in_loop and self._writer is not None:
+                self._writer.commit_now(batch, self._settle)
+            else:
+                self._inbox.put(batch)
 
     def _settle_soon(self, batch: list[Append], outcome: list[Message] | Exception) -> None:
         """From the writer thread: settle a batch on the event loop (in the order batches were written)."""
@@ -270,7 +276,7 @@ class _Writer:
         settings: Settings,
         clock: Callable[[], float],
         inbox: queue.SimpleQueue[list[Append] | None],
-        settle: Callable[[list[Append], list[Message] | Exception], None],
+        settle: Settle,
         written: Callable[[], None],
     ) -> None:
         self.healthy = True
@@ -284,6 +290,7 @@ class _Writer:
         self._inbox = inbox
         self._settle = settle
         self._written = written
+        self.lock = threading.Lock()  # the connection's: the thread's pruning and probes against commit_now
         self._next_prune = clock()
         self._last_commit = 0.0
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()  # room -> committed id, seq
@@ -301,11 +308,17 @@ class _Writer:
         finally:
             self._connection.close()
 
+    def commit_now(self, batch: list[Append], settle: Settle) -> None:
+        """Commit a batch in the calling thread (``sqlite_writer = "loop"``: the event loop's), then ``settle`` it."""
+        with self.lock:
+            self._commit(batch, settle)
+
     def _serve(self) -> bool:
         """Write what waits (after a step of age pruning, when one is due); whether the store stops."""
         batch, stopping = self._collect(self._idle_timeout())
         if self._max_age and not stopping and self._clock() >= self._next_prune:
-            self._prune_expired()
+            with self.lock:
+                self._prune_expired()
         pause = self._last_commit + COMMIT_INTERVAL - time.monotonic()
         if batch and not stopping and pause > 0:  # a commit's cost is mostly per commit: let more join it
             time.sleep(pause)
@@ -313,9 +326,11 @@ class _Writer:
             batch += more
         if batch:
             self._last_commit = time.monotonic()
-            self._commit(batch)
+            with self.lock:
+                self._commit(batch, self._settle)
         elif not self.healthy and not stopping:
-            self._probe()
+            with self.lock:
+                self._probe()
         return stopping
 
     def _collect(self, timeout: float | None) -> tuple[list[Append], bool]:
@@ -338,18 +353,18 @@ class _Writer:
             return max(0.0, self._next_prune - self._clock())
         return None
 
-    def _commit(self, batch: list[Append]) -> None:
+    def _commit(self, batch: list[Append], settle: Settle) -> None:
         try:
             messages = self._write(batch)
         except sqlite3.Error as exc:
             self._failed(exc)
-            self._settle(batch, exc)
+            settle(batch, exc)
         except Exception as exc:
             logger.exception("store %s: a batch failed", self._path)
-            self._settle(batch, exc)
+            settle(batch, exc)
         else:
             self._succeeded()
-            self._settle(batch, messages)
+            settle(batch, messages)
             self._written()
 
     def _write(self, batch: list[Append]) -> list[Message]:
