@@ -25,6 +25,8 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 """The most a server may take to exit after SIGTERM before it is killed."""
 BIND_ATTEMPTS = 5
+SERVER_FOLDERS = tempfile.TemporaryDirectory(prefix="chat-e2e-")
+"""Where servers started without a folder of the test's get one each; removed when the test run ends."""
 FORBIDDEN_IN_LOG = "Traceback"
 """A server whose log holds this fails the test that ran it."""
 
@@ -201,7 +203,7 @@ def launch(
 ) -> ServerProcess:
     """Start a server on a free port (in ``cwd``: where a relative store path points; by default a new
     temporary folder), retrying when another process grabbed the port first."""
-    cwd = cwd or tempfile.mkdtemp(prefix="chat-e2e-")
+    cwd = cwd or tempfile.mkdtemp(prefix="server-", dir=SERVER_FOLDERS.name)
     environ = environment(env)
     logs = []
     for _ in range(BIND_ATTEMPTS):
