@@ -18,7 +18,8 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chat", description="Run the chat server.")
     for field in fields(Settings):
         option = "--" + field.name.replace("_", "-")
-        help_text = f"(CHAT_{field.name.upper()}, default {field.default})"
+        default = COMMAND_LINE_STORE + " on memory://" if field.name == "store" else field.default
+        help_text = f"(CHAT_{field.name.upper()}, default {default})"
         if field.type == "bool":
             parser.add_argument(option, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

@@ -38,8 +38,11 @@ class Chat:
     def __init__(self, settings: Settings | None = None, backend: Backend | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.backend = backend or open_backend(self.settings)
-        self.store: Store | None = self.backend.store if isinstance(self.backend, StoredBackend) else None
-        relay = self.backend.relay_backend if isinstance(self.backend, StoredBackend) else self.backend
+        self.store: Store | None = None
+        relay = self.backend
+        if isinstance(relay, StoredBackend):
+            self.store = relay.store
+            relay = relay.relay_backend
         self.backend_name = relay.name
         self.store_name = self.store.name if self.store is not None else relay.name
         self.access = Access(self.settings)

@@ -78,11 +78,6 @@ class Settings:
     metrics_dir: str = ""
 
     @property
-    def store_url(self) -> str:
-        """Where messages are recorded: the store, or the backend itself when no store is named."""
-        return self.store or self.backend
-
-    @property
     def auth(self) -> bool:
         """Whether connections need a signed token."""
         return bool(self.jwt_secret or self.jwt_public_key)

@@ -331,6 +331,24 @@ class EventSink:
         return self._inbox.unread()
 
 
+class Delivered:
+    """A backend's ``deliver`` (this object's ``deliver``) that keeps every event, with bounded waits on them."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changes = Changes()
+
+    def deliver(self, event: Event) -> None:
+        self.events.append(event)
+        self._changes.changed()
+
+    def seqs(self) -> list[int]:
+        return [event.seq for event in self.events if isinstance(event, Message)]
+
+    async def wait_until(self, condition: Callable[[], bool], within: float = 10.0) -> None:
+        await self._changes.wait_until(condition, within)
+
+
 # --- TestClient sessions with bounded waits -----------------------------------------------------
 
 

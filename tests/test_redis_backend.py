@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -12,33 +12,22 @@ import pytest
 from chat.backends.redis import RedisBackend
 from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher
 from chat.exceptions import Unavailable
-from chat.protocol import Event, Member, Message, Restart, Signal
+from chat.protocol import Member, Message, Restart, Signal
 from chat.settings import Settings
 from tests.redis_server import RedisServer
-from tests.standins import Changes
+from tests.standins import Changes, Delivered
 
 pytestmark = pytest.mark.anyio
 
 ROOM = "lobby"
 
 
-class Node:
+class Node(Delivered):
     """One process's backend and every event it delivered, with a way to wait for a condition."""
 
     def __init__(self, url: str, **settings: float) -> None:
+        super().__init__()
         self.backend = RedisBackend(url, Settings(backend=url, **settings))  # type: ignore[arg-type]
-        self.events: list[Event] = []
-        self._changes = Changes()
-
-    def deliver(self, event: Event) -> None:
-        self.events.append(event)
-        self._changes.changed()
-
-    def seqs(self) -> list[int]:
-        return [event.seq for event in self.events if isinstance(event, Message)]
-
-    async def wait_until(self, condition: Callable[[], bool], within: float = 10.0) -> None:
-        await self._changes.wait_until(condition, within)
 
 
 @asynccontextmanager

@@ -3,7 +3,7 @@ are lost or overtaken and Redis is restarted empty."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,11 +14,11 @@ from chat.backends.base import RoomSummary
 from chat.backends.redis import RedisBackend
 from chat.backends.redis.relay import LinkRelay, PipelineRelay
 from chat.backends.stored import StoredBackend
-from chat.protocol import Event, Member, Message, Restart, Signal
+from chat.protocol import Member, Restart, Signal
 from chat.settings import Settings
 from tests.memory_store import Database, MemoryStore
 from tests.redis_server import RedisServer
-from tests.standins import Changes
+from tests.standins import Delivered
 
 pytestmark = pytest.mark.anyio
 
@@ -27,30 +27,19 @@ ANN = Member("m1", "ann")
 BOB = Member("m2", "bob")
 
 
-class Node:
+class Node(Delivered):
     """One process: a Redis backend relaying the messages of its store on the shared database."""
 
     def __init__(self, url: str, database: Database, use_link: bool) -> None:
+        super().__init__()
         settings = Settings(backend=url)
         self.redis = RedisBackend(url, settings)
         self.backend = StoredBackend(self.redis, MemoryStore(database, settings))
         if not use_link:  # as without hiredis, or for rediss://
             self.redis._relay = PipelineRelay(self.redis._redis)
-        self.events: list[Event] = []
-        self._changes = Changes()
-
-    def deliver(self, event: Event) -> None:
-        self.events.append(event)
-        self._changes.changed()
-
-    def seqs(self) -> list[int]:
-        return [event.seq for event in self.events if isinstance(event, Message)]
 
     def restarts(self) -> list[Restart]:
         return [event for event in self.events if isinstance(event, Restart)]
-
-    async def wait_until(self, condition: Callable[[], bool], within: float = 10.0) -> None:
-        await self._changes.wait_until(condition, within)
 
 
 @asynccontextmanager

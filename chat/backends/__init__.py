@@ -14,8 +14,8 @@ __all__ = ["Backend", "Deliver", "PublishDone", "RoomSummary", "Snapshot", "open
 def open_backend(settings: Settings) -> Backend:
     """The backend ``settings.backend`` names, recording in the store ``settings.store`` names.
 
-    A store that names the backend's own kind (``memory://`` with memory, ``redis://`` with Redis) or
-    none is the backend's own bounded history; SQLite or PostgreSQL wrap it in a ``StoredBackend``.
+    No store, or the backend's own URL, is the backend's own bounded history; SQLite or PostgreSQL wrap
+    it in a ``StoredBackend``.
     """
     backend = _open_relay(settings)
     if settings.store in ("", settings.backend):

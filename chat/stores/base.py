@@ -18,15 +18,16 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
-from urllib.parse import urlsplit
 
 from chat.backends.base import PublishDone, Snapshot
 from chat.exceptions import Unavailable
+from chat.logs import redact_url
 from chat.protocol import Member, Message
 from chat.settings import Settings
 
@@ -67,6 +68,7 @@ class Append:
                 logger.exception("an append's done callback failed")
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every committed message: hash a busy room once
 def room_epoch(database_epoch: str, room: str) -> str:
     """The epoch of ``room`` in a database whose epoch is ``database_epoch``: stable, and different per room."""
     digest = hashlib.blake2b(room.encode(), digest_size=9, key=database_epoch.encode()).digest()
@@ -85,11 +87,7 @@ class Store(abc.ABC):
     @property
     def location(self) -> str:
         """Where the messages are, for the start-up log: the URL without its password."""
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
+        return redact_url(self.url)
 
     @abc.abstractmethod
     async def start(self, committed: Committed) -> None:
@@ -124,11 +122,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def rooms(self) -> list[str]:
-        """Every room with a recorded message, sorted."""
+        """Every room with a recorded message, sorted (SQLite also lists a room whose messages retention deleted)."""
 
     @abc.abstractmethod
     async def exists(self, room: str) -> bool:
-        """Whether the room has a recorded message."""
+        """Whether the room has a recorded message (SQLite: ever had one)."""
 
     @abc.abstractmethod
     async def healthy(self) -> bool:

@@ -9,6 +9,8 @@ committed does the event loop learn of a message (``committed``, then its future
 Under load, a commit starts at most every ``COMMIT_INTERVAL`` (2 ms) after the previous one, since
 most of a commit's cost is per commit, not per row. Checkpoints (copying the WAL into the database,
 with their fsyncs) run in a thread of their own, so a commit never waits for one.
+With ``sqlite_writer = "loop"`` each turn's batch is committed on the event loop's thread instead
+(``_Writer.commit_now``; the thread then only prunes and probes, under the connection's lock).
 Reads run in worker threads on connections of their own; in WAL mode they never block the writer.
 
 What an acknowledged message survives, by ``sqlite_synchronous`` (in WAL mode):

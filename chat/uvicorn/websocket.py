@@ -38,7 +38,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import CloseCode
 from websockets.http11 import Request
 
-from chat.connection import DIRECT_EXTENSION
+from chat.connection import DIRECT_EXTENSION, STALLED
+from chat.exceptions import SlowConsumer
 from chat.frames import text_frame
 from chat.uvicorn.flusher import flusher_for
 from chat.uvicorn.standins import Flag, Inbox
@@ -205,7 +206,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         elif self.on_stall is not None:
             self.on_stall()
         else:
-            self.direct_close(CloseCode.TRY_AGAIN_LATER, "slow consumer: the socket took nothing for too long")
+            self.direct_close(SlowConsumer.close_code, STALLED)
 
     async def run_asgi(self) -> None:
         """Run the app; once it is done with the connection, give the close at most ``close_timeout``."""

@@ -41,8 +41,11 @@ def say_through_websocket(server: ServerProcess, room: str, *texts: str) -> str:
         assert welcome["type"] == "welcome", welcome
         for ref, text in enumerate(texts, 1):
             ws.send(json.dumps({"type": "message", "text": text, "ref": ref}))
-        while (frame := json.loads(ws.recv(timeout=10))).get("ref") != len(texts):
-            pass
+        for _ in range(10 * len(texts) + 10):  # its acks, and what else the room sends meanwhile, at most
+            if (frame := json.loads(ws.recv(timeout=10))).get("ref") == len(texts):
+                break
+        else:
+            raise AssertionError(f"no answer to message {len(texts)} among the frames that came")
         assert frame["type"] == "ack", frame
         epoch: str = welcome["epoch"]
         return epoch

@@ -7,7 +7,6 @@ import logging
 import time
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -34,6 +33,7 @@ from chat.backends.redis.scripts import (
     room_keys,
     room_of,
 )
+from chat.logs import redact_url
 from chat.protocol import Member, Message, Signal, message_frame_parts
 from chat.settings import Settings
 
@@ -107,7 +107,7 @@ class RedisBackend(Backend):
         with anyio.move_on_after(STARTUP_WAIT):
             await listener.ready.wait()
         if not listener.up:
-            logger.warning("redis at %s not reachable yet; serving degraded until it is", _safe_url(self.url))
+            logger.warning("redis at %s not reachable yet; serving degraded until it is", redact_url(self.url))
             self.state_changed(False)
 
     async def stop(self) -> None:
@@ -218,13 +218,3 @@ class RedisBackend(Backend):
                     pipe.zcount(room_keys(room)[3], now_ms, "+inf")
                 counts = await pipe.execute()
         return [RoomSummary(room, int(count)) for room, count in zip(rooms, counts, strict=True)]
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()

@@ -37,8 +37,8 @@ class LinkLost(ConnectionError):
     """The connection closed, failed, or Redis answered nothing in time."""
 
 
-class _Reply:
-    """A waiter for a single command (the link's handshake)."""
+class Reply:
+    """A waiter for a single command's reply (the link's handshake, a ``PING`` behind everything sent)."""
 
     __slots__ = ("future",)
 
@@ -94,7 +94,7 @@ class Link(asyncio.Protocol):
                 db = _database(parts.path, parts.query)
                 if db:
                     handshake.append(command(b"SELECT", str(db).encode()))
-                replies = [_Reply(loop.create_future()) for _ in handshake]
+                replies = [Reply(loop.create_future()) for _ in handshake]
                 if handshake:
                     link.send(b"".join(handshake), replies)
                 for reply in replies:

@@ -21,7 +21,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from chat.backends.redis.link import Link, LinkLost, bulk_strings, command
+from chat.backends.redis.link import Link, LinkLost, Reply, command
 from chat.backends.redis.publisher import cancel_task
 from chat.backends.redis.scripts import room_channel
 from chat.protocol import Message
@@ -31,8 +31,6 @@ logger = logging.getLogger("chat.redis")
 RETRY_FIRST = 0.05
 RETRY_MAX = 1.0
 STOP_WAIT = 1.0
-
-_PUBLISH = bulk_strings((b"PUBLISH",))
 
 Relayed = tuple[str, bytes, bytes]
 """A relay on its way: the room, its channel and the payload, encoded."""
@@ -116,19 +114,6 @@ class _Batch:
             self.relay._lose(self.relays, reply)
 
 
-class _Drained:
-    """Waits for the reply to a ``PING`` sent after everything else: Redis has taken all of it."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.future = future
-
-    def settle(self, reply: object) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-
 class LinkRelay(Relay):
     """A batch is one write on a connection of its own; replies are read only to keep the link in step."""
 
@@ -155,7 +140,7 @@ class LinkRelay(Relay):
     def _write(self, link: Link) -> None:
         """Write every queued relay on the link, as one write."""
         batch, self._queued = self._queued, []
-        data = b"".join([b"*3\r\n" + _PUBLISH + bulk_strings((channel, payload)) for _, channel, payload in batch])
+        data = b"".join([command(b"PUBLISH", channel, payload) for _, channel, payload in batch])
         link.send(data, [_Batch(self, batch)] * len(batch))
         self._sent()
 
@@ -168,8 +153,8 @@ class LinkRelay(Relay):
             if link is not None and not link.closed:
                 if self._queued:
                     self._write(link)
-                drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                link.send(command(b"PING"), [_Drained(drained)])
+                drained: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+                link.send(command(b"PING"), [Reply(drained)])
                 await drained
         await cancel_task(self._connecting)
         link, self._link = self._link, None
