@@ -8,7 +8,11 @@ What a client counts: ``message`` frames (each one a delivery, its latency taken
 timestamp that the publisher put at the start of the text: ``time.monotonic_ns()``, one clock for
 every process of the host), ``ack`` frames, the first ``leave``, ``error`` frames and closes.
 ``join``, ``typing`` and anything else are ignored. A text frame may hold several JSON objects
-separated by newlines (opt-in coalescing); each counts on its own. The client offers
+separated by newlines (opt-in coalescing); each counts on its own.
+
+A member speaks protocol v1 (``/ws/{room}``: one room, ready at its ``welcome``) or v1.1 (``/ws``:
+ready at its ``hello``, then in each room it sends a ``join`` frame for, once that room's
+``welcome`` is back; its messages name their room). The client offers
 permessage-deflate only when asked (``deflate``) and inflates what the server compressed; it never
 compresses what it sends (RFC 7692 allows an uncompressed message on a deflate connection).
 """
@@ -44,6 +48,11 @@ DEFLATE_TAIL = b"\x00\x00\xff\xff"
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 PADDING = b"x" * 65536
 TCP_ESTABLISHED = 1
+V1 = "v1"
+"""A member on ``/ws/{room}``: one connection per room."""
+WS = "ws"
+"""A member on ``/ws`` (protocol v1.1): one connection, a ``join`` frame per room."""
+ENDPOINTS = (V1, WS)
 SLOW_POLL = 0.05
 """How often the state of a never-reading socket is checked (the kernel offers no event for it)."""
 TICK = 0.005
@@ -68,21 +77,49 @@ _monotonic_ns = time.monotonic_ns
 Reply = dict[str, Any]
 
 
-def message_frame(size: int, ref: int | None) -> bytes:
-    """A ``message`` frame whose text is the send time (20 digits, ns) padded to ``size`` characters."""
+def message_frame(size: int, ref: int | None, room: str | None = None) -> bytes:
+    """A ``message`` frame whose text is the send time (20 digits, ns) padded to ``size`` characters.
+
+    With ``room`` (on ``/ws``) the frame names its room.
+    """
     stamp = b"%020d" % _monotonic_ns()
     text = stamp + PADDING[: max(0, size - STAMP_DIGITS)]
+    head = b'{"type":"message","text":"' if room is None else b'{"type":"message","room":"%s","text":"' % room.encode()
     if ref is None:
-        return b'{"type":"message","text":"' + text + b'"}'
-    return b'{"type":"message","text":"' + text + b'","ref":%d}' % ref
+        return head + text + b'"}'
+    return head + text + b'","ref":%d}' % ref
+
+
+def join_frame(room: str, ref: int) -> bytes:
+    """A ``join`` frame for ``room`` (``/ws``); its welcome echoes ``ref``."""
+    return json.dumps({"type": "join", "room": room, "ref": ref}, separators=(",", ":")).encode()
+
+
+def path(endpoint: str, room: str, name: str, query: str) -> str:
+    """The request path of a member: ``/ws/{room}`` (v1) or ``/ws`` (v1.1, its rooms joined afterwards)."""
+    if endpoint == V1:
+        return f"/ws/{room}?name={name}{query}"
+    if endpoint == WS:
+        return f"/ws?name={name}{query}"
+    raise ValueError(f"unknown endpoint {endpoint!r}: {', '.join(ENDPOINTS)}")
+
+
+def rooms_of(rooms: str) -> list[str]:
+    """The rooms of a member: one for v1, comma-separated for ``/ws`` (none: it only connects)."""
+    return [room for room in rooms.split(",") if room]
 
 
 class Client(WSListener):
-    """One WebSocket member: counts what it receives, records latencies in its worker's histogram."""
+    """One WebSocket member: counts what it receives, records latencies in its worker's histogram.
 
-    def __init__(self, worker: Worker) -> None:
+    ``ready`` is done at the first ``welcome`` (v1) or at the ``hello`` (``/ws``); ``join`` sends
+    ``join`` frames (``/ws``) and its future is done once as many more welcomes came back.
+    """
+
+    def __init__(self, worker: Worker, endpoint: str = V1) -> None:
         super().__init__()
         self.worker = worker
+        self.endpoint = endpoint
         self.hist = worker.hist
         self.transport: WSTransport | None = None
         self.received = 0
@@ -90,7 +127,12 @@ class Client(WSListener):
         self.sent = 0
         self.closed = False
         self.close_code: int | None = None
-        self.welcomed: asyncio.Future[None] = worker.loop.create_future()
+        self.room: str | None = None
+        """The room its messages name (``/ws``); None on v1, whose messages go to the connection's room."""
+        self.ready: asyncio.Future[None] = worker.loop.create_future()
+        self.welcomes = 0
+        self.joining: asyncio.Future[None] | None = None
+        self.join_target = 0
         self.gone: asyncio.Future[None] = worker.loop.create_future()
         self.waiter: asyncio.Future[None] | None = None
         self.inflater: Any = None
@@ -117,10 +159,16 @@ class Client(WSListener):
             self.worker.disconnected += 1
         if not self.gone.done():
             self.gone.set_result(None)
-        if not self.welcomed.done():
-            self.welcomed.set_exception(ConnectionError(f"closed before the welcome (code {self.close_code})"))
-            self.welcomed.exception()  # retrieved: nobody may be waiting any more (the connect timed out)
+        first = "welcome" if self.endpoint == V1 else "hello"
+        self.fail(self.ready, f"closed before the {first} (code {self.close_code})")
+        self.fail(self.joining, f"closed before every welcome (code {self.close_code})")
         self.wake()
+
+    @staticmethod
+    def fail(future: asyncio.Future[None] | None, reason: str) -> None:
+        if future is not None and not future.done():
+            future.set_exception(ConnectionError(reason))
+            future.exception()  # retrieved: nobody may be waiting any more (the wait timed out)
 
     # --- frames ---------------------------------------------------------------------------------
 
@@ -172,12 +220,20 @@ class Client(WSListener):
             self.acks += 1
             self.wake()
         elif kind == "welcome":
-            if not self.welcomed.done():
-                self.welcomed.set_result(None)
+            self.welcomes += 1
+            if self.endpoint == V1 and not self.ready.done():
+                self.ready.set_result(None)
+            if self.joining is not None and self.welcomes >= self.join_target and not self.joining.done():
+                self.joining.set_result(None)
+        elif kind == "hello":
+            if self.endpoint == WS and not self.ready.done():
+                self.ready.set_result(None)
         elif kind == "leave":
             self.worker.note_leave()
         elif kind == "error" or kind is None:
-            self.worker.note_error(data[:200].decode("utf-8", "replace"))
+            sample = data[:200].decode("utf-8", "replace")
+            self.worker.note_error(sample)
+            self.fail(self.joining, f"refused: {sample}")
 
     def other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -215,7 +271,24 @@ class Client(WSListener):
         if self.transport is None or self.closed:
             return
         self.sent += 1
-        self.transport.send(_TEXT, message_frame(size, self.sent if ref else None))
+        self.transport.send(_TEXT, message_frame(size, self.sent if ref else None, self.room))
+
+    def join(self, rooms: list[str]) -> asyncio.Future[None]:
+        """Send a ``join`` frame for each of ``rooms`` at once: a future done once a welcome came back for each.
+
+        It fails on an ``error`` frame or a close meanwhile.
+        """
+        future: asyncio.Future[None] = self.worker.loop.create_future()
+        if self.transport is None or self.closed:
+            self.fail(future, "not connected")
+            return future
+        self.joining = future
+        self.join_target = self.welcomes + len(rooms)
+        if not rooms:
+            future.set_result(None)
+        for ref, room in enumerate(rooms, 1):
+            self.transport.send(_TEXT, join_frame(room, ref))
+        return future
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -272,8 +345,11 @@ class Worker:
     def __init__(self, pipe: Connection, pace: float) -> None:
         self.pipe = pipe
         self.pace_seconds = pace
+        self.pacing = False
         self.loop = asyncio.get_running_loop()
         self.clients: list[Client] = []
+        self.named: dict[str, Client] = {}
+        """The members by name (``join_timed`` finds a ``/ws`` member's connection here)."""
         self.publisher: Client | None = None
         self.slow: list[SlowClient] = []
         self.hist = [0] * latency.SIZE
@@ -303,12 +379,21 @@ class Worker:
         the client reads many per syscall and the server never wakes it. It adds at most
         ``pace`` to every latency measured, the same for every server.
         """
+        if self.pace_seconds <= 0:
+            self.pacing = False
+            return
         time.sleep(self.pace_seconds)
         self.loop.call_soon(self.pace)
 
-    async def serve(self) -> None:
-        if self.pace_seconds > 0:
+    def set_pace(self, seconds: float) -> None:
+        """Pause ``seconds`` per loop iteration from now on (0: not at all)."""
+        self.pace_seconds = seconds
+        if seconds > 0 and not self.pacing:
+            self.pacing = True
             self.loop.call_soon(self.pace)
+
+    async def serve(self) -> None:
+        self.set_pace(self.pace_seconds)
         # A thread of its own reads the pipe: the loop's add_reader would make the descriptor
         # non-blocking (libuv does), and a long command would then arrive in pieces.
         threading.Thread(target=self.read_commands, name="commands", daemon=True).start()
@@ -367,26 +452,31 @@ class Worker:
         concurrency: int,
         wait: float,
         rcvbuf: int,
+        endpoint: str = V1,
     ) -> Reply:
-        """Open ``(room, name, role, source address)`` members, each up to its welcome.
+        """Open ``(rooms, name, role, source address)`` members, each up to its last welcome.
 
-        Role ``member``, ``publisher`` (the one ``publish`` drives) or ``slow`` (a bare socket).
+        Role ``member``, ``publisher`` (the one ``publish`` drives) or ``slow`` (a bare socket, v1
+        only). On v1 ``rooms`` is the room of the connection; on ``/ws`` the rooms (comma-separated,
+        maybe none) it joins once connected, all at once.
         """
         gate = asyncio.Semaphore(max(1, concurrency))
         failures: list[str] = []
         headers = {"Sec-WebSocket-Extensions": DEFLATE_OFFER} if deflate else None
 
-        async def open_one(room: str, name: str, role: str, source: str) -> None:
+        async def open_one(rooms: str, name: str, role: str, source: str) -> None:
             async with gate:
-                path = f"/ws/{room}?name={name}{query}"
                 try:
                     async with asyncio.timeout(wait):
                         if role == "slow":
-                            self.slow.append(await self.open_slow(port, path, rcvbuf, source))
+                            target = path(V1, rooms, name, query)
+                            self.slow.append(await self.open_slow(port, target, rcvbuf, source))
                             return
-                        await self.open_client(port, path, role, headers, wait, source)
+                        client = await self.open_client(port, endpoint, rooms, name, query, headers, wait, source)
+                        if role == "publisher":
+                            self.publisher = client
                 except Exception as exc:
-                    failures.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                    failures.append(failure(exc))
 
         started = time.monotonic()
         await asyncio.gather(*(open_one(*member) for member in members))
@@ -401,18 +491,28 @@ class Worker:
         }
 
     async def open_client(
-        self, port: int, path: str, role: str, headers: dict[str, str] | None, handshake_wait: float, source: str
-    ) -> None:
+        self,
+        port: int,
+        endpoint: str,
+        rooms: str,
+        name: str,
+        query: str,
+        headers: dict[str, str] | None,
+        handshake_wait: float,
+        source: str,
+    ) -> Client:
+        """One member, up to its welcome (v1), or its hello and then a welcome in each of ``rooms`` (``/ws``)."""
         client: Client | None = None
+        joined = rooms_of(rooms)
 
         def factory() -> Client:
             nonlocal client
-            client = Client(self)
+            client = Client(self, endpoint)
             return client
 
         await ws_connect(
             factory,
-            f"ws://127.0.0.1:{port}{path}",
+            f"ws://127.0.0.1:{port}{path(endpoint, rooms, name, query)}",
             websocket_handshake_timeout=handshake_wait,
             extra_headers=headers,
             read_buffer_init_size=READ_BUFFER,
@@ -422,13 +522,67 @@ class Worker:
         )
         assert client is not None
         try:
-            await client.welcomed
+            await client.ready
+            if endpoint == WS:
+                client.room = joined[0] if joined else None
+                await client.join(joined)
         except BaseException:
             client.abort()
             raise
         self.clients.append(client)
-        if role == "publisher":
-            self.publisher = client
+        self.named[name] = client
+        return client
+
+    async def cmd_join_timed(
+        self,
+        port: int,
+        members: list[tuple[str, str, str, str]],
+        query: str,
+        deflate: bool,
+        wait: float,
+        endpoint: str,
+    ) -> Reply:
+        """Join each member's rooms, one member after the other, timing each: ``seconds`` for each member.
+
+        ``(rooms, name, role, source address)`` as for ``connect``. On v1 the member opens one
+        connection per room, all at once, and is timed until every one has its welcome (handshakes
+        included); on ``/ws`` its connection must be open already (``connect`` with no rooms), and
+        it is timed from sending its ``join`` frames, all at once, until every welcome is back. The
+        members stay connected. The pause per loop iteration (``pace``) is off meanwhile: it would
+        add to each wait for a frame.
+        """
+        headers = {"Sec-WebSocket-Extensions": DEFLATE_OFFER} if deflate else None
+        seconds: list[float] = []
+        failures: list[str] = []
+        pace = self.pace_seconds
+        self.set_pace(0.0)
+        try:
+            for rooms, name, _role, source in members:
+                joined = rooms_of(rooms)
+                try:
+                    async with asyncio.timeout(wait):
+                        if endpoint == WS:
+                            client = self.named[name]
+                            started = time.perf_counter()
+                            await client.join(joined)
+                            seconds.append(time.perf_counter() - started)
+                            client.room = joined[0] if joined else None
+                        else:
+                            started = time.perf_counter()
+                            opening = [
+                                self.open_client(port, V1, room, name, query, headers, wait, source) for room in joined
+                            ]
+                            results = await asyncio.gather(*opening, return_exceptions=True)
+                            elapsed = time.perf_counter() - started
+                            errors = [result for result in results if isinstance(result, BaseException)]
+                            if errors:
+                                raise errors[0]
+                            seconds.append(elapsed)
+                except Exception as exc:
+                    failures.append(f"{name}: {failure(exc)}")
+        finally:
+            self.set_pace(pace)
+        return {"seconds": seconds, "failed": len(failures), "failures": failures[:ERROR_SAMPLES]}
 
     async def open_slow(self, port: int, path: str, rcvbuf: int, source: str) -> SlowClient:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -604,6 +758,7 @@ class Worker:
 
     def reset(self) -> None:
         self.clients = []
+        self.named = {}
         self.publisher = None
         self.hist[:] = [0] * latency.SIZE
         self.errors = 0
@@ -618,6 +773,11 @@ class Worker:
     async def cmd_quit(self) -> Reply:
         self.loop.call_soon(self.stopped.set)
         return {}
+
+
+def failure(exc: BaseException) -> str:
+    """What went wrong, in one line."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def worker_main(pipe: Connection, pace: float = PACE) -> None:

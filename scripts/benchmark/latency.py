@@ -6,7 +6,8 @@ lands in the last bucket. Client processes ship their counts as sparse ``{bucket
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 FINE_NS = 10_000
 """Width of the fine buckets (10 us)."""
@@ -65,3 +66,11 @@ def percentile(histogram: Mapping[int, int], fraction: float) -> float | None:
 def count(histogram: Mapping[int, int]) -> int:
     """How many samples the histogram holds."""
     return sum(histogram.values())
+
+
+def nearest_rank(values: Sequence[float], fraction: float) -> float | None:
+    """The nearest-rank percentile (``fraction`` of 1) of ``values`` themselves; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]

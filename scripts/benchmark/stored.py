@@ -9,7 +9,6 @@ member, so that its pages can be compared where they exist.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection
 
-from benchmark import fill, probe, procfs
+from benchmark import fill, latency, probe, procfs
 from benchmark.scenarios import ScenarioFailed
 from benchmark.servers import Server
 
@@ -52,12 +51,7 @@ class HistoryParams:
     """The most one request (a join, a page, an ack) may take."""
 
 
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """The nearest-rank percentile (``fraction`` of 1) of ``values``; None when there are none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+percentile = latency.nearest_rank
 
 
 def history_size(argv: Sequence[str]) -> int:
