@@ -23,24 +23,38 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmark import procfs, report, scenarios, stored
+from benchmark.client import ENDPOINTS, V1, WS
 from benchmark.pool import WorkerError, WorkerPool
 from benchmark.probe import ProbeFailed
-from benchmark.scenarios import Common, FanoutParams, IdleParams, RoomsParams, Row, ScenarioFailed, SlowParams
+from benchmark.scenarios import (
+    Common,
+    FanoutParams,
+    IdleParams,
+    JoinParams,
+    RoomsParams,
+    Row,
+    ScenarioFailed,
+    SlowParams,
+)
 from benchmark.servers import KINDS, ROOT, Kind, Server, ServerFailed, ServerOptions, redis_available
 from benchmark.stored import HistoryParams, RestartParams
 from benchmark.stores import StoreFailed
 
-SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "restart", "history")
+SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "join", "restart", "history")
 EVERY_KIND = ("chat", "chat-delay", "chat-redis", "seed", "raw")
 DEFAULT_SERVERS: dict[str, tuple[str, ...]] = {
     "fanout": ("chat", "chat-sqlite", "chat-delay", "chat-redis", "chat-redis-pg", "seed", "raw"),
     "rooms": ("chat", "chat-sqlite", "chat-delay", "chat-redis", "seed", "raw"),
     "slow_consumer": EVERY_KIND,
     "idle": EVERY_KIND,
+    "join": ("chat", "chat-redis"),
     "restart": ("chat-sqlite", "chat-redis-pg"),
     "history": ("chat", "chat-sqlite", "chat-redis-pg"),
 }
 """The servers each scenario runs on unless ``--servers`` names them."""
+WS_SERVERS = ("chat", "chat-redis")
+"""Of those, the servers that run the ``/ws`` variants unless ``--servers`` names them (the references cannot)."""
+ENDPOINT_NAMES = {V1: "/ws/{room}", WS: "/ws"}
 T = TypeVar("T")
 
 
@@ -60,7 +74,17 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--members",
         help="the scenario's size, comma-separated for several: fanout room size (200,1000), slow_consumer room size "
-        "(50), idle connections (5000,15000), rooms connections (2000)",
+        "(50), idle connections (5000,15000) and members in --rooms-each rooms (1000), join members (500), "
+        "rooms connections (2000)",
+    )
+    parser.add_argument(
+        "--endpoints",
+        default=",".join(ENDPOINTS),
+        help="fanout, idle, join: the endpoints their members use, comma-separated: v1 (/ws/{room}, a connection "
+        "per room) and ws (/ws, one connection, a join frame per room) (v1,ws: side by side)",
+    )
+    parser.add_argument(
+        "--rooms-each", type=positive_int, help="idle (its members variants), join: rooms each member is in (10)"
     )
     parser.add_argument("--room-size", type=positive_int, help="rooms: members per room (10)")
     parser.add_argument(
@@ -164,6 +188,10 @@ class Plan:
     idle: IdleParams
     restart: RestartParams = dataclasses.field(default_factory=RestartParams)
     history: HistoryParams = dataclasses.field(default_factory=HistoryParams)
+    join: JoinParams = dataclasses.field(default_factory=JoinParams)
+    endpoints: tuple[str, ...] = ENDPOINTS
+    ws_servers: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """The servers of each scenario chosen that run its ``/ws`` variants."""
 
 
 def plan(arguments: argparse.Namespace) -> Plan:
@@ -176,16 +204,22 @@ def plan(arguments: argparse.Namespace) -> Plan:
     if unknown:
         raise SystemExit(f"unknown server {unknown[0]!r}: choose from {', '.join(KINDS)}")
     servers = {name: named or list(DEFAULT_SERVERS[name]) for name in chosen}
+    ws_servers = {name: named or [kind for kind in servers[name] if kind in WS_SERVERS] for name in chosen}
+    endpoints = tuple(part for part in arguments.endpoints.split(",") if part)
+    unknown = [part for part in endpoints if part not in ENDPOINTS]
+    if unknown or not endpoints:
+        raise SystemExit(f"unknown endpoint {(unknown or [''])[0]!r}: choose from {', '.join(ENDPOINTS)}")
     query = "".join(f"&{item}" for item in arguments.query)
     common = Common(deflate=arguments.deflate, query=query)
     fanout, rooms, slow, idle = FanoutParams(), RoomsParams(), SlowParams(), IdleParams()
-    restart, history = RestartParams(), HistoryParams()
+    restart, history, join = RestartParams(), HistoryParams(), JoinParams()
     if arguments.quick:
         common = dataclasses.replace(common, connect_timeout=5.0)
         fanout = FanoutParams(members=[20], duration=1.0, warmup=0.3, stall=2.0, drain=3.0)
         rooms = RoomsParams(connections=40, room_size=10, rates=[1, 5], step=1.0, settle=0.3, refine=0)
         slow = SlowParams(members=6, messages=300, stall=2.0, limit=8.0, drain=2.0)
-        idle = IdleParams(connections=[60], rooms=5, settle=0.3)
+        idle = IdleParams(connections=[60], rooms=10, settle=0.3, members=[10])
+        join = JoinParams(members=[10], warmup=2)
         restart = RestartParams(messages=2000, rooms=10, timeout=20.0)
         history = HistoryParams(messages=2000, pages=100, warmup=5)
     members = ints(arguments.members or "") or None
@@ -217,7 +251,14 @@ def plan(arguments: argparse.Namespace) -> Plan:
         window=given(arguments.window, slow.window),
     )
     idle = dataclasses.replace(
-        idle, connections=given(members, idle.connections), rooms=given(arguments.rooms, idle.rooms)
+        idle,
+        connections=given(members, idle.connections),
+        rooms=given(arguments.rooms, idle.rooms),
+        members=given(members, idle.members),
+        rooms_each=given(arguments.rooms_each, idle.rooms_each),
+    )
+    join = dataclasses.replace(
+        join, members=given(members, join.members), rooms_each=given(arguments.rooms_each, join.rooms_each)
     )
     restart = dataclasses.replace(
         restart, messages=given(arguments.stored, restart.messages), rooms=given(arguments.rooms, restart.rooms)
@@ -229,35 +270,82 @@ def plan(arguments: argparse.Namespace) -> Plan:
         raise SystemExit("slow_consumer needs at least 3 members (publisher, slow one, one other)")
     if history.messages < history.limit:
         raise SystemExit(f"history needs at least a page of stored messages ({history.limit})")
-    return Plan(list(chosen), servers, common, fanout, rooms, slow, idle, restart, history)
+    if "idle" in chosen and idle.rooms < idle.rooms_each:
+        raise SystemExit(f"idle's members are in {idle.rooms_each} rooms each: --rooms must be at least that")
+    return Plan(list(chosen), servers, common, fanout, rooms, slow, idle, restart, history, join, endpoints, ws_servers)
 
 
-def variants(name: str, plan: Plan) -> list[tuple[str, Callable[[WorkerPool, Server], Row]]]:
-    """The runs of one scenario: (label, run(pool, server)) for each size."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One run of a scenario on each of its servers."""
+
+    label: str
+    run: Callable[[WorkerPool, Server], Row]
+    endpoint: str = V1
+    pair: str | None = None
+    """The label of the v1 variant this ``/ws`` one is compared with (the tables' ``/v1`` columns)."""
+
+
+def variants(name: str, plan: Plan) -> list[Variant]:
+    """The runs of one scenario: one for each size (and, in fanout, idle and join, for each endpoint)."""
     common = plan.common
     if name == "fanout":
-        return [(f"{members} members", fanout_run(common, plan.fanout, members)) for members in plan.fanout.members]
+        params = plan.fanout
+        return paired(plan, [(f"{members} members", fanout_run(common, params, members)) for members in params.members])
     if name == "rooms":
         label = f"{plan.rooms.connections} conns, rooms of {plan.rooms.room_size}"
-        return [(label, lambda pool, server: scenarios.run_rooms(pool, server, common, plan.rooms))]
+        return [Variant(label, lambda pool, server: scenarios.run_rooms(pool, server, common, plan.rooms))]
     if name == "slow_consumer":
         label = f"{plan.slow.members} members, {plan.slow.messages} x {plan.slow.size} B"
-        return [(label, lambda pool, server: scenarios.run_slow_consumer(pool, server, common, plan.slow))]
+        return [Variant(label, lambda pool, server: scenarios.run_slow_consumer(pool, server, common, plan.slow))]
     if name == "restart":
         label = f"{plan.restart.messages:,} messages in {plan.restart.rooms:,} rooms"
-        return [(label, lambda pool, server: stored.run_restart(server, plan.restart))]
+        return [Variant(label, lambda pool, server: stored.run_restart(server, plan.restart))]
     if name == "history":
         label = f"{plan.history.messages:,} messages in one room, pages of {plan.history.limit}"
-        return [(label, lambda pool, server: stored.run_history(server, plan.history))]
-    return [(f"{count} conns", idle_run(common, plan.idle, count)) for count in plan.idle.connections]
+        return [Variant(label, lambda pool, server: stored.run_history(server, plan.history))]
+    if name == "join":
+        joins = plan.join
+        return paired(
+            plan,
+            [(f"{size} members x {joins.rooms_each} rooms", join_run(common, joins, size)) for size in joins.members],
+        )
+    idle = plan.idle
+    single = [Variant(f"{count} conns", idle_run(common, idle, count, 1)(V1)) for count in idle.connections]
+    multi = [
+        (f"{size} members x {idle.rooms_each} rooms", idle_run(common, idle, size, idle.rooms_each))
+        for size in idle.members
+    ]
+    return (single if V1 in plan.endpoints else []) + paired(plan, multi)
 
 
-def fanout_run(common: Common, params: FanoutParams, members: int) -> Callable[[WorkerPool, Server], Row]:
-    return lambda pool, server: scenarios.run_fanout(pool, server, common, params, members)
+EndpointRun = Callable[[str], Callable[[WorkerPool, Server], Row]]
 
 
-def idle_run(common: Common, params: IdleParams, connections: int) -> Callable[[WorkerPool, Server], Row]:
-    return lambda pool, server: scenarios.run_idle(pool, server, common, params, connections)
+def paired(plan: Plan, runs: list[tuple[str, EndpointRun]]) -> list[Variant]:
+    """For each ``(label, run for an endpoint)``: its v1 variant, then its ``/ws`` one (those of ``--endpoints``)."""
+    chosen: list[Variant] = []
+    for label, run in runs:
+        if V1 in plan.endpoints:
+            chosen.append(Variant(label, run(V1)))
+        if WS in plan.endpoints:
+            pair = label if V1 in plan.endpoints else None
+            chosen.append(Variant(f"{label}, /ws", run(WS), WS, pair))
+    return chosen
+
+
+def fanout_run(common: Common, params: FanoutParams, members: int) -> EndpointRun:
+    return lambda endpoint: lambda pool, server: scenarios.run_fanout(pool, server, common, params, members, endpoint)
+
+
+def idle_run(common: Common, params: IdleParams, members: int, rooms_each: int) -> EndpointRun:
+    return lambda endpoint: (
+        lambda pool, server: scenarios.run_idle(pool, server, common, params, members, rooms_each, endpoint)
+    )
+
+
+def join_run(common: Common, params: JoinParams, members: int) -> EndpointRun:
+    return lambda endpoint: lambda pool, server: scenarios.run_join(pool, server, common, params, members, endpoint)
 
 
 def log(message: str) -> None:
@@ -284,8 +372,10 @@ def wait_quiet(pool: WorkerPool, limit: float) -> tuple[float, float]:
             return waited, share
 
 
-def unsupported(scenario: str, kind: Kind) -> str | None:
-    """Why ``kind`` cannot run ``scenario`` (here, or at all); None when it can."""
+def unsupported(scenario: str, kind: Kind, endpoint: str = V1) -> str | None:
+    """Why ``kind`` cannot run ``scenario`` on ``endpoint`` (here, or at all); None when it can."""
+    if endpoint == WS and kind.chat_args is None:
+        return "does not speak /ws (protocol v1.1)"
     if scenario == "restart" and kind.store is None:
         return "no durable store"
     if scenario == "history" and kind.chat_args is None:
@@ -302,14 +392,15 @@ def run_one(
     name: str,
     kind_name: str,
     options: ServerOptions,
-    label: str,
-    run: Callable[[WorkerPool, Server], Row],
+    variant: Variant,
     quiet_wait: float,
 ) -> Row:
     """Start the server, run the scenario, stop the server; any failure becomes the row's ``error``."""
-    row: Row = {"server": kind_name, "variant": label}
+    row: Row = {"server": kind_name, "variant": variant.label, "endpoint": variant.endpoint}
+    if variant.pair is not None:
+        row["v1_variant"] = variant.pair
     kind = KINDS[kind_name]
-    reason = unsupported(name, kind)
+    reason = unsupported(name, kind, variant.endpoint)
     if reason:
         row.update(error=f"skipped: {reason}", skipped=True, wall_seconds=0.0)
         return row
@@ -321,7 +412,7 @@ def run_one(
     server: Server | None = None
     try:
         server = Server(kind, options, f"{int(time.time() * 1000)}")
-        row.update(run(pool, server))
+        row.update(variant.run(pool, server))
     except StoreFailed as exc:
         row["error"] = f"skipped: {exc}"
         row["skipped"] = True
@@ -352,14 +443,13 @@ def measure(
     name: str,
     kind_name: str,
     options: ServerOptions,
-    label: str,
-    run: Callable[[WorkerPool, Server], Row],
+    variant: Variant,
     arguments: argparse.Namespace,
 ) -> Row:
     """``run_one``, again (up to ``--retries`` times) while other processes disturbed the measurement."""
-    log(f"- {name} [{label}] {kind_name} ...")
+    log(f"- {name} [{variant.label}] {kind_name} ...")
     for attempt in range(1 + max(0, arguments.retries)):
-        row = run_one(pool, name, kind_name, options, label, run, arguments.quiet_wait)
+        row = run_one(pool, name, kind_name, options, variant, arguments.quiet_wait)
         busy = disturbance(row)
         log(f"  {summary(name, row)} ({row['wall_seconds']} s)")
         if busy <= DISTURBED_PCT or row.get("error"):
@@ -439,7 +529,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     the_plan = plan(arguments)
     soft, _ = raise_file_limit()
-    largest = max([*the_plan.idle.connections, the_plan.rooms.connections, *the_plan.fanout.members])
+    idle, join = the_plan.idle, the_plan.join
+    largest = max(
+        [
+            *idle.connections,
+            *(members * idle.rooms_each for members in idle.members),
+            *((members + join.warmup) * join.rooms_each for members in join.members),
+            the_plan.rooms.connections,
+            *the_plan.fanout.members,
+        ]
+    )
     if soft < largest + 200:
         log(f"warning: RLIMIT_NOFILE is {soft}; runs with {largest} connections will fail (raise ulimit -Hn)")
     workdir = arguments.logs or Path(tempfile.mkdtemp(prefix="chat-bench-"))
@@ -460,11 +559,13 @@ def main(argv: list[str] | None = None) -> int:
         "pinned": {"server": sorted(server_cpus), "clients": sorted(client_cpus or ())} if server_cpus else None,
         "deflate": arguments.deflate,
         "query": the_plan.common.query,
+        "endpoints": list(the_plan.endpoints),
         "parameters": {
             "fanout": dataclasses.asdict(the_plan.fanout),
             "rooms": dataclasses.asdict(the_plan.rooms),
             "slow_consumer": dataclasses.asdict(the_plan.slow),
             "idle": dataclasses.asdict(the_plan.idle),
+            "join": dataclasses.asdict(the_plan.join),
             "restart": dataclasses.asdict(the_plan.restart),
             "history": dataclasses.asdict(the_plan.history),
         },
@@ -482,9 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in the_plan.scenarios:
             rows: list[Row] = []
-            for label, run in variants(name, the_plan):
-                for kind_name in the_plan.servers[name]:
-                    row = measure(pool, name, kind_name, options, label, run, arguments)
+            for variant in variants(name, the_plan):
+                kinds = the_plan.ws_servers[name] if variant.endpoint == WS else the_plan.servers[name]
+                for kind_name in kinds:
+                    row = measure(pool, name, kind_name, options, variant, arguments)
                     note_client_saturation(row, client_capacity)
                     note_store_cpu(name, row)
                     rows.append(row)
@@ -542,7 +644,7 @@ STORE_CPU_NOTE = (
     "server CPU includes the PostgreSQL backends serving its database, not PostgreSQL's shared WAL writer, "
     "checkpointer and background writer"
 )
-MEASURES_CPU = ("fanout", "rooms", "slow_consumer", "idle", "history")
+MEASURES_CPU = ("fanout", "rooms", "slow_consumer", "idle", "join", "history")
 
 
 def note_store_cpu(name: str, row: Row) -> None:
@@ -563,7 +665,7 @@ def note_client_saturation(row: Row, capacity: float) -> None:
 
 def summary(name: str, row: Row) -> str:
     if row.get("error"):
-        return "FAILED: " + str(row["error"]).splitlines()[0]
+        return ("" if row.get("skipped") else "FAILED: ") + str(row["error"]).splitlines()[0]
     if name == "fanout":
         return (
             f"{report.number(row.get('deliveries_per_s'))} deliveries/s, p50 {report.number(row.get('p50_ms'), 2)} ms, "
@@ -600,8 +702,18 @@ def summary(name: str, row: Row) -> str:
             f"{report.number(row.get('kept'))}: p50 {report.number(row.get('p50_ms'), 2)} ms, "
             f"p99 {report.number(row.get('p99_ms'), 2)} ms, {report.number(row.get('cpu_ms_per_page'), 2)} CPU ms/page"
         )
+    if name == "join":
+        return (
+            f"mean {report.number(row.get('mean_ms'), 2)} ms, "
+            f"p50 {report.number(row.get('p50_ms'), 2)} ms, p99 {report.number(row.get('p99_ms'), 2)} ms, "
+            f"{report.number(row.get('cpu_ms_per_member'), 2)} CPU ms/member, "
+            f"server CPU {report.number(row.get('server_cpu_pct'))}%, "
+            f"client CPU {report.number(row.get('client_cpu_pct'))}%, "
+            f"other {report.number(row.get('other_cpu_pct'))}%"
+        )
     return (
         f"{report.number(row.get('kib_per_connection'), 1)} KiB/conn, "
+        f"{report.number(row.get('bytes_per_member_room'))} B/member-room, "
         f"{report.number(row.get('handshakes_per_s'))} handshakes/s, open {row.get('open')}, "
         f"server CPU {report.number(row.get('server_cpu_pct'))}%, "
         f"client CPU {report.number(row.get('client_cpu_pct'))}%, "

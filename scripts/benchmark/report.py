@@ -1,7 +1,8 @@
 """The tables: one per scenario, each server on a row, with its ratios to the two reference servers.
 
 A server with a durable store is also compared with the same server without it (``/no store``:
-``chat-sqlite`` with ``chat``, ``chat-redis-pg`` with ``chat-redis``).
+``chat-sqlite`` with ``chat``, ``chat-redis-pg`` with ``chat-redis``). A run of members on ``/ws``
+is compared with the same server's run of the same size on v1 (``/v1``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ Column = tuple[str, Callable[[Row], str]]
 REFERENCES = ("seed", "raw")
 BASELINE = "no store"
 """The ratio key of a server with a durable store to the same server without it."""
+V1 = "v1"
+"""The ratio key of a ``/ws`` row to the same server's v1 row of the same size (its ``v1_variant``)."""
+ENDPOINTS = {"v1": "/ws/{room}", "ws": "/ws"}
 
 
 def number(value: Any, digits: int = 0) -> str:
@@ -66,6 +70,10 @@ def add_ratios(rows: list[Row], metrics: Sequence[str]) -> None:
         kind = KINDS.get(str(row["server"]))
         if kind is not None and kind.baseline is not None:
             references[BASELINE] = same_variant(rows, kind.baseline, row)
+        if row.get("v1_variant"):
+            references[V1] = next(
+                (r for r in rows if r["server"] == row["server"] and r.get("variant") == row["v1_variant"]), None
+            )
         row["ratio"] = {
             metric: {
                 reference: quotient(row.get(metric), other.get(metric) if other and not other.get("error") else None)
@@ -95,10 +103,19 @@ def ratio(metric: str, reference: str) -> Callable[[Row], str]:
     return cell
 
 
-def ratios(metric: str, baseline: bool = False) -> list[Column]:
-    """The ratio columns of one metric: ``/seed``, ``/raw`` (and ``/no store`` with ``baseline``)."""
-    names = (*REFERENCES, BASELINE) if baseline else REFERENCES
+def ratios(metric: str, baseline: bool = False, v1: bool = False) -> list[Column]:
+    """The ratio columns of one metric: ``/seed``, ``/raw`` (``/no store`` with ``baseline``, ``/v1`` with ``v1``)."""
+    names = (*REFERENCES, *([BASELINE] if baseline else []), *([V1] if v1 else []))
     return [(f"/{reference}", ratio(metric, reference)) for reference in names]
+
+
+def paired(rows: Sequence[Row]) -> bool:
+    """Whether a row is compared with a v1 row (then the table has ``/v1`` columns)."""
+    return any(row.get("v1_variant") for row in rows)
+
+
+def endpoint_column() -> Column:
+    return ("endpoint", lambda row: ENDPOINTS.get(str(row.get("endpoint", "v1")), str(row.get("endpoint"))))
 
 
 def field(key: str, digits: int = 0) -> Callable[[Row], str]:
@@ -111,15 +128,17 @@ def server_column() -> Column:
 
 def fanout_table(rows: list[Row]) -> str:
     add_ratios(rows, ["deliveries_per_s", "cpu_ms_per_1k", "p99_ms"])
+    v1 = paired(rows)
     columns: list[Column] = [
         server_column(),
+        *([endpoint_column()] if v1 else []),
         ("members", field("members")),
         ("deliveries/s", field("deliveries_per_s")),
-        *ratios("deliveries_per_s", baseline=True),
+        *ratios("deliveries_per_s", baseline=True, v1=v1),
         ("p50 ms", field("p50_ms", 2)),
         ("p99 ms", field("p99_ms", 2)),
         ("CPU ms/1k deliv", field("cpu_ms_per_1k", 2)),
-        *ratios("cpu_ms_per_1k", baseline=True),
+        *ratios("cpu_ms_per_1k", baseline=True, v1=v1),
         ("lost", field("lost")),
         ("server CPU%", field("server_cpu_pct")),
         ("client CPU%", field("client_cpu_pct")),
@@ -176,20 +195,63 @@ def slow_table(rows: list[Row]) -> str:
 
 
 def idle_table(rows: list[Row]) -> str:
-    add_ratios(rows, ["kib_per_connection", "handshakes_per_s"])
+    add_ratios(rows, ["kib_per_connection", "bytes_per_member_room", "handshakes_per_s", "cpu_ms_per_member_room"])
+    v1 = paired(rows)
     columns: list[Column] = [
         server_column(),
+        *([endpoint_column()] if v1 else []),
+        ("members x rooms", lambda row: f"{number(row.get('members'))} x {number(row.get('rooms_each'))}"),
         ("conns", field("connections")),
         ("KiB/conn", field("kib_per_connection", 1)),
         *ratios("kib_per_connection"),
+        ("B/member-room", field("bytes_per_member_room")),
+        *([("/v1", ratio("bytes_per_member_room", V1))] if v1 else []),
         ("handshakes/s", field("handshakes_per_s")),
         *ratios("handshakes_per_s"),
-        ("CPU ms/handshake", field("cpu_ms_per_handshake", 2)),
+        ("member-rooms/s", field("member_rooms_per_s")),
+        ("CPU ms/member-room", field("cpu_ms_per_member_room", 3)),
+        *([("/v1", ratio("cpu_ms_per_member_room", V1))] if v1 else []),
         ("RSS MB", field("rss_mb", 1)),
         ("server CPU%", field("server_cpu_pct")),
         ("client CPU%", field("client_cpu_pct")),
     ]
-    return render("idle: connections that only join; memory per connection, handshakes per second", columns, rows)
+    title = "idle: members that only connect and join; memory per connection and per member-room (a member in a room)"
+    return render(title, columns, rows)
+
+
+def join_table(rows: list[Row]) -> str:
+    add_ratios(rows, ["mean_ms", "p50_ms", "p99_ms", "cpu_ms_per_member"])
+    v1 = paired(rows)
+
+    def to_v1(metric: str) -> list[Column]:
+        return [("/v1", ratio(metric, V1))] if v1 else []
+
+    def faster(row: Row) -> str:
+        value = row.get("ratio", {}).get("mean_ms", {}).get(V1)
+        return f"{1 / value:.2f}x" if value else "-"
+
+    columns: list[Column] = [
+        server_column(),
+        endpoint_column(),
+        ("members x rooms", lambda row: f"{number(row.get('members'))} x {number(row.get('rooms_each'))}"),
+        ("mean ms", field("mean_ms", 2)),
+        *to_v1("mean_ms"),
+        ("p50 ms", field("p50_ms", 2)),
+        *to_v1("p50_ms"),
+        ("p99 ms", field("p99_ms", 2)),
+        *to_v1("p99_ms"),
+        ("max ms", field("max_ms", 2)),
+        ("CPU ms/member", field("cpu_ms_per_member", 2)),
+        *to_v1("cpu_ms_per_member"),
+        *([("faster (v1 mean / mean)", faster)] if v1 else []),
+        ("server CPU%", field("server_cpu_pct")),
+        ("client CPU%", field("client_cpu_pct")),
+    ]
+    title = (
+        "join: members one at a time join their rooms until the last welcome: on v1 a connection per room "
+        "(handshakes included), on /ws a join frame per room on the open connection"
+    )
+    return render(title, columns, rows)
 
 
 def restart_table(rows: list[Row]) -> str:
@@ -232,6 +294,7 @@ TABLES: dict[str, Callable[[list[Row]], str]] = {
     "rooms": rooms_table,
     "slow_consumer": slow_table,
     "idle": idle_table,
+    "join": join_table,
     "restart": restart_table,
     "history": history_table,
 }

@@ -1,4 +1,7 @@
-"""The four scenarios: what each one connects, how it loads the server, what it measures.
+"""The scenarios with client processes: what each one connects, how it loads the server, what it measures.
+
+``fanout``, ``idle`` and ``join`` run their members on either endpoint: v1 (``/ws/{room}``, one
+connection per room) or ``/ws`` (protocol v1.1, one connection, a ``join`` frame per room).
 
 Each ``run_*`` function gets a started server and the client pool, and returns one result row (a
 dict of plain values). It raises ``ScenarioFailed`` (or lets a ``WorkerError`` through) when it
@@ -15,10 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmark import latency, procfs
+from benchmark.client import V1, WS
 from benchmark.pool import Reply, WorkerPool
 from benchmark.servers import Server
 
 Row = dict[str, Any]
+Member = tuple[str, str, str]
+"""``(rooms, name, role)``: on v1 the room of the connection; on ``/ws`` the rooms it joins, comma-separated."""
 CALL_TIMEOUT = 15.0
 """The most a quick command (stats, rate, publish) may take a client process to answer."""
 DISCONNECT_TIMEOUT = 15.0
@@ -87,6 +93,19 @@ class IdleParams:
     connections: list[int] = field(default_factory=lambda: [5000, 15000])
     rooms: int = 100
     settle: float = 2.0
+    members: list[int] = field(default_factory=lambda: [1000])
+    """Members in ``rooms_each`` rooms each: v1 opens ``rooms_each`` connections per member, ``/ws`` one."""
+    rooms_each: int = 10
+
+
+@dataclass(frozen=True)
+class JoinParams:
+    members: list[int] = field(default_factory=lambda: [500])
+    rooms_each: int = 10
+    room_size: int = 10
+    """Members (in blocks) that share the same rooms: each room ends with this many."""
+    warmup: int = 20
+    """Members who join first, not counted."""
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -160,9 +179,9 @@ def window_figures(start: Snapshot, end: Snapshot) -> Row:
     }
 
 
-def spread(members: list[tuple[str, str, str]], workers: int, first: int = 0) -> list[list[tuple[str, str, str]]]:
+def spread(members: list[Member], workers: int, first: int = 0) -> list[list[Member]]:
     """Deal members to client processes in turn, starting with process ``first``."""
-    shares: list[list[tuple[str, str, str]]] = [[] for _ in range(workers)]
+    shares: list[list[Member]] = [[] for _ in range(workers)]
     for index, member in enumerate(members):
         shares[(first + index) % workers].append(member)
     return shares
@@ -179,8 +198,10 @@ def source_address(number: int) -> str:
     return f"127.{1 + block // 62500}.{block // 250 % 250}.{1 + block % 250}"
 
 
-def connect(pool: WorkerPool, server: Server, common: Common, shares: list[list[tuple[str, str, str]]]) -> list[Reply]:
-    """Open the members of ``shares[i]`` from process i; fails unless every one got its welcome."""
+def connect(
+    pool: WorkerPool, server: Server, common: Common, shares: list[list[Member]], endpoint: str = V1
+) -> list[Reply]:
+    """Open the members of ``shares[i]`` from process i; fails unless every one got its welcome(s)."""
     total = sum(len(share) for share in shares)
     addressed: list[list[tuple[str, str, str, str]]] = []
     for share in shares:
@@ -198,6 +219,7 @@ def connect(pool: WorkerPool, server: Server, common: Common, shares: list[list[
             "concurrency": common.concurrency,
             "wait": common.connect_timeout,
             "rcvbuf": common.rcvbuf,
+            "endpoint": endpoint,
         }
         for share in addressed
     ]
@@ -210,9 +232,9 @@ def connect(pool: WorkerPool, server: Server, common: Common, shares: list[list[
     return replies
 
 
-def connect_publisher(pool: WorkerPool, server: Server, common: Common, room: str) -> None:
+def connect_publisher(pool: WorkerPool, server: Server, common: Common, room: str, endpoint: str = V1) -> None:
     """Open the publisher of ``room`` in client process 0 (members then go from process 1 on: ``first=1``)."""
-    connect(pool, server, common, spread([(room, "publisher", "publisher")], pool.count))
+    connect(pool, server, common, spread([(room, "publisher", "publisher")], pool.count), endpoint)
 
 
 def start_publisher(pool: WorkerPool, server: Server, count: int, window: int, size: int, stall: float) -> None:
@@ -292,12 +314,18 @@ def issues(end: Snapshot) -> Row:
 # --- fanout --------------------------------------------------------------------------------------
 
 
-def run_fanout(pool: WorkerPool, server: Server, common: Common, params: FanoutParams, members: int) -> Row:
-    """One room of ``members`` (the publisher is one of them); closed-loop publisher with ``window`` in flight."""
+def run_fanout(
+    pool: WorkerPool, server: Server, common: Common, params: FanoutParams, members: int, endpoint: str = V1
+) -> Row:
+    """One room of ``members`` (the publisher is one of them); closed-loop publisher with ``window`` in flight.
+
+    On ``/ws`` every member (the publisher too) joins the room with a ``join`` frame once connected,
+    and the publisher's messages name the room.
+    """
     room = "fanout"
-    connect_publisher(pool, server, common, room)
+    connect_publisher(pool, server, common, room, endpoint)
     others = [(room, f"m{index}", "member") for index in range(1, members)]
-    connect(pool, server, common, spread(others, pool.count, first=1))
+    connect(pool, server, common, spread(others, pool.count, first=1), endpoint)
     start_publisher(pool, server, 10**12, params.window, params.size, params.stall)
     time.sleep(params.warmup)
     start = snapshot(pool, server, reset=True)
@@ -309,6 +337,7 @@ def run_fanout(pool: WorkerPool, server: Server, common: Common, params: FanoutP
     received = final.total("received")
     row.update(
         members=members,
+        endpoint=endpoint,
         published=sent,
         publish_per_s=(end.total("sent") - start.total("sent")) / end.seconds_since(start),
         stalled=bool(state.get("stalled")),
@@ -485,13 +514,36 @@ def run_slow_consumer(pool: WorkerPool, server: Server, common: Common, params: 
 # --- idle ----------------------------------------------------------------------------------------
 
 
-def run_idle(pool: WorkerPool, server: Server, common: Common, params: IdleParams, connections: int) -> Row:
-    """``connections`` members over ``rooms`` rooms that only connect: memory per connection, handshakes per second."""
+def idle_members(params: IdleParams, members: int, rooms_each: int, endpoint: str) -> list[Member]:
+    """Who connects in ``idle``: ``members`` in ``rooms_each`` of the ``params.rooms`` rooms each.
+
+    Member i is in rooms ``idle{(i * rooms_each + k) % rooms}`` for k below ``rooms_each``: on
+    v1 one connection per room (of the same name), on ``/ws`` one connection joining them all.
+    """
+    rooms = [[f"idle{(index * rooms_each + k) % params.rooms}" for k in range(rooms_each)] for index in range(members)]
+    if endpoint == WS:
+        return [(",".join(mine), f"i{index}", "member") for index, mine in enumerate(rooms)]
+    return [(room, f"i{index}", "member") for index, mine in enumerate(rooms) for room in mine]
+
+
+def run_idle(
+    pool: WorkerPool,
+    server: Server,
+    common: Common,
+    params: IdleParams,
+    members: int,
+    rooms_each: int = 1,
+    endpoint: str = V1,
+) -> Row:
+    """``members`` over ``rooms`` rooms, ``rooms_each`` rooms each, that only connect and join.
+
+    Memory per connection and per member-room (a member in one room), handshakes and joins per second.
+    """
     time.sleep(0.5)
     baseline = server.memory()
     before = snapshot(pool, server)
-    members = [(f"idle{index % params.rooms}", f"i{index}", "member") for index in range(connections)]
-    replies = connect(pool, server, common, spread(members, pool.count))
+    chosen = idle_members(params, members, rooms_each, endpoint)
+    replies = connect(pool, server, common, spread(chosen, pool.count), endpoint)
     connected = snapshot(pool, server)
     elapsed = max(reply["finished"] for reply in replies) - min(reply["started"] for reply in replies)
     window = window_figures(before, connected)
@@ -501,18 +553,107 @@ def run_idle(pool: WorkerPool, server: Server, common: Common, params: IdleParam
     memory = server.memory()
     end = snapshot(pool, server)
     grown = memory.get("VmRSS", 0) - baseline.get("VmRSS", 0)
+    connections = len(chosen)
+    member_rooms = members * rooms_each
     return {
+        "endpoint": endpoint,
         "connections": connections,
+        "members": members,
+        "rooms_each": rooms_each,
+        "member_rooms": member_rooms,
         "rooms": params.rooms,
         "connect_seconds": round(elapsed, 3),
         "handshakes_per_s": connections / max(elapsed, 1e-9),
+        "member_rooms_per_s": member_rooms / max(elapsed, 1e-9),
         "cpu_ms_per_handshake": server_cpu * 1000 / connections,
+        "cpu_ms_per_member_room": server_cpu * 1000 / member_rooms,
         "server_cpu_pct": window["server_cpu_pct"],
         "client_cpu_pct": window["client_cpu_pct"],
         "other_cpu_pct": window["other_cpu_pct"],
         "baseline_rss_mb": baseline.get("VmRSS", 0) / 2**20,
         "rss_mb": memory.get("VmRSS", 0) / 2**20,
         "kib_per_connection": grown / 1024 / connections,
+        "bytes_per_member_room": grown / member_rooms,
+        "open": end.total("open"),
+        **issues(end),
+    }
+
+
+# --- join ----------------------------------------------------------------------------------------
+
+
+def join_members(params: JoinParams, count: int, prefix: str) -> list[Member]:
+    """``count`` members of ``params.rooms_each`` rooms each; blocks of ``room_size`` members share their rooms."""
+    return [
+        (",".join(f"{prefix}{index // params.room_size}-{k}" for k in range(params.rooms_each)), f"j{index}", "member")
+        for index in range(count)
+    ]
+
+
+def join_timed(pool: WorkerPool, server: Server, common: Common, members: list[Member], endpoint: str) -> list[float]:
+    """Time each member joining its rooms, one member at a time, in client process 0; the seconds of each.
+
+    On v1 a member's connections come from one source address (one device opening one per room).
+    """
+    addressed: list[tuple[str, str, str, str]] = []
+    for rooms, name, role in members:
+        addressed.append((rooms, name, role, source_address(server.opened)))
+        server.opened += len(rooms.split(",")) if endpoint == V1 else 1
+    arguments = {
+        "port": server.port,
+        "members": addressed,
+        "query": common.query,
+        "deflate": common.deflate,
+        "wait": common.connect_timeout,
+        "endpoint": endpoint,
+    }
+    reply = pool.call_one(0, "join_timed", arguments, common.connect_timeout * max(1, len(members)) + 10)
+    if reply["failed"]:
+        alive = "" if server.alive else " (the server exited)"
+        samples = "; ".join(reply["failures"])[:300]
+        raise ScenarioFailed(f"{reply['failed']} of {len(members)} members did not join{alive}: {samples}")
+    seconds: list[float] = reply["seconds"]
+    return seconds
+
+
+def run_join(
+    pool: WorkerPool, server: Server, common: Common, params: JoinParams, members: int, endpoint: str = V1
+) -> Row:
+    """``members`` join ``rooms_each`` rooms each, one after the other: the time each one takes.
+
+    v1: the member opens one connection per room at once, timed until its last welcome (handshakes
+    included). ``/ws``: every member's connection is opened first (not timed); then each one sends
+    its ``join`` frames at once, timed until its last welcome. ``warmup`` members join first, in
+    rooms of their own, and are not counted.
+    """
+    warm = join_members(params, params.warmup, "warm")
+    counted = join_members(params, members, "join")
+    if endpoint == WS:
+        everyone = [("", name, role) for _, name, role in warm + counted]
+        connect(pool, server, common, [everyone] + [[] for _ in range(pool.count - 1)], WS)
+    if warm:
+        join_timed(pool, server, common, warm, endpoint)
+    start = snapshot(pool, server)
+    seconds = join_timed(pool, server, common, counted, endpoint)
+    end = snapshot(pool, server)
+    check_alive(server)
+    window = window_figures(start, end)
+    server_cpu = end.server_cpu_since(start)
+    times = [1000 * value for value in seconds]
+    return {
+        "endpoint": endpoint,
+        "members": members,
+        "rooms_each": params.rooms_each,
+        "room_size": params.room_size,
+        "mean_ms": sum(times) / len(times) if times else None,
+        "p50_ms": latency.nearest_rank(times, 0.50),
+        "p99_ms": latency.nearest_rank(times, 0.99),
+        "max_ms": latency.nearest_rank(times, 1.0),
+        "cpu_ms_per_member": server_cpu * 1000 / members,
+        "seconds": window["seconds"],
+        "server_cpu_pct": window["server_cpu_pct"],
+        "client_cpu_pct": window["client_cpu_pct"],
+        "other_cpu_pct": window["other_cpu_pct"],
         "open": end.total("open"),
         **issues(end),
     }
