@@ -24,16 +24,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench"
-SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "restart", "history")
+SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "join", "restart", "history")
 EVERY_KIND = ("chat", "chat-delay", "chat-redis", "seed", "raw")
 SERVERS = {
     "fanout": ("chat", "chat-sqlite", "chat-delay", "chat-redis", "chat-redis-pg", "seed", "raw"),
     "rooms": ("chat", "chat-sqlite", "chat-delay", "chat-redis", "seed", "raw"),
     "slow_consumer": EVERY_KIND,
     "idle": EVERY_KIND,
+    "join": ("chat", "chat-redis"),
     "restart": ("chat-sqlite", "chat-redis-pg"),
     "history": ("chat", "chat-sqlite", "chat-redis-pg"),
 }
+WS_SERVERS = {"fanout": ("chat", "chat-redis"), "idle": ("chat", "chat-redis"), "join": ("chat", "chat-redis")}
+"""The servers that run the /ws variants of a scenario by default."""
 RUN_TIMEOUT = 240.0
 """A quick run takes about 45 s; a stuck one must fail, not hang."""
 
@@ -59,16 +62,21 @@ def quick() -> Document:
     return bench("--quick")
 
 
-def rows_of(document: Document, scenario: str) -> dict[str, Row]:
+def rows_of(document: Document, scenario: str, endpoint: str = "v1", variant: str | None = None) -> dict[str, Row]:
+    """The rows of a scenario on one endpoint (and of one variant, when given), by server."""
     rows: list[Row] = document["results"][scenario]
-    return {row["server"]: row for row in rows}
+    return {
+        row["server"]: row
+        for row in rows
+        if row.get("endpoint", "v1") == endpoint and (variant is None or row["variant"] == variant)
+    }
 
 
-def measured(document: Document, scenario: str) -> dict[str, Row]:
+def measured(document: Document, scenario: str, endpoint: str = "v1", variant: str | None = None) -> dict[str, Row]:
     """The rows of a scenario that ran: redis kinds are skipped without redis-server, chat-redis-pg without
     PostgreSQL (never under CI, which makes sure both are there)."""
-    rows = rows_of(document, scenario)
-    assert set(rows) == set(SERVERS[scenario]), rows.keys()
+    rows = rows_of(document, scenario, endpoint, variant)
+    assert set(rows) == set((WS_SERVERS if endpoint == "ws" else SERVERS)[scenario]), rows.keys()
     allowed = [] if os.environ.get("CI") else ["PostgreSQL is not reachable"]
     if shutil.which("redis-server") is None:
         allowed.append("no redis-server on PATH")
@@ -107,6 +115,19 @@ def test_fanout_delivers_everything_and_measures(quick: Document) -> None:
 
 
 @pytest.mark.e2e
+def test_fanout_over_ws_delivers_everything_and_is_divided_by_v1(quick: Document) -> None:
+    """Members on /ws join the room with a join frame; the publisher's acks come back; nothing is lost."""
+    for server, row in measured(quick, "fanout", "ws").items():
+        assert row["variant"] == "20 members, /ws", (server, row)
+        assert row["v1_variant"] == "20 members", (server, row)
+        assert row["published"] > 0, (server, row)
+        assert row["lost"] == 0, (server, row)
+        assert row["errors"] == 0, (server, row["error_samples"])
+        assert row["ratio"]["deliveries_per_s"]["v1"] > 0, (server, row["ratio"])
+        assert row["ratio"]["cpu_ms_per_1k"]["v1"] > 0, (server, row["ratio"])
+
+
+@pytest.mark.e2e
 def test_rooms_ramps_the_rate(quick: Document) -> None:
     for server, row in measured(quick, "rooms").items():
         assert row["steps"], server
@@ -129,10 +150,38 @@ def test_slow_consumer_reports_what_reached_the_others(quick: Document) -> None:
 
 @pytest.mark.e2e
 def test_idle_counts_memory_and_handshakes(quick: Document) -> None:
-    for server, row in measured(quick, "idle").items():
-        assert row["open"] == row["connections"], (server, row)
+    for server, row in measured(quick, "idle", variant="60 conns").items():
+        assert row["open"] == row["connections"] == row["member_rooms"] == 60, (server, row)
         assert row["handshakes_per_s"] > 0, (server, row)
         assert row["rss_mb"] > 0, (server, row)
+
+
+@pytest.mark.e2e
+def test_idle_members_in_ten_rooms_on_both_endpoints(quick: Document) -> None:
+    """10 members in 10 rooms each: 100 connections on v1, 10 on /ws; memory per member-room both ways."""
+    v1 = measured(quick, "idle", variant="10 members x 10 rooms")
+    for server, row in v1.items():
+        assert (row["open"], row["connections"], row["member_rooms"]) == (100, 100, 100), (server, row)
+        assert row["bytes_per_member_room"] is not None, (server, row)
+    for server, row in measured(quick, "idle", "ws").items():
+        assert (row["open"], row["connections"], row["member_rooms"]) == (10, 10, 100), (server, row)
+        assert row["errors"] == 0, (server, row["error_samples"])
+        assert row["member_rooms_per_s"] > 0, (server, row)
+        assert "v1" in row["ratio"]["bytes_per_member_room"], (server, row["ratio"])
+
+
+@pytest.mark.e2e
+def test_join_times_every_member_on_both_endpoints(quick: Document) -> None:
+    """10 members (after 2 not counted) join 10 rooms each: 10 connections each on v1, one each on /ws."""
+    for endpoint, connections in (("v1", 10), ("ws", 1)):
+        for server, row in measured(quick, "join", endpoint).items():
+            assert row["open"] == 12 * connections, (server, endpoint, row)
+            assert row["p99_ms"] >= row["p50_ms"] > 0, (server, endpoint, row)
+            assert row["mean_ms"] > 0, (server, endpoint, row)
+            assert row["errors"] == 0, (server, endpoint, row["error_samples"])
+    for server, row in rows_of(quick, "join", "ws").items():
+        if not row.get("error"):
+            assert row["ratio"]["mean_ms"]["v1"] > 0, (server, row["ratio"])
 
 
 @pytest.mark.e2e
@@ -251,6 +300,100 @@ def test_client_counts_newline_delimited_compressed_and_fragmented_frames(quick:
         assert worker.errors == []
     finally:
         loop.close()
+
+
+class Sent:
+    """A stand-in transport that keeps what a ``Client`` sends."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, kind: object, data: bytes) -> None:
+        self.frames.append(data)
+
+
+def test_a_ws_member_is_ready_at_its_hello_and_joined_at_its_last_welcome() -> None:
+    """On /ws: the hello makes the member ready; join sends one join frame per room, done after as many welcomes."""
+    client = client_module()
+    latency = importlib.import_module("benchmark.latency")
+    loop = asyncio.new_event_loop()
+    try:
+        worker = StubWorker(loop, latency.SIZE)
+        member = client.Client(worker, client.WS)
+        member.transport = sent = Sent()
+        member.payload(b'{"type":"hello","you":{"id":"u1","name":"a"}}')
+        assert member.ready.done()
+        joined = member.join(["r1", "r2"])
+        assert [json.loads(frame) for frame in sent.frames] == [
+            {"type": "join", "room": "r1", "ref": 1},
+            {"type": "join", "room": "r2", "ref": 2},
+        ]
+        welcome = b'{"type":"welcome","room":"r1","you":{"id":"u1","name":"a"},"members":[],"seq":0,"ref":1}'
+        member.payload(welcome)
+        assert not joined.done()
+        member.payload(welcome.replace(b'"r1"', b'"r2"').replace(b'"ref":1', b'"ref":2'))
+        assert joined.done()
+        assert joined.exception() is None
+        assert member.join([]).done()
+        refused = member.join(["r1"])
+        member.payload(b'{"type":"error","code":"bad_request","detail":"already joined","room":"r1","ref":1}')
+        assert isinstance(refused.exception(), ConnectionError)
+        assert "already joined" in str(refused.exception())
+        assert len(worker.errors) == 1
+    finally:
+        loop.close()
+
+
+def test_a_v1_member_is_ready_at_its_welcome_and_a_ws_member_names_its_room() -> None:
+    """A hello means nothing on v1; a /ws member's messages name its room, a v1 member's do not."""
+    client = client_module()
+    latency = importlib.import_module("benchmark.latency")
+    loop = asyncio.new_event_loop()
+    try:
+        worker = StubWorker(loop, latency.SIZE)
+        member = client.Client(worker)
+        member.payload(b'{"type":"hello","you":{"id":"u1","name":"a"}}')
+        assert not member.ready.done()
+        member.payload(b'{"type":"welcome","room":"r","you":{"id":"u1","name":"a"},"members":[],"seq":0}')
+        assert member.ready.done()
+        member.transport = sent = Sent()
+        member.send_message(30, True)
+        member.room = "r9"
+        member.send_message(30, True)
+        plain, named = (json.loads(frame) for frame in sent.frames)
+        assert plain.keys() == {"type", "text", "ref"}
+        assert (named["room"], named["ref"], len(named["text"])) == ("r9", 2, 30)
+        assert named["text"][: client.STAMP_DIGITS].isdigit()
+    finally:
+        loop.close()
+
+
+def test_a_close_fails_what_a_ws_member_waits_for() -> None:
+    """A connection closed before its hello, or before every welcome, fails the wait instead of hanging it."""
+    client = client_module()
+    latency = importlib.import_module("benchmark.latency")
+    loop = asyncio.new_event_loop()
+    try:
+        worker = StubWorker(loop, latency.SIZE)
+        member = client.Client(worker, client.WS)
+        member.transport = Sent()
+        joining = member.join(["r1"])
+        member.on_ws_disconnected(None)
+        assert "before the hello" in str(member.ready.exception())
+        assert "before every welcome" in str(joining.exception())
+        assert worker.disconnected == 1
+    finally:
+        loop.close()
+
+
+def test_paths_of_both_endpoints() -> None:
+    client = client_module()
+    assert client.path("v1", "r1", "a", "&batch=1") == "/ws/r1?name=a&batch=1"
+    assert client.path("ws", "r1,r2", "a", "") == "/ws?name=a"
+    assert client.rooms_of("r1,r2") == ["r1", "r2"]
+    assert client.rooms_of("") == []
+    with pytest.raises(ValueError, match="unknown endpoint"):
+        client.path("v2", "r1", "a", "")
 
 
 # --- pure pieces: options, the store fill, the tables ------------------------------------------
@@ -433,3 +576,113 @@ def test_a_store_kind_is_compared_with_the_same_server_without_it() -> None:
     assert "/no store" in text
     assert "0.90" in text
     assert "no store" not in rows[0]["ratio"]["deliveries_per_s"]
+
+
+def test_fanout_idle_and_join_run_each_size_on_v1_then_ws() -> None:
+    """Each size's /ws variant follows its v1 one and names it; by default /ws runs on chat and chat-redis only."""
+    cli = cli_module()
+    plan = cli.plan(cli.parser().parse_args(["--scenario", "fanout,idle,join"]))
+    assert plan.ws_servers == {name: list(WS_SERVERS[name]) for name in ("fanout", "idle", "join")}
+    fanout = [(v.label, v.endpoint, v.pair) for v in cli.variants("fanout", plan)]
+    assert fanout == [
+        ("200 members", "v1", None),
+        ("200 members, /ws", "ws", "200 members"),
+        ("1000 members", "v1", None),
+        ("1000 members, /ws", "ws", "1000 members"),
+    ]
+    idle = [(v.label, v.endpoint, v.pair) for v in cli.variants("idle", plan)]
+    assert idle == [
+        ("5000 conns", "v1", None),
+        ("15000 conns", "v1", None),
+        ("1000 members x 10 rooms", "v1", None),
+        ("1000 members x 10 rooms, /ws", "ws", "1000 members x 10 rooms"),
+    ]
+    join = [(v.label, v.endpoint, v.pair) for v in cli.variants("join", plan)]
+    assert join == [
+        ("500 members x 10 rooms", "v1", None),
+        ("500 members x 10 rooms, /ws", "ws", "500 members x 10 rooms"),
+    ]
+
+
+def test_endpoints_members_and_rooms_each_options() -> None:
+    """--endpoints keeps one side; --members sizes idle's members and join too; --rooms-each their rooms."""
+    cli = cli_module()
+    arguments = ["--scenario", "idle,join", "--members", "200", "--rooms-each", "4", "--servers", "chat,raw"]
+    plan = cli.plan(cli.parser().parse_args(arguments))
+    assert (plan.idle.connections, plan.idle.members, plan.idle.rooms_each) == ([200], [200], 4)
+    assert (plan.join.members, plan.join.rooms_each) == ([200], 4)
+    assert plan.ws_servers == {"idle": ["chat", "raw"], "join": ["chat", "raw"]}
+    only_ws = cli.plan(cli.parser().parse_args([*arguments, "--endpoints", "ws"]))
+    assert [(v.label, v.pair) for v in cli.variants("idle", only_ws)] == [("200 members x 4 rooms, /ws", None)]
+    only_v1 = cli.plan(cli.parser().parse_args([*arguments, "--endpoints", "v1"]))
+    assert {v.endpoint for v in cli.variants("join", only_v1)} == {"v1"}
+    with pytest.raises(SystemExit):
+        cli.plan(cli.parser().parse_args(["--endpoints", "v2"]))
+
+
+def test_the_references_do_not_speak_ws() -> None:
+    cli = cli_module()
+    kinds = importlib.import_module("benchmark.servers").KINDS
+    assert cli.unsupported("fanout", kinds["seed"], "ws") == "does not speak /ws (protocol v1.1)"
+    assert cli.unsupported("join", kinds["raw"], "ws") == "does not speak /ws (protocol v1.1)"
+    assert cli.unsupported("join", kinds["raw"], "v1") is None
+    assert cli.unsupported("idle", kinds["chat"], "ws") is None
+
+
+def test_members_of_idle_and_join() -> None:
+    """idle: a member's rooms differ (v1: a connection per room); join: blocks of room_size share their rooms."""
+    scenarios = importlib.import_module("benchmark.scenarios")
+    params = scenarios.IdleParams(rooms=12, rooms_each=10)
+    ws = scenarios.idle_members(params, 3, 10, "ws")
+    assert [name for _, name, _ in ws] == ["i0", "i1", "i2"]
+    assert all(len(set(rooms.split(","))) == 10 for rooms, _, _ in ws)
+    assert ws[1][0].split(",")[:3] == ["idle10", "idle11", "idle0"]
+    v1 = scenarios.idle_members(params, 3, 10, "v1")
+    assert len(v1) == 30
+    assert [room for room, name, _ in v1 if name == "i1"] == ws[1][0].split(",")
+    few = scenarios.idle_members(scenarios.IdleParams(rooms=3), 1, 10, "ws")
+    assert len(set(few[0][0].split(","))) == 10
+    join = scenarios.join_members(scenarios.JoinParams(rooms_each=3, room_size=2), 3, "j")
+    assert join == [
+        ("j0-0,j0-1,j0-2", "j0", "member"),
+        ("j0-0,j0-1,j0-2", "j1", "member"),
+        ("j1-0,j1-1,j1-2", "j2", "member"),
+    ]
+
+
+def test_ws_rows_are_divided_by_the_same_servers_v1_row() -> None:
+    """The /v1 columns: a /ws row's figure over the same server's v1 row of the same size; v1 rows have none."""
+    report = importlib.import_module("benchmark.report")
+    v1: Row = {"server": "chat", "variant": "200", "endpoint": "v1", "deliveries_per_s": 100000.0, "cpu_ms_per_1k": 4.0}
+    ws: Row = {"server": "chat", "variant": "200, /ws", "endpoint": "ws", "v1_variant": "200"}
+    ws.update(deliveries_per_s=96000.0, cpu_ms_per_1k=4.2)
+    other: Row = {"server": "chat-redis", "variant": "200", "endpoint": "v1", "deliveries_per_s": 1.0}
+    text = report.TABLES["fanout"]([v1, ws, other])
+    assert ws["ratio"]["deliveries_per_s"]["v1"] == pytest.approx(0.96)
+    assert ws["ratio"]["cpu_ms_per_1k"]["v1"] == pytest.approx(1.05)
+    assert "v1" not in v1["ratio"]["deliveries_per_s"]
+    assert "/v1" in text
+    assert "0.96" in text
+    assert "/ws/{room}" in text
+
+    idle_v1: Row = {"server": "chat", "variant": "m", "endpoint": "v1", "members": 10, "rooms_each": 10}
+    idle_v1.update(bytes_per_member_room=20000.0, cpu_ms_per_member_room=0.5)
+    idle_ws: Row = {"server": "chat", "variant": "m, /ws", "endpoint": "ws", "v1_variant": "m", "members": 10}
+    idle_ws.update(rooms_each=10, bytes_per_member_room=3000.0, cpu_ms_per_member_room=0.1)
+    text = report.TABLES["idle"]([idle_v1, idle_ws])
+    assert idle_ws["ratio"]["bytes_per_member_room"]["v1"] == pytest.approx(0.15)
+    assert "0.15" in text
+    assert "10 x 10" in text
+
+    join_v1: Row = {"server": "chat", "variant": "j", "endpoint": "v1", "members": 10, "rooms_each": 10}
+    join_v1.update(mean_ms=8.0, p50_ms=7.5, p99_ms=12.0, max_ms=13.0, cpu_ms_per_member=4.0)
+    join_ws: Row = {"server": "chat", "variant": "j, /ws", "endpoint": "ws", "v1_variant": "j", "members": 10}
+    join_ws.update(rooms_each=10, mean_ms=2.0, p50_ms=1.5, p99_ms=4.0, max_ms=5.0, cpu_ms_per_member=1.0)
+    text = report.TABLES["join"]([join_v1, join_ws])
+    assert join_ws["ratio"]["mean_ms"]["v1"] == pytest.approx(0.25)
+    assert "4.00x" in text
+    skipped: Row = {"server": "raw", "variant": "j, /ws", "endpoint": "ws", "v1_variant": "j", "skipped": True}
+    skipped["error"] = "skipped: does not speak /ws (protocol v1.1)"
+    assert "skipped:\n  raw (j, /ws): skipped: does not speak /ws" in report.TABLES["join"]([join_v1, skipped])
+    lone = report.TABLES["join"]([join_v1])
+    assert "/v1" not in lone

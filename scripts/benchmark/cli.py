@@ -270,8 +270,6 @@ def plan(arguments: argparse.Namespace) -> Plan:
         raise SystemExit("slow_consumer needs at least 3 members (publisher, slow one, one other)")
     if history.messages < history.limit:
         raise SystemExit(f"history needs at least a page of stored messages ({history.limit})")
-    if "idle" in chosen and idle.rooms < idle.rooms_each:
-        raise SystemExit(f"idle's members are in {idle.rooms_each} rooms each: --rooms must be at least that")
     return Plan(list(chosen), servers, common, fanout, rooms, slow, idle, restart, history, join, endpoints, ws_servers)
 
 

@@ -517,10 +517,12 @@ def run_slow_consumer(pool: WorkerPool, server: Server, common: Common, params: 
 def idle_members(params: IdleParams, members: int, rooms_each: int, endpoint: str) -> list[Member]:
     """Who connects in ``idle``: ``members`` in ``rooms_each`` of the ``params.rooms`` rooms each.
 
-    Member i is in rooms ``idle{(i * rooms_each + k) % rooms}`` for k below ``rooms_each``: on
-    v1 one connection per room (of the same name), on ``/ws`` one connection joining them all.
+    Member i is in rooms ``idle{(i * rooms_each + k) % rooms}`` for k below ``rooms_each`` (rooms
+    at least ``rooms_each``, so that they differ): on v1 one connection per room (of the same
+    name), on ``/ws`` one connection joining them all.
     """
-    rooms = [[f"idle{(index * rooms_each + k) % params.rooms}" for k in range(rooms_each)] for index in range(members)]
+    count = max(params.rooms, rooms_each)
+    rooms = [[f"idle{(index * rooms_each + k) % count}" for k in range(rooms_each)] for index in range(members)]
     if endpoint == WS:
         return [(",".join(mine), f"i{index}", "member") for index, mine in enumerate(rooms)]
     return [(room, f"i{index}", "member") for index, mine in enumerate(rooms) for room in mine]
