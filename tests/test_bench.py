@@ -706,3 +706,23 @@ def test_retries_keep_the_least_disturbed_attempt(monkeypatch: pytest.MonkeyPatc
     row = cli.measure(None, "fanout", "chat", None, variant, arguments)
     assert (row["other_cpu_pct"], row["attempts"]) == (5.0, 2)
     assert "note" not in row
+
+
+def test_repeated_runs_report_the_median_of_each_figure() -> None:
+    """--repeat: each top-level figure is the median of the runs that measured; text and nested figures are
+    the first such run's; a failed run is said in the note, and every run is kept."""
+    cli = cli_module()
+    assert cli.parser().parse_args(["--repeat", "3"]).repeat == 3
+    rows: list[Row] = [
+        {"server": "chat", "variant": "v", "lost": 0, "deliveries_per_s": 90.0, "stalled": False, "steps": [1]},
+        {"server": "chat", "variant": "v", "lost": 4, "deliveries_per_s": 120.0, "stalled": True, "note": "busy"},
+        {"server": "chat", "variant": "v", "error": "server exited"},
+        {"server": "chat", "variant": "v", "lost": 1, "deliveries_per_s": 100.0, "stalled": False, "steps": [3]},
+    ]
+    row = cli.median_row(rows)
+    assert (row["lost"], row["deliveries_per_s"], row["stalled"], row["steps"]) == (1, 100.0, False, [1])
+    assert row["note"] == "run 2: busy; run 3 failed: server exited"
+    assert row["runs"] == rows
+    assert "error" not in row
+    assert cli.median_row(rows[2:3]) is rows[2]
+    assert cli.median_row([rows[2], rows[2]])["error"] == "server exited"

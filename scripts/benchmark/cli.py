@@ -12,6 +12,7 @@ import platform
 import resource
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,13 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         help="run a server again when other processes took more than 15%% of a core while it was measured (2)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        help="run every scenario's servers and variants this many times, in turn (v1, /ws, v1, /ws, ...), and "
+        "report the median of each figure (1)",
     )
     parser.add_argument("--server-log-level", default="warning", help="log level of every server (warning)")
     parser.add_argument("--quick", action="store_true", help="tiny parameters: a smoke run of a few seconds per server")
@@ -469,6 +477,37 @@ def measure(
     return row
 
 
+def median_row(rows: list[Row]) -> Row:
+    """One row for the repeated runs of a server and variant: each top-level figure their median.
+
+    Only runs that measured count (a failed one is said in a note, unless all failed: then the
+    first failure is the row). Nested figures (``rooms``' steps) are the first such run's; each
+    run's row is kept under ``runs``.
+    """
+    if len(rows) == 1:
+        return rows[0]
+    measured = [row for row in rows if not row.get("error")]
+    if not measured:
+        return rows[0]
+    row = dict(measured[0])
+    for key in measured[0]:
+        values = [other.get(key) for other in measured]
+        numbers = [float(item) for item in values if isinstance(item, int | float) and not isinstance(item, bool)]
+        if len(numbers) < len(values):
+            continue  # not a figure (text, a flag, nested figures), or missing from a run
+        if all(isinstance(item, int) for item in values):
+            row[key] = int(statistics.median_low(numbers))
+        else:
+            row[key] = statistics.median(numbers)
+    notes = [f"run {number}: {other['note']}" for number, other in enumerate(rows, 1) if other.get("note")]
+    notes += [f"run {number} failed: {other['error']}" for number, other in enumerate(rows, 1) if other.get("error")]
+    row.pop("note", None)
+    if notes:
+        row["note"] = "; ".join(notes)
+    row["runs"] = rows
+    return row
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -564,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "scripts/bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "clients": arguments.clients,
+        "repeat": arguments.repeat,
         "client_pace_ms": arguments.client_pace_ms,
         "pinned": {"server": sorted(server_cpus), "clients": sorted(client_cpus or ())} if server_cpus else None,
         "deflate": arguments.deflate,
@@ -591,14 +631,21 @@ def main(argv: list[str] | None = None) -> int:
     tables: list[str] = []
     try:
         for name in the_plan.scenarios:
-            rows: list[Row] = []
-            for variant in variants(name, the_plan):
-                kinds = the_plan.ws_servers[name] if variant.endpoint == WS else the_plan.servers[name]
-                for kind_name in kinds:
+            runs = [
+                (variant, kind_name)
+                for variant in variants(name, the_plan)
+                for kind_name in (the_plan.ws_servers[name] if variant.endpoint == WS else the_plan.servers[name])
+            ]
+            repeated: list[list[Row]] = [[] for _ in runs]
+            for round_number in range(arguments.repeat):
+                if arguments.repeat > 1:
+                    log(f"{name}: round {round_number + 1} of {arguments.repeat}")
+                for (variant, kind_name), each in zip(runs, repeated, strict=True):
                     row = measure(pool, name, kind_name, options, variant, arguments)
                     note_client_saturation(row, client_capacity)
                     note_store_cpu(name, row)
-                    rows.append(row)
+                    each.append(row)
+            rows = [median_row(each) for each in repeated]
             table = report.TABLES[name](rows)
             tables.append(table)
             document["results"][name] = rows
@@ -632,6 +679,7 @@ def describe(
         f"Linux {host['kernel']}, Python {host['python']}; {arguments.clients} client processes "
         f"(picows {host['versions']['picows']} on uvloop, pace {arguments.client_pace_ms:g} ms); "
         f"deflate {'on' if arguments.deflate else 'off'}{pinned}"
+        + (f"\nevery figure is the median of {arguments.repeat} runs, made in turn" if arguments.repeat > 1 else "")
     )
 
 
