@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from chat.app import create_app
 from chat.chat import Chat
-from chat.endpoint import ChatEndpoint
+from chat.endpoint import ChatEndpoint, MultiRoomEndpoint
 from chat.exceptions import ChatError
 from chat.settings import Settings
 
-__all__ = ["Chat", "ChatEndpoint", "ChatError", "Settings", "create_app"]
+__all__ = ["Chat", "ChatEndpoint", "ChatError", "MultiRoomEndpoint", "Settings", "create_app"]
 __version__ = "0.1.0"

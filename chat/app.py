@@ -14,7 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from chat.api import operator_routes
 from chat.chat import Chat, chat_of
-from chat.endpoint import ChatEndpoint
+from chat.endpoint import ChatEndpoint, MultiRoomEndpoint
 from chat.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=[
             WebSocketRoute("/ws/{room}", ChatEndpoint),
+            WebSocketRoute("/ws", MultiRoomEndpoint),
             Route("/healthz", healthz),
             *operator_routes(chat.settings),
             Route("/", client),

@@ -21,7 +21,7 @@ from chat.connection import Connection
 from chat.exceptions import GoingAway, Unavailable
 from chat.logs import Throttle, fields
 from chat.metrics import Metrics
-from chat.protocol import JoinRequest, Member, Message, Signal, encode_welcome
+from chat.protocol import JoinRequest, Member, Message, Ref, Signal, encode_welcome
 from chat.rooms import RoomRegistry
 from chat.settings import Settings
 from chat.stores import Store
@@ -78,8 +78,11 @@ class Chat:
             await self.backend.stop()
         self.metrics.process_stopped(os.getpid())
 
-    async def join(self, connection: Connection, request: JoinRequest) -> None:
-        """Register the connection, announce its member (on its first connection in the room), queue its welcome."""
+    async def join(self, connection: Connection, request: JoinRequest, ref: Ref = None) -> None:
+        """Register the connection, announce its member (on its first connection in the room), queue its welcome.
+
+        ``ref``: a ``/ws`` join's, echoed in the welcome.
+        """
         await self.start()
         first = await self.registry.add(connection)
         try:
@@ -98,6 +101,7 @@ class Chat:
             snapshot.epoch,
             snapshot.messages,
             snapshot.recovered,
+            ref,
         )
         connection.welcome(frame, snapshot.seq)
 

@@ -16,6 +16,11 @@ A member that joined with ``batch=1`` gets every frame of a turn (direct) or eve
 Either way a member whose buffer would pass ``queue_bytes``, or whose socket accepts nothing for
 ``send_timeout`` seconds, is closed with ``SlowConsumer`` (1013). Until the welcome is sent, frames
 wait in the queue.
+
+On ``/ws`` (v1.1, many rooms on one socket) the socket's connection is welcomed by the ``hello``
+frame and is in no room itself; each joined room is a ``Subscription``: the member's place in the
+room (what the registry holds), with its own seq and welcome, whose frames go out through the
+socket's one buffer.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from chat.exceptions import ConnectionClosed, SlowConsumer
 from chat.frames import text_frame
-from chat.protocol import Member, Message
+from chat.protocol import Member, Message, encode_left
 
 DIRECT_EXTENSION = "chat.direct"
 """The ASGI extension through which a server offers a ``DirectWriter`` (``scope["extensions"]``)."""
@@ -66,7 +71,9 @@ class DirectWriter(Protocol):
 
 
 Queued = tuple[str, int, bytes | None]
-"""A frame waiting in the buffer: its text, its message seq (0 for other frames), its wire bytes if known."""
+"""A frame waiting in the buffer: its text, its message seq (0 for other frames, ``UNCOUNTED`` for one that
+the buffer's limit does not count), its wire bytes if known."""
+UNCOUNTED = -1
 
 
 class Connection(abc.ABC):
@@ -103,6 +110,10 @@ class Connection(abc.ABC):
     def send(self, frame: str, wire: bytes | None = None) -> None:
         """Send a frame to this member alone (ack, error, pong, history, join, leave, typing)."""
         self._push(frame, 0, wire)
+
+    @abc.abstractmethod
+    def send_unbounded(self, frame: str) -> None:
+        """Send a frame the buffer's limit does not count: a room's welcome on ``/ws``, bounded by its history."""
 
     @abc.abstractmethod
     def deliver(self, message: Message) -> None:
@@ -181,6 +192,12 @@ class DirectConnection(Connection):
             else:
                 writer.direct_write(message.frame, wire)
 
+    def send_unbounded(self, frame: str) -> None:
+        if not self._welcomed:
+            self._push(frame, 0, None)
+        elif self.is_open:
+            self._writer.direct_write(frame, text_frame(frame.encode()))
+
     def welcome(self, frame: str, seq: int) -> None:
         if not self.is_open:
             return
@@ -239,6 +256,15 @@ class QueuedConnection(Connection):
         self.last_seq = seq
         self._push(message.frame, seq, None)
 
+    def send_unbounded(self, frame: str) -> None:
+        if not self._welcomed:
+            self._push(frame, 0, None)
+        elif self.is_open:
+            if self._frames is None:
+                self._frames = deque()
+            self._frames.append((frame, UNCOUNTED, None))
+            self._wake()
+
     def welcome(self, frame: str, seq: int) -> None:
         if not self.is_open:
             return
@@ -293,11 +319,72 @@ class QueuedConnection(Connection):
             self._frames = None
             self._size = 0
             return "\n".join(frames)
-        frame, _, _ = self._frames.popleft()
-        self._size -= len(frame)
+        frame, seq, _ = self._frames.popleft()
+        if seq != UNCOUNTED:
+            self._size -= len(frame)
         return frame
 
     def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
+
+
+class Subscription(Connection):
+    """One room of a ``/ws`` connection: the member's place in the room, its frames sent through the socket's.
+
+    The registry holds it as it holds a v1 connection. Its own buffer only holds what arrives before the
+    room's welcome. A close that concerns the room alone (``room_only``: restart, removed) takes the member
+    out of the room with a ``left`` frame and ``on_close``; any other close takes the whole socket down.
+    """
+
+    __slots__ = ("_on_close", "socket")
+
+    def __init__(self, socket: Connection, room: str, on_close: Callable[[Subscription], None]) -> None:
+        super().__init__(socket.member, room, socket._limit)
+        self.socket = socket
+        self._on_close = on_close
+
+    @property
+    def buffered(self) -> int:
+        return self.socket.buffered if self._welcomed else self._size
+
+    def send_unbounded(self, frame: str) -> None:
+        if self.is_open:
+            self.socket.send_unbounded(frame)
+
+    def deliver(self, message: Message) -> None:
+        seq = message.seq
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        if self._welcomed:
+            if self.closed_by is None and not self.gone:
+                self.socket.send(message.frame, message.wire)
+        elif self.is_open:
+            self._queue(message.frame, seq, message.wire)
+
+    def welcome(self, frame: str, seq: int) -> None:
+        if not self.is_open:
+            return
+        kept = self._welcomed_at(seq)
+        self._frames = None
+        self._size = 0
+        self.socket.send_unbounded(frame)
+        for queued, _, wire in kept:
+            self.socket.send(queued, wire)
+
+    def _closing(self, error: ConnectionClosed) -> None:
+        if error.room_only:
+            self.socket.send(encode_left(self.room, None, error.reason))
+            self._on_close(self)
+        else:
+            self.socket.close(error)
+
+    def _push(self, frame: str, seq: int, wire: bytes | None) -> None:
+        if not self.is_open:
+            return
+        if self._welcomed:
+            self.socket.send(frame, wire)
+        else:
+            self._queue(frame, seq, wire)

@@ -1,9 +1,14 @@
-"""The WebSocket endpoint: protocol v1 over the three hooks, for one connection.
+"""The WebSocket endpoints, one connection each: protocol v1 (``/ws/{room}``) and v1.1 (``/ws``, many rooms).
 
 Starlette's ``WebSocketEndpoint`` owns the receive loop. Under the server's own protocol frames go
 straight to the socket (the ``chat.direct`` ASGI extension) and nothing else runs per connection;
 under any other server ``dispatch`` wraps the loop in a task group that owns this connection's
 writer task, so the writer never outlives the socket.
+
+``SocketEndpoint`` holds what both protocols share per connection: who may connect, admission, the
+rate limit, the abuse counter, the token's expiry, publishing. ``ChatEndpoint`` (v1) is in one room
+for the socket's life; ``MultiRoomEndpoint`` (v1.1) joins and leaves rooms by frames, each a
+``Subscription`` of the one connection.
 """
 
 from __future__ import annotations
@@ -25,33 +30,53 @@ from starlette.websockets import WebSocket
 from chat.abuse import Misconduct, address_key
 from chat.auth import Identity
 from chat.chat import Chat, chat_of
-from chat.connection import DIRECT_EXTENSION, Connection, DirectConnection, DirectWriter, QueuedConnection
+from chat.connection import (
+    DIRECT_EXTENSION,
+    Connection,
+    DirectConnection,
+    DirectWriter,
+    QueuedConnection,
+    Subscription,
+)
 from chat.exceptions import (
+    BadRequest,
     ConnectionRefused,
+    Forbidden,
     FrameTooLarge,
+    InvalidJoin,
     PolicyViolation,
     RateLimited,
     RequestError,
     ServerBusy,
     SlowConsumer,
+    TooManyRooms,
     Unavailable,
 )
 from chat.limits import TokenBucket
 from chat.logs import fields
 from chat.protocol import (
+    Hello,
     HistoryQuery,
+    Join,
+    JoinRequest,
+    Leave,
     Member,
     Message,
     Ping,
     Ref,
+    RoomRequest,
     SendText,
     Typing,
     decode,
+    decode_multi,
     encode_ack,
+    encode_hello,
     encode_history,
+    encode_left,
     encode_pong,
     encode_request_error,
     new_member_id,
+    parse_hello,
     parse_join,
 )
 from chat.settings import Settings
@@ -65,13 +90,14 @@ MAX_PUBLISHING = 64
 """A member's messages on their way to the backend at once; beyond that its next frame waits."""
 
 
-class ChatEndpoint(WebSocketEndpoint):
-    """One member in one room: ``/ws/{room}?name=N&since=S&epoch=E&batch=1`` (and ``token=T`` when auth is on)."""
+class SocketEndpoint(WebSocketEndpoint):
+    """What every chat connection does, whatever its protocol: the subclasses say how it enters rooms."""
 
     encoding = None
     chat: Chat  # set by on_connect
     task_group: TaskGroup | None = None
     connection: Connection | None = None
+    identity: Identity | None = None
     bucket: TokenBucket
     admitted: str | None = None  # the client address this connection is counted under
     expiry: TimerHandle | None = None
@@ -92,20 +118,15 @@ class ChatEndpoint(WebSocketEndpoint):
                 task_group.cancel_scope.cancel()
 
     async def on_connect(self, websocket: WebSocket) -> None:
-        """Check who connects, validate the join, admit the connection, start its writer, join the room."""
+        """Check who connects and what they ask for, admit the connection, start its writer, open it."""
         chat = self.chat = chat_of(websocket.scope)
         settings = chat.settings
         address = client_address(websocket.scope)
         try:
-            identity = chat.access.check(
+            identity = self.identity = chat.access.check(
                 address, websocket.scope.get("headers", []), websocket.query_params, anyio.current_time()
             )
-            request = parse_join(
-                websocket.path_params.get("room", ""),
-                websocket.query_params,
-                None if identity is None else identity.name,
-            )
-            chat.access.authorize(identity, request.room)
+            room, hello = self.handshake(websocket, chat, identity)
             chat.access.acquire(address)
         except ConnectionRefused as exc:
             log_refusal(chat, address, exc)
@@ -121,8 +142,8 @@ class ChatEndpoint(WebSocketEndpoint):
         self.admitted = address
         chat.metrics.connections.inc()
         await websocket.accept()
-        member = Member(new_member_id() if identity is None else identity.member_id, request.name)
-        connection = self.connection = open_connection(websocket, member, request.room, request.batch, settings)
+        member = Member(new_member_id() if identity is None else identity.member_id, hello.name)
+        connection = self.connection = open_connection(websocket, member, room, hello.batch, settings)
         self.bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, anyio.current_time())
         if isinstance(connection, QueuedConnection):
             assert self.task_group is not None, "on_connect runs inside dispatch (or a test's task group)"
@@ -130,12 +151,10 @@ class ChatEndpoint(WebSocketEndpoint):
         if identity is not None:
             self.expiry = close_on_expiry(chat, connection, identity)
         logger.info(
-            "%s", fields(event="connect", room=request.room, member=member.id, name=member.name, address=address)
+            "%s",
+            fields(event="connect", room=room or None, member=member.id, name=member.name, address=address),
         )
-        try:
-            await chat.join(connection, request)
-        except Unavailable as exc:
-            connection.close(ServerBusy(f"unavailable: {exc.detail}", reason="unavailable"))
+        await self.opened(chat, connection)
 
     async def on_receive(self, websocket: WebSocket, data: str | bytes) -> None:
         """Answer one client frame; bad input gets an error frame and the connection stays (up to a limit)."""
@@ -148,13 +167,13 @@ class ChatEndpoint(WebSocketEndpoint):
             connection.close(FrameTooLarge(f"frame larger than {settings.max_frame} bytes"))
             return
         try:
-            request = decode(data, settings.max_text)
+            request = self.parse_frame(data, settings.max_text)
             if not self.bucket.allow(anyio.current_time()):
-                self._rate_limited(chat, connection, getattr(request, "ref", None))
+                self._rate_limited(chat, connection, request)
                 return
             if self.misconduct is not None:
                 self.misconduct.good_frame()
-            await self._answer(chat, connection, request)
+            await self.answer(chat, connection, request)
         except RequestError as exc:
             _refuse_frame(chat, connection, exc)
             limit = settings.max_bad_frames
@@ -162,7 +181,7 @@ class ChatEndpoint(WebSocketEndpoint):
                 _policy_close(chat, connection, PolicyViolation(f"{limit} bad frames in a row", "bad_frames"))
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
-        """Leave the room and give the connection's place back."""
+        """Leave the rooms and give the connection's place back."""
         chat = chat_of(websocket.scope)
         if self.expiry is not None:
             self.expiry.cancel()
@@ -174,9 +193,9 @@ class ChatEndpoint(WebSocketEndpoint):
                 code = connection.close_code or close_code
                 if isinstance(connection.closed_by, SlowConsumer):
                     chat.metrics.slow_consumers.inc()
-                line = fields(event="disconnect", room=connection.room, member=connection.member.id, code=code)
+                line = fields(event="disconnect", room=connection.room or None, member=connection.member.id, code=code)
                 logger.info("%s", line)
-                await chat.leave(connection)
+                await self.leave_all(chat, connection)
         finally:
             # Even when cancelled while leaving: a place never given back would lock its address out.
             if self.admitted is not None:
@@ -185,9 +204,58 @@ class ChatEndpoint(WebSocketEndpoint):
                 chat.registry.release()
                 chat.metrics.connections.dec()
 
-    def _rate_limited(self, chat: Chat, connection: Connection, ref: Ref) -> None:
+    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
+        """Validate the handshake: the connection's room ("" for none) and its name and options; or raise
+        ConnectionRefused."""
+        raise NotImplementedError
+
+    async def opened(self, chat: Chat, connection: Connection) -> None:
+        """The connection is accepted and admitted: send its first frames."""
+        raise NotImplementedError
+
+    def parse_frame(self, data: str | bytes, max_text: int) -> RoomRequest:
+        """One client frame as a request, or the RequestError that answers it."""
+        raise NotImplementedError
+
+    async def answer(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
+        """Do what one valid request asks."""
+        raise NotImplementedError
+
+    async def leave_all(self, chat: Chat, connection: Connection) -> None:
+        """Take the member out of every room the connection is in; safe to call again."""
+        raise NotImplementedError
+
+    def publish(self, chat: Chat, connection: Connection, room: str, request: SendText) -> asyncio.Future[None] | None:
+        """Start publishing a member's message; a future to await when too many are on their way already.
+
+        Not awaited: the member's next messages may follow at once (a Redis backend sends the
+        publishes of one turn in one write). The ack goes out as soon as the backend has the seq
+        (memory: before start_publish returns; Redis: in the callback that read the reply), not a
+        loop turn later as a done callback of the future would.
+        """
+        started = time.perf_counter()
+        self.publishing += 1
+        done = partial(self._publish_done, chat, connection, room, request, started)
+        future = chat.start_publish(room, connection.member, request.text, done)
+        if self.publishing >= MAX_PUBLISHING and not future.done():
+            slot = self._publish_slot = asyncio.get_running_loop().create_future()
+            return slot
+        return None
+
+    async def history(self, chat: Chat, connection: Connection, room: str, request: HistoryQuery) -> None:
+        """Send a page of the room's history."""
+        try:
+            messages = await chat.backend.history(room, request.before, request.limit)
+        except Unavailable as exc:
+            exc.ref = request.ref
+            exc.room = request.room or None
+            raise
+        connection.send(encode_history(room, messages, request.ref))
+
+    def _rate_limited(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
         """Refuse a frame over the rate limit; close a connection that keeps going over it."""
-        _refuse_frame(chat, connection, RateLimited("too many frames: slow down", ref))
+        room = getattr(request, "room", "") or None
+        _refuse_frame(chat, connection, RateLimited("too many frames: slow down", getattr(request, "ref", None), room))
         chat.metrics.rate_limited.inc()
         limit = chat.settings.max_rate_limited_per_minute
         if limit and self._misconduct().rate_limited(anyio.current_time(), limit):
@@ -199,33 +267,14 @@ class ChatEndpoint(WebSocketEndpoint):
             self.misconduct = Misconduct(anyio.current_time())
         return self.misconduct
 
-    async def _answer(self, chat: Chat, connection: Connection, request: object) -> None:
-        if isinstance(request, SendText):
-            # Not awaited: the member's next messages may follow at once (a Redis backend sends
-            # the publishes of one turn in one write). The ack goes out as soon as the backend has
-            # the seq (memory: before start_publish returns; Redis: in the callback that read the
-            # reply), not a loop turn later as a done callback of the future would.
-            started = time.perf_counter()
-            self.publishing += 1
-            done = partial(self._publish_done, chat, connection, request.ref, started)
-            future = chat.start_publish(connection.room, connection.member, request.text, done)
-            if self.publishing >= MAX_PUBLISHING and not future.done():
-                self._publish_slot = asyncio.get_running_loop().create_future()
-                await self._publish_slot
-        elif isinstance(request, Typing):
-            await chat.typing(connection.room, connection.member)
-        elif isinstance(request, HistoryQuery):
-            try:
-                messages = await chat.backend.history(connection.room, request.before, request.limit)
-            except Unavailable as exc:
-                exc.ref = request.ref
-                raise
-            connection.send(encode_history(connection.room, messages, request.ref))
-        elif isinstance(request, Ping):
-            connection.send(encode_pong(request.ref))
-
     def _publish_done(
-        self, chat: Chat, connection: Connection, ref: Ref, started: float, future: asyncio.Future[Message]
+        self,
+        chat: Chat,
+        connection: Connection,
+        room: str,
+        request: SendText,
+        started: float,
+        future: asyncio.Future[Message],
     ) -> None:
         """Ack a published message, or answer why it could not be; let the member's next frame in."""
         self.publishing -= 1
@@ -235,24 +284,158 @@ class ChatEndpoint(WebSocketEndpoint):
         if future.cancelled():
             return
         error = future.exception()
+        ref = request.ref
         if error is None:
             chat.published(started)
             if ref is not None:
-                connection.send(encode_ack(ref, future.result().seq))
-        elif isinstance(error, Unavailable):
-            error.ref = ref
-            _refuse_frame(chat, connection, error)
-        else:
+                connection.send(encode_ack(ref, future.result().seq, room))
+            return
+        if not isinstance(error, Unavailable):
             logger.error("publishing failed", exc_info=error)
-            _refuse_frame(chat, connection, Unavailable("message not published", ref))
+            error = Unavailable("message not published")
+        error.ref = ref
+        error.room = request.room or None
+        _refuse_frame(chat, connection, error)
 
     async def _write(self, chat: Chat, connection: QueuedConnection) -> None:
-        """Drain the connection's buffer; once it is closed or gone, take the member out of the room."""
+        """Drain the connection's buffer; once it is closed or gone, take the member out of its rooms."""
         await connection.run()
-        # Shielded: the receive loop may end now and cancel this task while the leave is half done
+        # Shielded: the receive loop may end now and cancel this task while a leave is half done
         # (unregistered here, not yet announced), and nobody else would announce it.
         with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
-            await chat.leave(connection)
+            await self.leave_all(chat, connection)
+
+
+class ChatEndpoint(SocketEndpoint):
+    """Protocol v1: one member in one room, ``/ws/{room}?name=N&since=S&epoch=E&batch=1`` (and ``token=T``)."""
+
+    request: JoinRequest
+
+    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
+        request = self.request = parse_join(
+            websocket.path_params.get("room", ""),
+            websocket.query_params,
+            None if identity is None else identity.name,
+        )
+        chat.access.authorize(identity, request.room)
+        return request.room, Hello(request.name, request.batch)
+
+    async def opened(self, chat: Chat, connection: Connection) -> None:
+        """Join the room the address names."""
+        try:
+            await chat.join(connection, self.request)
+        except Unavailable as exc:
+            connection.close(ServerBusy(f"unavailable: {exc.detail}", reason="unavailable"))
+
+    def parse_frame(self, data: str | bytes, max_text: int) -> RoomRequest:
+        return decode(data, max_text)
+
+    async def answer(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
+        if isinstance(request, SendText):
+            slot = self.publish(chat, connection, connection.room, request)
+            if slot is not None:
+                await slot
+        elif isinstance(request, Typing):
+            await chat.typing(connection.room, connection.member)
+        elif isinstance(request, HistoryQuery):
+            await self.history(chat, connection, connection.room, request)
+        elif isinstance(request, Ping):
+            connection.send(encode_pong(request.ref))
+
+    async def leave_all(self, chat: Chat, connection: Connection) -> None:
+        await chat.leave(connection)
+
+
+class MultiRoomEndpoint(SocketEndpoint):
+    """Protocol v1.1: many rooms on one connection, ``/ws?name=N&batch=1`` (and ``token=T``), by ``join``/``leave``."""
+
+    rooms: dict[str, Subscription]
+    _leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
+
+    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
+        return "", parse_hello(websocket.query_params, None if identity is None else identity.name)
+
+    async def opened(self, chat: Chat, connection: Connection) -> None:
+        """Say hello: who the connection is; rooms come one ``join`` at a time."""
+        self.rooms = {}
+        await chat.start()
+        connection.welcome(encode_hello(connection.member), 0)
+
+    def parse_frame(self, data: str | bytes, max_text: int) -> RoomRequest:
+        return decode_multi(data, max_text)
+
+    async def answer(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
+        if isinstance(request, Ping):
+            connection.send(encode_pong(request.ref))
+            return
+        if isinstance(request, Join):
+            await self.join(chat, connection, request)
+            return
+        ref = getattr(request, "ref", None)
+        subscription = self.rooms.get(request.room)
+        if subscription is None:
+            raise BadRequest(f"not in room {request.room!r}: join it first", ref, request.room)
+        if isinstance(request, SendText):
+            slot = self.publish(chat, connection, request.room, request)
+            if slot is not None:
+                await slot
+        elif isinstance(request, Typing):
+            await chat.typing(request.room, connection.member)
+        elif isinstance(request, HistoryQuery):
+            await self.history(chat, connection, request.room, request)
+        elif isinstance(request, Leave):
+            await self.leave(chat, connection, subscription, ref)
+
+    async def join(self, chat: Chat, connection: Connection, request: Join) -> None:
+        """Join a room: its welcome (with the join's ref), or an error frame and nothing else changed."""
+        room, ref = request.room, request.ref
+        if room in self.rooms:
+            raise BadRequest(f"already in room {room!r}", ref, room)
+        limit = chat.settings.max_rooms_per_connection
+        if len(self.rooms) >= limit:
+            raise TooManyRooms(f"at most {limit} rooms per connection: leave one first", ref, room)
+        try:
+            chat.access.authorize(self.identity, room)
+        except InvalidJoin as exc:
+            raise Forbidden(exc.detail, ref, room) from None
+        subscription = self.rooms[room] = Subscription(connection, room, self._taken_out)
+        try:
+            await chat.join(subscription, JoinRequest(room, connection.member.name, request.since, request.epoch), ref)
+        except Unavailable as exc:
+            if self.rooms.get(room) is subscription:
+                del self.rooms[room]
+            exc.ref, exc.room = ref, room
+            raise
+        logger.info("%s", fields(event="join", room=room, member=connection.member.id))
+
+    async def leave(self, chat: Chat, connection: Connection, subscription: Subscription, ref: Ref) -> None:
+        """Leave a room: the others learn it, then the member gets ``left``."""
+        del self.rooms[subscription.room]
+        await chat.leave(subscription)
+        subscription.gone = True
+        connection.send(encode_left(subscription.room, ref))
+        logger.info("%s", fields(event="left", room=subscription.room, member=connection.member.id))
+
+    async def leave_all(self, chat: Chat, connection: Connection) -> None:
+        rooms = getattr(self, "rooms", None)
+        while rooms:
+            _, subscription = rooms.popitem()
+            subscription.gone = True
+            await chat.leave(subscription)
+        if self._leaving:
+            with anyio.move_on_after(LEAVE_TIMEOUT):
+                await asyncio.gather(*self._leaving, return_exceptions=True)
+
+    def _taken_out(self, subscription: Subscription) -> None:
+        """The server took the member out of a room (restart, removed): forget it, announce the leave."""
+        if self.rooms.get(subscription.room) is subscription:
+            del self.rooms[subscription.room]
+        leaving = self._leaving
+        if leaving is None:
+            leaving = self._leaving = set()
+        task = asyncio.get_running_loop().create_task(self.chat.leave(subscription))
+        leaving.add(task)
+        task.add_done_callback(leaving.discard)
 
 
 def _refuse_frame(chat: Chat, connection: Connection, error: RequestError) -> None:

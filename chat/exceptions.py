@@ -3,16 +3,20 @@
 ChatError
  ├── ConfigError               settings that cannot work (raised at startup)
  ├── ApiError                  an operator's API request answered with HTTP ``status`` and a JSON error
- ├── RequestError              answered with an ``error`` frame; the connection stays open
+ ├── RequestError              answered with an ``error`` frame (with the ``room`` it named); the connection stays open
  │    ├── BadRequest           bad_request
+ │    ├── Forbidden            forbidden (``/ws``: a join the room name or the token's ``rooms`` do not allow)
+ │    ├── TooManyRooms         too_many_rooms (``/ws``: a join past ``max_rooms_per_connection``)
  │    ├── TooLarge             too_large
  │    ├── RateLimited          rate_limited
  │    ├── Unsupported          unsupported
  │    └── Unavailable          unavailable (the backend cannot serve right now)
  └── ConnectionClosed          the connection is closed with ``close_code`` (a ``CloseCode``) and the detail
       ├── SlowConsumer         1013: its buffer would overflow, or its socket took nothing for too long
-      ├── PolicyViolation      1008 after accept: bad frames, rate limit abuse, token expired, removed
+      ├── PolicyViolation      1008 after accept: bad frames, rate limit abuse, token expired
+      │    └── Removed         1008 ``removed`` by the operator (``/ws``: a ``left`` frame, that room only)
       ├── ServiceRestart       1012: the room restarted (its history is gone); rejoin to learn it
+      │                        (``/ws``: a ``left`` frame, that room only)
       ├── GoingAway            1001: the server shuts down
       └── ConnectionRefused    refused before accept (HTTP ``http_status``) or closed after with ``close_code``
            ├── InvalidJoin          1008, or HTTP 403 before accept (bad room or name, origin, rooms claim)
@@ -30,7 +34,9 @@ from typing import ClassVar, Literal
 
 from websockets.frames import CloseCode
 
-ErrorCode = Literal["bad_request", "too_large", "rate_limited", "unsupported", "unavailable", "forbidden"]
+ErrorCode = Literal[
+    "bad_request", "too_large", "rate_limited", "unsupported", "unavailable", "forbidden", "too_many_rooms"
+]
 
 
 class ChatError(Exception):
@@ -59,13 +65,23 @@ class RequestError(ChatError):
 
     code: ClassVar[ErrorCode]
 
-    def __init__(self, detail: str, ref: str | int | None = None) -> None:
+    def __init__(self, detail: str, ref: str | int | None = None, room: str | None = None) -> None:
         super().__init__(detail)
         self.ref = ref
+        self.room = room
+        """The room the refused request named (echoed in the error frame), if it named one."""
 
 
 class BadRequest(RequestError):
     code = "bad_request"
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
+
+
+class TooManyRooms(RequestError):
+    code = "too_many_rooms"
 
 
 class TooLarge(RequestError):
@@ -90,6 +106,9 @@ class ConnectionClosed(ChatError):
     close_code: ClassVar[CloseCode]
     reason = "closed"
     """What the close is counted as (a metrics label)."""
+    room_only: ClassVar[bool] = False
+    """On a multi-room connection (``/ws``) it takes the member out of its one room (a ``left`` frame with
+    ``reason``), not the socket down."""
 
     def __init__(self, detail: str, reason: str | None = None) -> None:
         super().__init__(detail)
@@ -108,9 +127,17 @@ class PolicyViolation(ConnectionClosed):
     close_code = CloseCode.POLICY_VIOLATION
 
 
+class Removed(PolicyViolation):
+    """The operator removed the member from a room."""
+
+    reason = "removed"
+    room_only = True
+
+
 class ServiceRestart(ConnectionClosed):
     close_code = CloseCode.SERVICE_RESTART
     reason = "restart"
+    room_only = True
 
 
 class GoingAway(ConnectionClosed):

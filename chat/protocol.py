@@ -1,4 +1,5 @@
-"""Protocol v1, sans I/O: validate what clients send, encode what the server sends.
+"""Protocol v1 (``/ws/{room}``) and v1.1 (``/ws``, many rooms), sans I/O: validate what clients send,
+encode what the server sends.
 
 Everything here is plain synchronous code: no sockets, no clocks, no backends.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from chat.exceptions import BadRequest, ErrorCode, InvalidJoin, RequestError, TooLarge, Unsupported
+from chat.exceptions import BadRequest, ErrorCode, Forbidden, InvalidJoin, RequestError, TooLarge, Unsupported
 from chat.frames import text_frame
 
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -22,6 +23,8 @@ EPOCH_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON escapes can make them; UTF-8 cannot carry them out
 MAX_NAME = 32
 MAX_REF = 64
+MAX_ROOM_ECHO = 128
+"""An invalid room name up to this length is echoed in the error frame; a longer one is not."""
 HISTORY_LIMIT_MAX = 100
 HISTORY_LIMIT_DEFAULT = 50
 
@@ -204,10 +207,29 @@ def parse_join(room: str, query: Mapping[str, str], name: str | None = None) -> 
         raise InvalidJoin("since must be a non-negative integer")
     if epoch is not None and not EPOCH_PATTERN.fullmatch(epoch):
         raise InvalidJoin("epoch must be the token a welcome frame gave")
+    return JoinRequest(room, name, None if since is None else int(since), epoch, _parse_batch(query))
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What a client asks for when it connects to ``/ws`` (v1.1): rooms come later, one ``join`` each."""
+
+    name: str
+    batch: bool = False
+
+
+def parse_hello(query: Mapping[str, str], name: str | None = None) -> Hello:
+    """Validate ``/ws``'s query parameters (v1's without ``since``/``epoch``), or raise InvalidJoin."""
+    if "since" in query or "epoch" in query:
+        raise InvalidJoin("since and epoch go in each join frame on /ws, not in its address")
+    return Hello(parse_name(query.get("name")) if name is None else name, _parse_batch(query))
+
+
+def _parse_batch(query: Mapping[str, str]) -> bool:
     batch = query.get("batch", "0")
     if batch not in ("0", "1"):
         raise InvalidJoin("batch must be 0 or 1")
-    return JoinRequest(room, name, None if since is None else int(since), epoch, batch == "1")
+    return batch == "1"
 
 
 def parse_name(raw: str | None) -> str:
@@ -230,15 +252,19 @@ def new_member_id() -> str:
 # --- client frames -----------------------------------------------------------------------------
 
 
+# ``room`` is the room a v1.1 frame names; on v1 it stays "" (the connection's room is meant).
+
+
 @dataclass(frozen=True, slots=True)
 class SendText:
     text: str
     ref: Ref = None
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Typing:
-    pass
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +272,7 @@ class HistoryQuery:
     before: int | None = None
     limit: int = HISTORY_LIMIT_DEFAULT
     ref: Ref = None
+    room: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +280,26 @@ class Ping:
     ref: Ref = None
 
 
+@dataclass(frozen=True, slots=True)
+class Join:
+    """v1.1: join ``room``, recovering from ``since``/``epoch`` as v1's query parameters do."""
+
+    room: str
+    since: int | None = None
+    epoch: str | None = None
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """v1.1: leave ``room``."""
+
+    room: str
+    ref: Ref = None
+
+
 ClientRequest = SendText | Typing | HistoryQuery | Ping
+RoomRequest = SendText | Typing | HistoryQuery | Ping | Join | Leave
 
 
 def decode(data: str | bytes, max_text: int) -> ClientRequest:
@@ -274,20 +320,20 @@ def decode(data: str | bytes, max_text: int) -> ClientRequest:
     return _decode_object(obj, max_text)
 
 
-def _decode_object(obj: dict[str, Any], max_text: int) -> ClientRequest:
+def _decode_object(obj: dict[str, Any], max_text: int, room: str = "") -> ClientRequest:
     ref = _checked_ref(obj.get("ref"))
     kind = obj.get("type")
     if kind == "message":
         text = obj.get("text")
         if not isinstance(text, str):
-            raise BadRequest("message needs a string 'text'", ref)
-        return SendText(_checked_text(text, max_text, ref), ref)
+            raise BadRequest("message needs a string 'text'", ref, room or None)
+        return SendText(_checked_text(text, max_text, ref, room), ref, room)
     if kind == "typing":
-        return Typing()
+        return Typing(room)
     if kind == "history":
-        before = _optional_int(obj, "before", 1, None, ref)
-        limit = _optional_int(obj, "limit", 1, HISTORY_LIMIT_MAX, ref)
-        return HistoryQuery(before, HISTORY_LIMIT_DEFAULT if limit is None else limit, ref)
+        before = _optional_int(obj, "before", 1, None, ref, room)
+        limit = _optional_int(obj, "limit", 1, HISTORY_LIMIT_MAX, ref, room)
+        return HistoryQuery(before, HISTORY_LIMIT_DEFAULT if limit is None else limit, ref, room)
     if kind == "ping":
         return Ping(ref)
     if not isinstance(kind, str):
@@ -295,18 +341,77 @@ def _decode_object(obj: dict[str, Any], max_text: int) -> ClientRequest:
     raise BadRequest(f"unknown type {kind[:32]!r}: expected message, typing, history or ping", ref)
 
 
+ROOM_FRAMES = frozenset({"join", "leave", "message", "typing", "history"})
+
+
+def decode_multi(data: str | bytes, max_text: int) -> RoomRequest:
+    """Turn one ``/ws`` (v1.1) client frame into a request, or raise the RequestError that answers it.
+
+    Every frame but ``ping`` names its ``room``; there is no default room, so a frame that is not a JSON
+    object is refused. Whether the room is joined is the endpoint's business.
+    """
+    if isinstance(data, bytes):
+        raise Unsupported("binary frames are not supported: send text frames")
+    if not data.lstrip().startswith("{"):
+        raise BadRequest("a frame must be one JSON object on /ws: there is no default room")
+    try:
+        obj = _CLIENT_JSON.decode(data)
+    except (ValueError, RecursionError):
+        raise BadRequest("malformed JSON object") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("a frame must be one JSON object")
+    kind = obj.get("type")
+    if kind not in ROOM_FRAMES:
+        if kind == "ping" or not isinstance(kind, str):
+            return _decode_object(obj, max_text)
+        raise BadRequest(
+            f"unknown type {kind[:32]!r}: expected join, leave, message, typing, history or ping",
+            _checked_ref(obj.get("ref")),
+        )
+    ref = _checked_ref(obj.get("ref"))
+    room = obj.get("room")
+    if not isinstance(room, str):
+        raise BadRequest(f"{kind} needs a string 'room'", ref)
+    if kind == "join":
+        return _decode_join(obj, room, ref)
+    if not ROOM_PATTERN.fullmatch(room):
+        raise BadRequest(f"{kind}: not in that room (no room has that name)", ref, echoed_room(room))
+    if kind == "leave":
+        return Leave(room, ref)
+    return _decode_object(obj, max_text, room)
+
+
+def _decode_join(obj: dict[str, Any], room: str, ref: Ref) -> Join:
+    if not ROOM_PATTERN.fullmatch(room):
+        raise Forbidden(
+            "invalid room: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+            ref,
+            echoed_room(room),
+        )
+    since = _optional_int(obj, "since", 0, 2**63 - 1, ref, room)
+    epoch = obj.get("epoch")
+    if epoch is not None and not (isinstance(epoch, str) and EPOCH_PATTERN.fullmatch(epoch)):
+        raise BadRequest("epoch must be the token a welcome frame gave", ref, room)
+    return Join(room, since, epoch, ref)
+
+
+def echoed_room(room: str) -> str | None:
+    """A room name as an error frame may echo it: not too long, and valid Unicode."""
+    return room if len(room) <= MAX_ROOM_ECHO and not _SURROGATE.search(room) else None
+
+
 def check_text(text: str, max_text: int) -> str:
     """A message text as every member's must be: not blank, at most ``max_text`` characters, valid Unicode."""
     return _checked_text(text, max_text, None)
 
 
-def _checked_text(text: str, max_text: int, ref: Ref) -> str:
+def _checked_text(text: str, max_text: int, ref: Ref, room: str = "") -> str:
     if not text.strip():
-        raise BadRequest("text must not be empty", ref)
+        raise BadRequest("text must not be empty", ref, room or None)
     if len(text) > max_text:
-        raise TooLarge(f"text is longer than {max_text} characters", ref)
+        raise TooLarge(f"text is longer than {max_text} characters", ref, room or None)
     if _SURROGATE.search(text):
-        raise BadRequest("text must be valid Unicode: no lone surrogates", ref)
+        raise BadRequest("text must be valid Unicode: no lone surrogates", ref, room or None)
     return text
 
 
@@ -318,13 +423,13 @@ def _checked_ref(ref: object) -> Ref:
     raise BadRequest(f"ref must be a string of at most {MAX_REF} characters or an integer")
 
 
-def _optional_int(obj: dict[str, Any], key: str, low: int, high: int | None, ref: Ref) -> int | None:
+def _optional_int(obj: dict[str, Any], key: str, low: int, high: int | None, ref: Ref, room: str = "") -> int | None:
     value = obj.get(key)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         bounds = f"{low}-{high}" if high is not None else f">= {low}"
-        raise BadRequest(f"{key} must be an integer {bounds}", ref)
+        raise BadRequest(f"{key} must be an integer {bounds}", ref, room or None)
     return value
 
 
@@ -347,8 +452,12 @@ def encode_welcome(
     epoch: str,
     history: Sequence[Message],
     recovered: bool,
+    ref: Ref = None,
 ) -> str:
-    """The first frame a member gets; history items are the stored message frames, oldest first."""
+    """The first frame a member gets in a room; history items are the stored message frames, oldest first.
+
+    ``ref`` is a v1.1 join's, echoed when it had one.
+    """
     return (
         '{"type":"welcome","room":'
         + _dumps(room)
@@ -358,12 +467,25 @@ def encode_welcome(
         + ",".join(member.json for member in members)
         + f'],"seq":{seq},"epoch":{_dumps(epoch)},"recovered":{"true" if recovered else "false"},"history":['
         + ",".join(message.frame for message in history)
-        + "]}"
+        + ("]}" if ref is None else '],"ref":' + _dumps(ref) + "}")
     )
 
 
-def encode_ack(ref: Ref, seq: int) -> str:
-    return _dumps({"type": "ack", "ref": ref, "seq": seq})
+def encode_hello(you: Member) -> str:
+    """The first frame on ``/ws`` (v1.1): who the connection is, before any room."""
+    return '{"type":"hello","you":' + you.json + "}"
+
+
+def encode_left(room: str, ref: Ref, reason: str | None = None) -> str:
+    """v1.1: the member is out of ``room``: it asked (``ref``), or the server took it out (``reason``)."""
+    frame: dict[str, object] = {"type": "left", "room": room, "ref": ref}
+    if reason is not None:
+        frame["reason"] = reason
+    return _dumps(frame)
+
+
+def encode_ack(ref: Ref, seq: int, room: str) -> str:
+    return _dumps({"type": "ack", "ref": ref, "seq": seq, "room": room})
 
 
 def encode_history(room: str, messages: Sequence[Message], ref: Ref) -> str:
@@ -380,9 +502,12 @@ def encode_pong(ref: Ref) -> str:
     return _dumps({"type": "pong", "ref": ref})
 
 
-def encode_error(code: ErrorCode, detail: str, ref: Ref = None) -> str:
-    return _dumps({"type": "error", "code": code, "detail": detail, "ref": ref})
+def encode_error(code: ErrorCode, detail: str, ref: Ref = None, room: str | None = None) -> str:
+    frame: dict[str, object] = {"type": "error", "code": code, "detail": detail, "ref": ref}
+    if room is not None:
+        frame["room"] = room
+    return _dumps(frame)
 
 
 def encode_request_error(error: RequestError) -> str:
-    return encode_error(error.code, error.detail, error.ref)
+    return encode_error(error.code, error.detail, error.ref, error.room)

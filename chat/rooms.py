@@ -14,7 +14,7 @@ import anyio
 
 from chat.backends import Backend
 from chat.connection import Connection
-from chat.exceptions import PolicyViolation, ServiceRestart
+from chat.exceptions import Removed, ServiceRestart
 from chat.metrics import Metrics
 from chat.protocol import Event, Message, Remove, Restart
 
@@ -124,11 +124,12 @@ class RoomRegistry:
                 connection.send(frame, wire)
 
     def remove_member(self, room: str, member_id: str) -> int:
-        """Close every local connection of the member in the room with 1008 ``removed``; how many there were."""
+        """Close every local connection of the member in the room with 1008 ``removed`` (on ``/ws``: take it out of
+        that room); how many there were."""
         if member_id not in self._ids.get(room, ()):
             return 0
         removed = [connection for connection in self._rooms[room] if connection.member.id == member_id]
-        error = PolicyViolation("removed", "removed")
+        error = Removed("removed")
         for connection in removed:
             if self._metrics is not None and connection.is_open:
                 self._metrics.policy_closes.labels(error.reason).inc()

@@ -51,6 +51,7 @@ class Settings:
     rate_per_second: float = 10.0
     queue_bytes: int = 1048576
     max_connections: int = 10000
+    max_rooms_per_connection: int = 100
     send_timeout: float = 30.0
     write_delay: float = 0.0
     presence_ttl: float = 30.0
@@ -93,6 +94,7 @@ class Settings:
             "rate_burst",
             "queue_bytes",
             "max_connections",
+            "max_rooms_per_connection",
             "workers",
             "send_timeout",
             "presence_ttl",

@@ -174,7 +174,7 @@ def test_ack_echoes_the_ref_with_the_seq(client: TestClient, ref: str | int) -> 
         alice.send_json({"type": "message", "text": "x", "ref": ref})
         frames = until(alice, "ack")
         message = frames[0] if frames[0]["type"] == "message" else until(alice, "message")[-1]
-    assert frames[-1] == {"type": "ack", "ref": ref, "seq": message["seq"]}
+    assert frames[-1] == {"type": "ack", "ref": ref, "seq": message["seq"], "room": "lobby"}
 
 
 def test_no_ack_without_ref(client: TestClient) -> None:

@@ -257,7 +257,7 @@ async def test_message_reaches_everyone_and_the_sender_gets_an_ack(app: Starlett
     await alice.until("join")
     await alice.send_json(type="message", text="hello", ref="r1")
     got = {frame["type"]: frame for frame in [await alice.next(), await alice.next()]}
-    assert got["ack"] == {"type": "ack", "ref": "r1", "seq": 1}
+    assert got["ack"] == {"type": "ack", "ref": "r1", "seq": 1, "room": ROOM}
     assert got["message"]["text"] == "hello"
     assert got["message"]["from"] == {"id": alice.member.id, "name": "alice"}
     assert await bob.next() == got["message"]

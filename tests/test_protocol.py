@@ -499,8 +499,8 @@ def test_welcome_frame_with_empty_history_is_valid_json() -> None:
 
 
 def test_ack_frame() -> None:
-    """ack carries the ref and the seq the message got."""
-    assert json.loads(encode_ack("r", 12)) == {"type": "ack", "ref": "r", "seq": 12}
+    """ack carries the ref, the seq the message got, and its room."""
+    assert json.loads(encode_ack("r", 12, "lobby")) == {"type": "ack", "ref": "r", "seq": 12, "room": "lobby"}
 
 
 def test_history_frame() -> None:
