@@ -11,7 +11,7 @@ from .test_recovery import say_through_websocket, texts
 
 require_browser()
 
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import Locator, expect  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -21,6 +21,11 @@ ROOMS = ("north", "south", "east")
 
 def live(person: Person) -> None:
     expect(person.status).to_have_attribute("data-status", "live")
+
+
+def pending(person: Person) -> Locator:
+    """The messages of the room on screen still on their way."""
+    return person.page.locator(".view:not([hidden]) > .outbox > .pending")
 
 
 def show(person: Person, room: str) -> None:
@@ -52,7 +57,7 @@ def test_three_rooms_share_one_socket_and_all_recover_after_a_restart(servers: S
         show(ann, room)
         expect(ann.status).to_have_attribute("data-status", "reconnecting")
         ann.say(f"ann while down, in {room}")
-        expect(ann.page.locator(".outbox .pending")).to_contain_text("Waiting for the connection")
+        expect(pending(ann)).to_contain_text("Waiting for the connection")
     joins_before = len(ann.sent_of_type("join"))
 
     server = servers.rerun(server)  # same folder, same store
@@ -67,7 +72,7 @@ def test_three_rooms_share_one_socket_and_all_recover_after_a_restart(servers: S
         ), texts(ann)
         assert texts(ann)[0] == f"bob before, in {room}"
         assert ann.seqs() == [1, 2, 3]
-        expect(ann.page.locator(".outbox .pending")).to_have_count(0)
+        expect(pending(ann)).to_have_count(0)
         expect(ann.page.locator("[data-notice=recovery]")).to_have_count(0)
 
     # One socket again, every room rejoined on it once, each with its own since and epoch.
