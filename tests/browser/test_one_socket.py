@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+import urllib.request
 from collections.abc import Callable
 
 import pytest
+
+from tests.e2e.server_process import ServerProcess
 
 from .support import Person, Servers, page_url, require_browser
 from .test_recovery import say_through_websocket, texts
@@ -17,6 +22,7 @@ pytestmark = pytest.mark.browser
 
 OpenPage = Callable[..., Person]
 ROOMS = ("north", "south", "east")
+API_KEY = "operator-key-for-tests"
 
 
 def live(person: Person) -> None:
@@ -82,3 +88,72 @@ def test_three_rooms_share_one_socket_and_all_recover_after_a_restart(servers: S
     assert sorted((join["room"], join["since"], join["epoch"]) for join in rejoins) == sorted(
         (room, 1, epochs[room]) for room in ROOMS
     ), rejoins
+
+
+def test_a_join_past_the_room_limit_is_refused_in_that_room_alone(servers: Servers, open_page: OpenPage) -> None:
+    server = servers.start(max_rooms_per_connection=2, rate_per_second=0)
+    ann = open_page(page_url(server, room="north", rooms="north,south,east", name="Ann"), "ann")
+    live(ann)
+    show(ann, "east")
+    expect(ann.status).to_have_attribute("data-status", "refused")
+    expect(ann.status).to_contain_text("too many rooms")
+    expect(ann.page.locator("[data-room=east] .room-dot")).to_have_class(re.compile(r"\brefused\b"))
+    for room in ("north", "south"):
+        expect(ann.page.locator(f"[data-room={room}] .room-dot")).to_have_class(re.compile(r"\blive\b"))
+    assert len(ann.socket_urls) == 1, ann.socket_urls
+
+    # Out of one room, the person tries again: the refused room joins on the same socket.
+    ann.page.get_by_role("button", name="Leave north").click()
+    show(ann, "east")
+    ann.page.get_by_role("button", name="Try again").click()
+    live(ann)
+    ann.say("in at last")
+    expect(ann.message("in at last")).to_have_count(1)
+    assert len(ann.socket_urls) == 1, ann.socket_urls
+
+
+def test_removed_from_one_room_the_page_stays_in_the_others(servers: Servers, open_page: OpenPage) -> None:
+    server = servers.start(api_key=API_KEY, rate_per_second=0)
+    ann = open_page(page_url(server, room="north", rooms="north,south", name="Ann"), "ann")
+    bob = open_page(page_url(server, room="south", name="Bob"), "bob")
+    live(ann)
+    live(bob)
+    ann.say("about to go")
+    expect(ann.messages).to_have_count(1)
+    ann_id = ann.page.locator("#member-list .self").get_attribute("data-member")
+    assert ann_id
+
+    remove(server, "north", ann_id)
+    expect(ann.status).to_have_attribute("data-status", "refused")
+    expect(ann.status).to_contain_text("removed")
+    expect(ann.message("about to go")).to_have_count(1)  # what was said stays readable
+
+    # The other room is untouched, on the same socket.
+    show(ann, "south")
+    live(ann)
+    bob.say("still here?")
+    expect(ann.message("still here?")).to_have_count(1)
+    assert len(ann.socket_urls) == 1, ann.socket_urls
+    assert [join["room"] for join in ann.sent_of_type("join")].count("north") == 1, "removed: no rejoin by itself"
+
+    # The person asks to come back: the room rejoins where it was.
+    show(ann, "north")
+    ann.page.get_by_role("button", name="Try again").click()
+    live(ann)
+    rejoin = ann.sent_of_type("join")[-1]
+    assert (rejoin["room"], rejoin["since"]) == ("north", 1), rejoin
+    ann.say("back")
+    expect(ann.messages).to_have_count(2)
+    assert ann.seqs() == [1, 2]
+    expect(ann.page.locator("[data-notice=recovery]")).to_have_count(0)
+
+
+def remove(server: ServerProcess, room: str, member: str) -> None:
+    """Have the operator remove ``member`` from ``room`` (the operator API's DELETE)."""
+    request = urllib.request.Request(
+        f"http://{server.base}/api/rooms/{room}/members/{member}",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.load(response) == {"removed": member, "room": room}
