@@ -148,6 +148,32 @@ def test_removed_from_one_room_the_page_stays_in_the_others(servers: Servers, op
     expect(ann.page.locator("[data-notice=recovery]")).to_have_count(0)
 
 
+def test_a_new_name_reconnects_the_one_socket_and_the_rooms_follow(server: ServerProcess, open_page: OpenPage) -> None:
+    ann = open_page(page_url(server, room="rename-a", rooms="rename-a,rename-b", name="Ann"), "ann")
+    bob = open_page(page_url(server, room="rename-b", name="Bob"), "bob")
+    live(ann)
+    live(bob)
+    bob.say("hello Ann")
+    show(ann, "rename-b")
+    expect(ann.message("hello Ann")).to_have_count(1)
+
+    ann.page.locator("#change-name").click()
+    ann.page.get_by_label("Your name").fill("Ann Lee")
+    ann.page.get_by_role("button", name="Save").click()
+    expect(bob.members).to_have_text(["Ann Lee", "Bob"])
+    live(ann)
+    assert ann.socket_urls == [f"ws://{server.base}/ws?name=Ann", f"ws://{server.base}/ws?name=Ann+Lee"]
+    rejoins = ann.sent_of_type("join")[2:]
+    assert sorted((join["room"], join.get("since")) for join in rejoins) == [("rename-a", 0), ("rename-b", 1)]
+    expect(ann.message("hello Ann")).to_have_count(1)
+    expect(ann.page.locator("[data-notice=recovery]")).to_have_count(0)
+    ann.say("new name, same rooms")
+    expect(bob.message("same rooms").locator(".author")).to_have_text("Ann Lee")
+    show(ann, "rename-a")
+    live(ann)
+    assert len(ann.open_sockets()) == 1
+
+
 def remove(server: ServerProcess, room: str, member: str) -> None:
     """Have the operator remove ``member`` from ``room`` (the operator API's DELETE)."""
     request = urllib.request.Request(
