@@ -437,7 +437,7 @@ export class RoomClient {
   }
 
   /** The join frame the next join sends: with `since`/`epoch` once the room was joined before. */
-  joinFrame() {
+  #joinFrame() {
     const frame = { type: 'join', room: this.room };
     if (this.epoch) {
       frame.since = this.lastSeq;
@@ -492,7 +492,7 @@ export class RoomClient {
     const { setTimeout, clearTimeout } = this.#deps;
     this.#joinRef = this.#deps.nextRef('j');
     this.#state = 'joining';
-    this.#joinSent = this.#socket.send({ ...this.joinFrame(), ref: this.#joinRef });
+    this.#joinSent = this.#socket.send({ ...this.#joinFrame(), ref: this.#joinRef });
     clearTimeout(this.#joinTimer);
     const ref = this.#joinRef;
     // No welcome yet (a busy backend): ask again later; a welcome that comes meanwhile is taken all the same.
