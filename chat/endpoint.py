@@ -195,7 +195,9 @@ class SocketEndpoint(WebSocketEndpoint):
                     chat.metrics.slow_consumers.inc()
                 line = fields(event="disconnect", room=connection.room or None, member=connection.member.id, code=code)
                 logger.info("%s", line)
-                await self.leave_all(chat, connection)
+                # Shielded: a leave cancelled half done (unregistered, not announced) is never announced.
+                with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
+                    await self.leave_all(chat, connection)
         finally:
             # Even when cancelled while leaving: a place never given back would lock its address out.
             if self.admitted is not None:
