@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import JSONResponse
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from chat.abuse import Misconduct, address_key
@@ -351,16 +351,18 @@ class ChatEndpoint(SocketEndpoint):
 class MultiRoomEndpoint(SocketEndpoint):
     """Protocol v1.1: many rooms on one connection, ``/ws?name=N&batch=1`` (and ``token=T``), by ``join``/``leave``."""
 
-    rooms: dict[str, Subscription]
     _leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope, receive, send)
+        self.rooms: dict[str, Subscription] = {}
+        """The rooms joined, each the member's subscription there."""
 
     def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
         return "", parse_hello(websocket.query_params, None if identity is None else identity.name)
 
     async def opened(self, chat: Chat, connection: Connection) -> None:
         """Say hello: who the connection is; rooms come one ``join`` at a time."""
-        self.rooms = {}
-        await chat.start()
         connection.welcome(encode_hello(connection.member), 0)
 
     def parse_frame(self, data: str | bytes, max_text: int) -> RoomRequest:
@@ -419,7 +421,7 @@ class MultiRoomEndpoint(SocketEndpoint):
         logger.info("%s", fields(event="left", room=subscription.room, member=connection.member.id))
 
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
-        rooms = getattr(self, "rooms", None)
+        rooms = self.rooms
         while rooms:
             _, subscription = rooms.popitem()
             subscription.gone = True
