@@ -227,6 +227,19 @@ class SocketEndpoint(WebSocketEndpoint):
         """Take the member out of every room the connection is in; safe to call again."""
         raise NotImplementedError
 
+    async def answer_in(
+        self, chat: Chat, connection: Connection, room: str, request: SendText | Typing | HistoryQuery
+    ) -> None:
+        """Answer a request about ``room``, a room the connection is in."""
+        if isinstance(request, SendText):
+            slot = self.publish(chat, connection, room, request)
+            if slot is not None:
+                await slot
+        elif isinstance(request, Typing):
+            await chat.typing(room, connection.member)
+        else:
+            await self.history(chat, connection, room, request)
+
     def publish(self, chat: Chat, connection: Connection, room: str, request: SendText) -> asyncio.Future[None] | None:
         """Start publishing a member's message; a future to await when too many are on their way already.
 
@@ -333,16 +346,10 @@ class ChatEndpoint(SocketEndpoint):
         return decode(data, max_text)
 
     async def answer(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
-        if isinstance(request, SendText):
-            slot = self.publish(chat, connection, connection.room, request)
-            if slot is not None:
-                await slot
-        elif isinstance(request, Typing):
-            await chat.typing(connection.room, connection.member)
-        elif isinstance(request, HistoryQuery):
-            await self.history(chat, connection, connection.room, request)
-        elif isinstance(request, Ping):
+        if isinstance(request, Ping):
             connection.send(encode_pong(request.ref))
+        elif isinstance(request, SendText | Typing | HistoryQuery):
+            await self.answer_in(chat, connection, connection.room, request)
 
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
         await chat.leave(connection)
@@ -379,16 +386,10 @@ class MultiRoomEndpoint(SocketEndpoint):
         subscription = self.rooms.get(request.room)
         if subscription is None:
             raise BadRequest(f"not in room {request.room!r}: join it first", ref, request.room)
-        if isinstance(request, SendText):
-            slot = self.publish(chat, connection, request.room, request)
-            if slot is not None:
-                await slot
-        elif isinstance(request, Typing):
-            await chat.typing(request.room, connection.member)
-        elif isinstance(request, HistoryQuery):
-            await self.history(chat, connection, request.room, request)
-        elif isinstance(request, Leave):
+        if isinstance(request, Leave):
             await self.leave(chat, connection, subscription, ref)
+        else:
+            await self.answer_in(chat, connection, request.room, request)
 
     async def join(self, chat: Chat, connection: Connection, request: Join) -> None:
         """Join a room: its welcome (with the join's ref), or an error frame and nothing else changed."""

@@ -147,6 +147,17 @@ def chat(app: Starlette) -> Chat:
     return chat_of({"app": app})
 
 
+class FailingJoins(MemoryBackend):
+    """A memory backend that cannot take joins to the rooms in ``failing``."""
+
+    failing: frozenset[str] = frozenset()
+
+    async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
+        if room in self.failing:
+            raise Unavailable("backend unavailable")
+        return await super().snapshot(room, since, epoch)
+
+
 # --- on_connect ----------------------------------------------------------------------------------
 
 
@@ -224,21 +235,13 @@ async def test_connection_over_the_cap_is_accepted_then_closed_with_1013(
 async def test_join_failing_on_the_backend_closes_with_1013(task_group: TaskGroup) -> None:
     """When the backend is unavailable during the join, the socket is closed with 1013 and unregistered."""
 
-    class Failing(MemoryBackend):
-        failing = False
-
-        async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
-            if self.failing:
-                raise Unavailable("backend unavailable")
-            return await super().snapshot(room, since, epoch)
-
     settings = Settings()
-    backend = Failing("memory://", settings)
+    backend = FailingJoins("memory://", settings)
     app = create_app(settings)
     app.state.chat = Chat(settings, backend)
     bystander, client = Client(app), Client(app)
     await bystander.join(task_group)
-    backend.failing = True
+    backend.failing = frozenset({ROOM})
     await client.connect(task_group)
     assert await client.ws.recorder.next() == Accepted()
     assert await client.ws.recorder.next() == Closed(1013, "unavailable: backend unavailable")
@@ -746,16 +749,8 @@ async def test_leave_answers_left_and_the_others_see_a_leave(app: Starlette, tas
 async def test_a_join_the_backend_cannot_take_is_unavailable_for_that_room_only(task_group: TaskGroup) -> None:
     """A join failing on the backend answers unavailable (room, ref); the socket and other rooms stay."""
 
-    class Failing(MemoryBackend):
-        failing: frozenset[str] = frozenset()
-
-        async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
-            if room in self.failing:
-                raise Unavailable("backend unavailable")
-            return await super().snapshot(room, since, epoch)
-
     settings = Settings()
-    backend = Failing("memory://", settings)
+    backend = FailingJoins("memory://", settings)
     app = create_app(settings)
     app.state.chat = Chat(settings, backend)
     client = await multi(app, task_group)

@@ -7,11 +7,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from starlette.testclient import TestClient, WebSocketDenialResponse, WebSocketTestSession
-from starlette.websockets import WebSocketDisconnect
+from starlette.testclient import TestClient, WebSocketTestSession
 
 from chat.settings import Settings
-from tests.standins import drain, joined, receive, receive_type, serve, until
+from tests.standins import closed_with, joined, receive, receive_type, refused, serve, until
 from tests.tokens import SECRET, token
 
 AUTH = Settings(jwt_secret=SECRET)
@@ -54,20 +53,6 @@ def message_saying(session: WebSocketTestSession, text: str) -> dict[str, Any]:
         frame = until(session, "message")[-1]
         if frame["text"] == text:
             return frame
-
-
-def refused(client: TestClient, path: str, headers: dict[str, str] | None = None) -> Any:
-    """The denial response a handshake gets (the test fails if it is accepted)."""
-    with pytest.raises(WebSocketDenialResponse) as caught, client.websocket_connect(path, headers=headers or {}):
-        pass  # pragma: no cover
-    return caught.value
-
-
-def closed_with(session: WebSocketTestSession) -> WebSocketDisconnect:
-    """Read until the server closes the socket; return the close."""
-    with pytest.raises(WebSocketDisconnect) as caught:
-        drain(session)
-    return caught.value
 
 
 # --- the handshake ---------------------------------------------------------------------------------
