@@ -363,7 +363,7 @@ def decode_multi(data: str | bytes, max_text: int) -> RoomRequest:
     if obj is None:
         raise BadRequest("a frame must be one JSON object on /ws: there is no default room")
     kind = obj.get("type")
-    if kind not in ROOM_FRAMES:
+    if not isinstance(kind, str) or kind not in ROOM_FRAMES:
         if kind == "ping" or not isinstance(kind, str):
             return _decode_object(obj, max_text)
         raise BadRequest(

@@ -691,6 +691,13 @@ def test_errors_in_a_room_frame_name_the_room() -> None:
     assert [(error.value.ref, error.value.room) for error in (empty, long)] == [(1, "r"), (2, "r")]
 
 
+@pytest.mark.parametrize("kind", [None, 1, ["join"], {"a": 1}])
+def test_a_non_string_type_on_ws_is_a_bad_request(kind: object) -> None:
+    """A type that is not a string is refused on /ws too (not a crash)."""
+    with pytest.raises(BadRequest, match="string 'type'"):
+        multi(type=kind, room="r")
+
+
 @pytest.mark.parametrize("kind", ["hello", "welcome", "left", "x" * 100])
 def test_unknown_type_on_ws_is_a_bad_request_listing_the_types(kind: str) -> None:
     """An unknown type is refused, naming what /ws understands, with the ref."""
