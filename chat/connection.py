@@ -119,13 +119,20 @@ class Connection(abc.ABC):
     def deliver(self, message: Message) -> None:
         """Queue a room message unless this member already has it (seq at or below ``last_seq``)."""
 
-    @abc.abstractmethod
     def welcome(self, frame: str, seq: int) -> None:
         """Send the welcome frame first, then what queued meanwhile that its history (up to ``seq``) does not hold.
 
         The welcome frame is bounded by the history size, not by the buffer: a member recovering a
         long gap must not be closed for it.
         """
+        if not self.is_open:
+            return
+        kept = self._welcomed_at(seq)
+        self._frames = None
+        self._size = 0
+        self.send_unbounded(frame)
+        for queued, _, wire in kept:
+            self._push(queued, 0, wire)
 
     def close(self, error: ConnectionClosed) -> None:
         """Close the socket with the error's code and detail; frames not yet sent are dropped. The first close wins."""
@@ -197,16 +204,6 @@ class DirectConnection(Connection):
             self._push(frame, 0, None)
         elif self.is_open:
             self._writer.direct_write(frame, text_frame(frame.encode()))
-
-    def welcome(self, frame: str, seq: int) -> None:
-        if not self.is_open:
-            return
-        kept = self._welcomed_at(seq)
-        self._frames = None
-        self._size = 0
-        self._writer.direct_write(frame, text_frame(frame.encode()))
-        for queued, _, wire in kept:
-            self._push(queued, 0, wire)
 
     def stalled(self) -> None:
         """The socket took nothing for ``send_timeout`` seconds (the writer's ``on_stall``)."""
@@ -363,16 +360,6 @@ class Subscription(Connection):
                 self.socket.send(message.frame, message.wire)
         elif self.is_open:
             self._queue(message.frame, seq, message.wire)
-
-    def welcome(self, frame: str, seq: int) -> None:
-        if not self.is_open:
-            return
-        kept = self._welcomed_at(seq)
-        self._frames = None
-        self._size = 0
-        self.socket.send_unbounded(frame)
-        for queued, _, wire in kept:
-            self.socket.send(queued, wire)
 
     def _closing(self, error: ConnectionClosed) -> None:
         if error.room_only:

@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import JSONResponse
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from chat.abuse import Misconduct, address_key
@@ -195,7 +195,9 @@ class SocketEndpoint(WebSocketEndpoint):
                     chat.metrics.slow_consumers.inc()
                 line = fields(event="disconnect", room=connection.room or None, member=connection.member.id, code=code)
                 logger.info("%s", line)
-                await self.leave_all(chat, connection)
+                # Shielded: a leave cancelled half done (unregistered, not announced) is never announced.
+                with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
+                    await self.leave_all(chat, connection)
         finally:
             # Even when cancelled while leaving: a place never given back would lock its address out.
             if self.admitted is not None:
@@ -224,6 +226,19 @@ class SocketEndpoint(WebSocketEndpoint):
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
         """Take the member out of every room the connection is in; safe to call again."""
         raise NotImplementedError
+
+    async def answer_in(
+        self, chat: Chat, connection: Connection, room: str, request: SendText | Typing | HistoryQuery
+    ) -> None:
+        """Answer a request about ``room``, a room the connection is in."""
+        if isinstance(request, SendText):
+            slot = self.publish(chat, connection, room, request)
+            if slot is not None:
+                await slot
+        elif isinstance(request, Typing):
+            await chat.typing(room, connection.member)
+        else:
+            await self.history(chat, connection, room, request)
 
     def publish(self, chat: Chat, connection: Connection, room: str, request: SendText) -> asyncio.Future[None] | None:
         """Start publishing a member's message; a future to await when too many are on their way already.
@@ -331,16 +346,10 @@ class ChatEndpoint(SocketEndpoint):
         return decode(data, max_text)
 
     async def answer(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
-        if isinstance(request, SendText):
-            slot = self.publish(chat, connection, connection.room, request)
-            if slot is not None:
-                await slot
-        elif isinstance(request, Typing):
-            await chat.typing(connection.room, connection.member)
-        elif isinstance(request, HistoryQuery):
-            await self.history(chat, connection, connection.room, request)
-        elif isinstance(request, Ping):
+        if isinstance(request, Ping):
             connection.send(encode_pong(request.ref))
+        elif isinstance(request, SendText | Typing | HistoryQuery):
+            await self.answer_in(chat, connection, connection.room, request)
 
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
         await chat.leave(connection)
@@ -349,16 +358,18 @@ class ChatEndpoint(SocketEndpoint):
 class MultiRoomEndpoint(SocketEndpoint):
     """Protocol v1.1: many rooms on one connection, ``/ws?name=N&batch=1`` (and ``token=T``), by ``join``/``leave``."""
 
-    rooms: dict[str, Subscription]
     _leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope, receive, send)
+        self.rooms: dict[str, Subscription] = {}
+        """The rooms joined, each the member's subscription there."""
 
     def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
         return "", parse_hello(websocket.query_params, None if identity is None else identity.name)
 
     async def opened(self, chat: Chat, connection: Connection) -> None:
         """Say hello: who the connection is; rooms come one ``join`` at a time."""
-        self.rooms = {}
-        await chat.start()
         connection.welcome(encode_hello(connection.member), 0)
 
     def parse_frame(self, data: str | bytes, max_text: int) -> RoomRequest:
@@ -375,16 +386,10 @@ class MultiRoomEndpoint(SocketEndpoint):
         subscription = self.rooms.get(request.room)
         if subscription is None:
             raise BadRequest(f"not in room {request.room!r}: join it first", ref, request.room)
-        if isinstance(request, SendText):
-            slot = self.publish(chat, connection, request.room, request)
-            if slot is not None:
-                await slot
-        elif isinstance(request, Typing):
-            await chat.typing(request.room, connection.member)
-        elif isinstance(request, HistoryQuery):
-            await self.history(chat, connection, request.room, request)
-        elif isinstance(request, Leave):
+        if isinstance(request, Leave):
             await self.leave(chat, connection, subscription, ref)
+        else:
+            await self.answer_in(chat, connection, request.room, request)
 
     async def join(self, chat: Chat, connection: Connection, request: Join) -> None:
         """Join a room: its welcome (with the join's ref), or an error frame and nothing else changed."""
@@ -417,7 +422,7 @@ class MultiRoomEndpoint(SocketEndpoint):
         logger.info("%s", fields(event="left", room=subscription.room, member=connection.member.id))
 
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
-        rooms = getattr(self, "rooms", None)
+        rooms = self.rooms
         while rooms:
             _, subscription = rooms.popitem()
             subscription.gone = True

@@ -400,6 +400,27 @@ def drain(session: WebSocketTestSession) -> None:
         receive(session)
 
 
+def closed_with(session: WebSocketTestSession) -> WebSocketDisconnect:
+    """Read until the server closes the socket; return the close."""
+    try:
+        drain(session)
+    except WebSocketDisconnect as close:
+        return close
+    raise AssertionError("drain returns only by a close")  # pragma: no cover
+
+
+def refused(client: TestClient, path: str = f"/ws/{ROOM}", headers: Mapping[str, str] | None = None) -> Any:
+    """The denial response a handshake gets (raises AssertionError if it is accepted)."""
+    from starlette.testclient import WebSocketDenialResponse
+
+    try:
+        with client.websocket_connect(path, headers=dict(headers or {})):
+            pass
+    except WebSocketDenialResponse as response:
+        return response
+    raise AssertionError(f"the handshake to {path} was accepted")
+
+
 @contextmanager
 def serve(settings: Settings) -> Iterator[TestClient]:
     """A TestClient on a fresh app, with its lifespan running (one event loop for every socket)."""

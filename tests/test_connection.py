@@ -1,8 +1,8 @@
 """A member's outbound side: ordering, welcome-first with dedup, overflow, closes, failing and stuck sockets.
 
 One suite runs against both ways to the socket (``DirectConnection`` on a stand-in writer,
-``QueuedConnection`` with its writer task on a recording sender); what only one of them does is
-tested after it.
+``QueuedConnection`` with its writer task on a recording sender), and against a ``/ws`` room's
+``Subscription`` over each of them; what only one of them does is tested after it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from anyio.abc import TaskGroup
 from starlette.websockets import WebSocketDisconnect
 
-from chat.connection import Connection, DirectConnection, QueuedConnection
-from chat.exceptions import FrameTooLarge, GoingAway, PolicyViolation, SlowConsumer
-from chat.protocol import Member, Message
+from chat.connection import Connection, DirectConnection, QueuedConnection, Subscription
+from chat.exceptions import FrameTooLarge, GoingAway, PolicyViolation, Removed, ServiceRestart, SlowConsumer
+from chat.protocol import Member, Message, encode_hello
 from tests.standins import WAIT, Action, Closed, Recorder, RecordingSender, Sent, StandInWriter
 
 pytestmark = pytest.mark.anyio
@@ -30,8 +30,11 @@ BUFFER_FULL = Closed(1013, "slow consumer: outbound buffer full")
 STALLED = Closed(1013, "slow consumer: the socket took nothing for too long")
 
 
-def message(seq: int, text: str = "hi") -> Message:
-    return Message("lobby", seq, BOB, text, 0)
+HELLO = encode_hello(ALICE)
+
+
+def message(seq: int, text: str = "hi", room: str = "lobby") -> Message:
+    return Message(room, seq, BOB, text, 0)
 
 
 def seqs(frames: list[str]) -> list[int]:
@@ -39,16 +42,18 @@ def seqs(frames: list[str]) -> list[int]:
 
 
 class Side:
-    """One connection under test and what reached its socket."""
+    """One connection under test and what reached its socket (but the hello of a ``/ws`` socket)."""
 
-    def __init__(self, conn: Connection, recorder: Recorder) -> None:
+    def __init__(self, conn: Connection, recorder: Recorder, socket: Connection | None = None) -> None:
         self.conn = conn
         self.recorder = recorder
+        self.socket = conn if socket is None else socket
+        """The connection that owns the socket (``conn`` itself, or the ``/ws`` socket of ``conn``'s room)."""
 
     async def actions(self) -> list[Action]:
         """Everything the socket was asked to do so far, once the writer (if any) has nothing left to do."""
         await anyio.wait_all_tasks_blocked()
-        return self.recorder.actions
+        return [action for action in self.recorder.actions if action != Sent(HELLO)]
 
     async def frames(self) -> list[str]:
         return [action.text for action in await self.actions() if isinstance(action, Sent)]
@@ -57,20 +62,36 @@ class Side:
 MakeSide = Callable[..., Side]
 
 
-@pytest.fixture(params=["direct", "queued"])
+def socket_side(kind: str, task_group: TaskGroup, queue_bytes: int, room: str = "lobby") -> Side:
+    """A connection of one kind (direct or queued, the latter with its writer task running)."""
+    if kind == "direct":
+        writer = StandInWriter()
+        return Side(DirectConnection(writer, ALICE, room, queue_bytes), writer.recorder)
+    sender = RecordingSender()
+    conn = QueuedConnection(sender, ALICE, room, queue_bytes, WAIT)
+    task_group.start_soon(conn.run)
+    return Side(conn, sender.recorder)
+
+
+def ignore(subscription: Subscription) -> None:
+    """An ``on_close`` that does nothing."""
+
+
+def room_side(kind: str, task_group: TaskGroup, queue_bytes: int) -> Side:
+    """A ``/ws`` room of a connection of one kind that said hello; what reaches the socket after the hello."""
+    socket = socket_side(kind, task_group, queue_bytes, room="")
+    socket.conn.welcome(HELLO, 0)
+    return Side(Subscription(socket.conn, "lobby", ignore), socket.recorder, socket.conn)
+
+
+@pytest.fixture(params=["direct", "queued", "direct-room", "queued-room"])
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[MakeSide]:
     """Builds connections of one kind; queued ones get their writer task, ended with the test."""
     sides: list[Side] = []
+    kind, _, room = request.param.partition("-")
 
     def build(task_group: TaskGroup, queue_bytes: int = 10_000) -> Side:
-        if request.param == "direct":
-            writer = StandInWriter()
-            side = Side(DirectConnection(writer, ALICE, "lobby", queue_bytes), writer.recorder)
-        else:
-            sender = RecordingSender()
-            conn = QueuedConnection(sender, ALICE, "lobby", queue_bytes, WAIT)
-            task_group.start_soon(conn.run)
-            side = Side(conn, sender.recorder)
+        side = (room_side if room else socket_side)(kind, task_group, queue_bytes)
         sides.append(side)
         return side
 
@@ -78,7 +99,7 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[MakeSide]:
         async with anyio.create_task_group() as task_group:
             yield lambda **options: build(task_group, **options)
             for side in sides:
-                side.conn.close(GoingAway("test over"))
+                side.socket.close(GoingAway("test over"))
 
 
 async def test_nothing_is_sent_before_the_welcome(make: MakeSide) -> None:
@@ -361,3 +382,95 @@ async def test_queued_close_drops_frames_the_writer_has_not_sent() -> None:
         await conn.run()
     assert sender.recorder.actions == [Closed(1008, "kicked")]
     assert conn.gone
+
+
+# --- a /ws room (Subscription) only --------------------------------------------------------------
+
+
+@pytest.fixture(params=["direct", "queued"])
+async def socket(request: pytest.FixtureRequest) -> AsyncIterator[Side]:
+    """A welcomed (hello) connection of one kind, to hold subscriptions; closed when the test ends."""
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as task_group:
+            side = socket_side(request.param, task_group, 10_000, room="")
+            side.conn.welcome(HELLO, 0)
+            yield side
+            side.conn.close(GoingAway("test over"))
+
+
+def subscribe(side: Side, room: str, closed: list[Subscription] | None = None) -> Subscription:
+    return Subscription(side.conn, room, ignore if closed is None else closed.append)
+
+
+async def test_rooms_of_one_socket_count_their_own_seqs(socket: Side) -> None:
+    """Two rooms' messages with the same seqs both get through: each room dedups on its own seq."""
+    lobby, garden = subscribe(socket, "lobby"), subscribe(socket, "garden")
+    lobby.welcome(WELCOME, 0)
+    garden.welcome(WELCOME, 0)
+    for seq in (1, 2):
+        lobby.deliver(message(seq, room="lobby"))
+        garden.deliver(message(seq, room="garden"))
+    garden.deliver(message(2, room="garden"))
+    rooms = [(json.loads(frame)["room"], json.loads(frame)["seq"]) for frame in (await socket.frames())[2:]]
+    assert rooms == [("lobby", 1), ("garden", 1), ("lobby", 2), ("garden", 2)]
+
+
+async def test_a_room_waiting_for_its_welcome_does_not_hold_the_others_back(socket: Side) -> None:
+    """What a room gets before its welcome waits for it; a joined room's frames go out meanwhile."""
+    lobby, garden = subscribe(socket, "lobby"), subscribe(socket, "garden")
+    lobby.welcome(WELCOME, 0)
+    garden.deliver(message(1, room="garden"))
+    lobby.deliver(message(1, room="lobby"))
+    assert await socket.frames() == [WELCOME, message(1, room="lobby").frame]
+    garden.welcome(WELCOME, 0)
+    assert (await socket.frames())[2:] == [WELCOME, message(1, room="garden").frame]
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"), [(ServiceRestart("room restarted"), "restart"), (Removed("removed"), "removed")]
+)
+async def test_a_room_only_close_leaves_that_room_with_a_left_frame(
+    socket: Side, error: ServiceRestart | Removed, reason: str
+) -> None:
+    """A restart or a removal takes the member out of that room alone: ``left`` with the reason, on_close."""
+    closed: list[Subscription] = []
+    lobby, garden = subscribe(socket, "lobby", closed), subscribe(socket, "garden", closed)
+    lobby.welcome(WELCOME, 0)
+    garden.welcome(WELCOME, 0)
+    lobby.close(error)
+    lobby.deliver(message(1, room="lobby"))
+    garden.deliver(message(1, room="garden"))
+    left = {"type": "left", "room": "lobby", "ref": None, "reason": reason}
+    assert [json.loads(frame) for frame in (await socket.frames())[2:]] == [
+        left,
+        json.loads(message(1, "hi", "garden").frame),
+    ]
+    assert closed == [lobby]
+    assert socket.conn.is_open
+    assert garden.is_open
+
+
+async def test_any_other_close_of_a_room_closes_the_socket(socket: Side) -> None:
+    """A slow consumer (or any close not about the room alone) takes the whole socket down."""
+    lobby, garden = subscribe(socket, "lobby"), subscribe(socket, "garden")
+    lobby.welcome(WELCOME, 0)
+    assert await socket.frames() == [WELCOME]
+    lobby.close(SlowConsumer("slow consumer: outbound buffer full"))
+    garden.welcome(WELCOME, 0)
+    assert not socket.conn.is_open
+    assert await socket.actions() == [Sent(WELCOME), BUFFER_FULL]
+
+
+async def test_rooms_share_the_sockets_buffer() -> None:
+    """After their welcomes, every room's frames count against the one socket's buffer."""
+    writer = StandInWriter()
+    conn = DirectConnection(writer, ALICE, "", 3_000)
+    conn.welcome(HELLO, 0)
+    lobby, garden = Subscription(conn, "lobby", ignore), Subscription(conn, "garden", ignore)
+    lobby.welcome(WELCOME, 0)
+    garden.welcome(WELCOME, 0)
+    lobby.deliver(message(1, "x" * 1_000, "lobby"))
+    garden.deliver(message(1, "x" * 1_000, "garden"))
+    assert conn.is_open
+    lobby.deliver(message(2, "x" * 1_000, "lobby"))
+    assert isinstance(conn.closed_by, SlowConsumer)
