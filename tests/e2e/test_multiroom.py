@@ -238,6 +238,40 @@ async def test_acks_name_the_room_and_each_room_counts_its_own_seqs(server: Serv
     ]
 
 
+async def test_typing_reaches_the_other_members_of_that_room_only(server: ServerProcess) -> None:
+    """``typing`` naming a room reaches that room's other members, with the room; not the typist, not other rooms."""
+    async with (
+        connected(server, "ann") as (ann, hello),
+        connected(server, "bob") as (bob, _),
+        connected(server, "carol") as (carol, _),
+    ):
+        await join(ann, "alpha")
+        await join(ann, "beta")
+        await join(bob, "beta")
+        await join(carol, "alpha")
+        await send(ann, type="typing", room="beta")
+        assert await expect(bob, "typing") == {"type": "typing", "room": "beta", "from": hello["you"]}
+        # The marker follows the typing the same way: a typing for ann or carol would come before it.
+        await send(ann, type="message", room="alpha", text="marker")
+        _, before = await wait_for(ann, lambda frame: frame["type"] == "message")
+        assert all(frame["type"] != "typing" for frame in before), before
+        assert (await expect(carol, "message"))["text"] == "marker"
+
+
+async def test_history_answers_with_that_rooms_messages(server: ServerProcess) -> None:
+    """``history`` naming a room pages that room's messages alone, the frame naming the room."""
+    async with connected(server, "ann") as (ann, _):
+        await join(ann, "alpha")
+        await join(ann, "beta")
+        await say_in(ann, "alpha", "a1", "a2")
+        await say_in(ann, "beta", "b1")
+        page = await answer(ann, "page", type="history", room="alpha", before=2)
+        assert (page["type"], page["room"]) == ("history", "alpha")
+        assert [(item["room"], item["seq"], item["text"]) for item in page["messages"]] == [("alpha", 1, "a1")]
+        page = await answer(ann, "page-b", type="history", room="beta")
+        assert [(item["room"], item["seq"], item["text"]) for item in page["messages"]] == [("beta", 1, "b1")]
+
+
 # --- v1 and v1.1 in one room ----------------------------------------------------------------------
 
 
@@ -612,3 +646,26 @@ async def test_a_ws_member_and_v1_members_on_another_process_talk_in_two_rooms(s
             ("alpha", 2, "from vic"),
             ("beta", 2, "from bea"),
         ]
+
+
+async def test_redis_restarted_empty_takes_a_ws_member_out_of_each_room_with_left(
+    start_node: StartServer, redis_server: RedisServer
+) -> None:
+    """Redis restarted empty: a /ws member gets ``left`` (reason restart) for each of its rooms and stays connected;
+    joining again with its since and epoch gets the new epoch, ``recovered: false``."""
+    node = start_node()
+    async with connected(node, "ann") as (ann, _):
+        epochs = {room: (await join(ann, room))["epoch"] for room in ("alpha", "beta")}
+        assert await say_in(ann, "alpha", "before") == [1]
+        await anyio.to_thread.run_sync(redis_server.kill)
+        await anyio.to_thread.run_sync(redis_server.start)
+        lefts = [await expect(ann, "left", within=10) for _ in range(2)]
+        assert sorted(lefts, key=lambda frame: str(frame["room"])) == [
+            {"type": "left", "room": room, "ref": None, "reason": "restart"} for room in ("alpha", "beta")
+        ]
+        for room, since in (("alpha", 1), ("beta", 0)):
+            welcome = await join(ann, room, since=since, epoch=epochs[room])
+            assert (welcome["recovered"], welcome["seq"], welcome["history"]) == (False, 0, [])
+            assert welcome["epoch"] != epochs[room]
+        assert await say_in(ann, "alpha", "after") == [1]
+        assert ann.close_code is None
