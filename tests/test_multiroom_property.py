@@ -1,6 +1,7 @@
 """A property of ``/ws`` (v1.1): whatever mix of joins, leaves, messages, typing and history one connection sends,
-refused ones included, the registry holds its member in exactly the rooms it joined and has not left, and the
-member gets each message of those rooms exactly once, in order, and nothing of any other room.
+refused ones included, and whatever rooms the operator removes it from, the registry holds its member in exactly
+the rooms it joined and is still in, and the member gets each message of those rooms exactly once, in order, and
+nothing of any other room.
 
 ``MultiRoomEndpoint``'s hooks are called directly on the memory backend, writing through stand-in direct
 writers: every frame a step causes is written before the hook returns, so each step is checked exactly.
@@ -30,14 +31,25 @@ from chat.settings import Settings
 from tests.standins import Closed, Sent, StandInWebSocket, StandInWriter
 
 ROOMS = ("alpha", "beta", "gamma")
-STEPS = settings(max_examples=150, deadline=None)
+STEPS = settings(max_examples=300, deadline=None)
 WAIT = 5.0
 """The most one example may take (each step is a few direct calls on the memory backend)."""
 
-Kind = Literal["join", "rejoin", "leave", "say", "typing", "history", "other_says", "other_types"]
-KINDS: tuple[Kind, ...] = ("join", "rejoin", "leave", "say", "typing", "history", "other_says", "other_types")
+Kind = Literal["join", "rejoin", "leave", "say", "typing", "history", "other_says", "other_types", "removed"]
+KINDS: tuple[Kind, ...] = (
+    "join",
+    "rejoin",
+    "leave",
+    "say",
+    "typing",
+    "history",
+    "other_says",
+    "other_types",
+    "removed",
+)
 """What one step does: the member joins (``rejoin``: with the since and epoch it last saw there), leaves, publishes,
-types or asks for history in a room, or the observer publishes or types there. Any of the member's may be refused."""
+types or asks for history in a room; the observer publishes or types there; or the operator removes the member
+from the room. Any of the member's may be refused."""
 Step = tuple[Kind, str]
 steps = st.lists(st.tuples(st.sampled_from(KINDS), st.sampled_from(ROOMS)), min_size=30, max_size=120)
 
@@ -243,8 +255,17 @@ class Run:
             seq = model.published(room)
             message = ("message", room, seq, observer, text)
             return Expected([message] if inside else [], [("ack", room, ref, seq), message])
-        await self.observer.send(type="typing", room=room)
-        return Expected([("typing", room, observer)] if inside else [])
+        if kind == "other_types":
+            await self.observer.send(type="typing", room=room)
+            return Expected([("typing", room, observer)] if inside else [])
+        await self.chat.backend.remove(room, member)  # what the operator's DELETE does
+        if not inside:
+            return Expected([])
+        model.joined.discard(room)
+        # The server takes the member out in a task of its own: the others' leave says it is over.
+        leave = await self.observer.writer.recorder.next_sent()
+        assert summary(leave) == ("leave", room, member), leave
+        return Expected([exactly({"type": "left", "room": room, "ref": None, "reason": "removed"})])
 
     def check_welcome(self, model: Model, welcome: Frame, since: int) -> None:
         """A plain join's history is the room's latest messages; a rejoin's exactly those missed since ``since``."""
@@ -296,6 +317,6 @@ async def run(plan: list[Step]) -> None:
 @STEPS
 @given(steps)
 def test_the_member_is_in_exactly_the_rooms_it_joined_and_gets_exactly_their_messages(plan: list[Step]) -> None:
-    """Any sequence of joins, leaves, messages, typing and history on one /ws connection keeps the registry, the
-    endpoint and the rooms' members consistent, and delivers each message of a joined room once, in order."""
+    """Any sequence of joins, leaves, messages, typing, history and removals on one /ws connection keeps the registry,
+    the endpoint and the rooms' members consistent, and delivers each message of a joined room once, in order."""
     anyio.run(run, plan)
