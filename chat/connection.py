@@ -98,6 +98,11 @@ class Connection(abc.ABC):
         return self.closed_by is None and not self.gone
 
     @property
+    def queue_bytes(self) -> int:
+        """The buffer's limit."""
+        return self._limit
+
+    @property
     def close_code(self) -> int | None:
         """The code this connection was closed with by the server, if it was."""
         return None if self.closed_by is None else self.closed_by.close_code
@@ -229,7 +234,7 @@ class DirectConnection(Connection):
 class QueuedConnection(Connection):
     """Frames queued for a writer task (``run``) that awaits ``send_text`` (any ASGI server)."""
 
-    __slots__ = ("_batch", "_send_scope", "_send_timeout", "_wakeup", "_websocket", "_welcome")
+    __slots__ = ("_batch", "_send_scope", "_send_timeout", "_uncounted", "_wakeup", "_websocket", "_welcome")
 
     def __init__(
         self, websocket: Sender, member: Member, room: str, queue_bytes: int, send_timeout: float, batch: bool = False
@@ -239,12 +244,13 @@ class QueuedConnection(Connection):
         self._send_timeout = send_timeout
         self._batch = batch
         self._welcome: str | None = None
+        self._uncounted = 0  # characters queued by send_unbounded, not counted against the limit
         self._wakeup: anyio.Event | None = None
         self._send_scope: anyio.CancelScope | None = None
 
     @property
     def buffered(self) -> int:
-        return self._size
+        return self._size + self._uncounted
 
     def deliver(self, message: Message) -> None:
         seq = message.seq
@@ -260,6 +266,7 @@ class QueuedConnection(Connection):
             if self._frames is None:
                 self._frames = deque()
             self._frames.append((frame, UNCOUNTED, None))
+            self._uncounted += len(frame)
             self._wake()
 
     def welcome(self, frame: str, seq: int) -> None:
@@ -295,6 +302,7 @@ class QueuedConnection(Connection):
             self.gone = True
 
     def _closing(self, error: ConnectionClosed) -> None:
+        self._uncounted = 0
         if self._send_scope is not None:
             self._send_scope.cancel()
         self._wake()
@@ -314,10 +322,12 @@ class QueuedConnection(Connection):
         if self._batch and len(self._frames) > 1:
             frames = [item[0] for item in self._frames]
             self._frames = None
-            self._size = 0
+            self._size = self._uncounted = 0
             return "\n".join(frames)
         frame, seq, _ = self._frames.popleft()
-        if seq != UNCOUNTED:
+        if seq == UNCOUNTED:
+            self._uncounted -= len(frame)
+        else:
             self._size -= len(frame)
         return frame
 
@@ -338,7 +348,7 @@ class Subscription(Connection):
     __slots__ = ("_on_close", "socket")
 
     def __init__(self, socket: Connection, room: str, on_close: Callable[[Subscription], None]) -> None:
-        super().__init__(socket.member, room, socket._limit)
+        super().__init__(socket.member, room, socket.queue_bytes)
         self.socket = socket
         self._on_close = on_close
 

@@ -7,8 +7,7 @@ writer task, so the writer never outlives the socket.
 
 ``SocketEndpoint`` holds what both protocols share per connection: who may connect, admission, the
 rate limit, the abuse counter, the token's expiry, publishing. ``ChatEndpoint`` (v1) is in one room
-for the socket's life; ``MultiRoomEndpoint`` (v1.1) joins and leaves rooms by frames, each a
-``Subscription`` of the one connection.
+for the socket's life; ``chat.multiroom.MultiRoomEndpoint`` (v1.1) joins and leaves rooms by frames.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from chat.abuse import Misconduct, address_key
@@ -36,20 +35,15 @@ from chat.connection import (
     DirectConnection,
     DirectWriter,
     QueuedConnection,
-    Subscription,
 )
 from chat.exceptions import (
-    BadRequest,
     ConnectionRefused,
-    Forbidden,
     FrameTooLarge,
-    InvalidJoin,
     PolicyViolation,
     RateLimited,
     RequestError,
     ServerBusy,
     SlowConsumer,
-    TooManyRooms,
     Unavailable,
 )
 from chat.limits import TokenBucket
@@ -57,26 +51,19 @@ from chat.logs import fields
 from chat.protocol import (
     Hello,
     HistoryQuery,
-    Join,
     JoinRequest,
-    Leave,
     Member,
     Message,
     Ping,
-    Ref,
     RoomRequest,
     SendText,
     Typing,
     decode,
-    decode_multi,
     encode_ack,
-    encode_hello,
     encode_history,
-    encode_left,
     encode_pong,
     encode_request_error,
     new_member_id,
-    parse_hello,
     parse_join,
 )
 from chat.settings import Settings
@@ -171,9 +158,9 @@ class SocketEndpoint(WebSocketEndpoint):
             if not self.bucket.allow(anyio.current_time()):
                 self._rate_limited(chat, connection, request)
                 return
+            await self.answer(chat, connection, request)
             if self.misconduct is not None:
                 self.misconduct.good_frame()
-            await self.answer(chat, connection, request)
         except RequestError as exc:
             _refuse_frame(chat, connection, exc)
             limit = settings.max_bad_frames
@@ -353,94 +340,6 @@ class ChatEndpoint(SocketEndpoint):
 
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
         await chat.leave(connection)
-
-
-class MultiRoomEndpoint(SocketEndpoint):
-    """Protocol v1.1: many rooms on one connection, ``/ws?name=N&batch=1`` (and ``token=T``), by ``join``/``leave``."""
-
-    _leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
-
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        super().__init__(scope, receive, send)
-        self.rooms: dict[str, Subscription] = {}
-        """The rooms joined, each the member's subscription there."""
-
-    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
-        return "", parse_hello(websocket.query_params, None if identity is None else identity.name)
-
-    async def opened(self, chat: Chat, connection: Connection) -> None:
-        """Say hello: who the connection is; rooms come one ``join`` at a time."""
-        connection.welcome(encode_hello(connection.member), 0)
-
-    def parse_frame(self, data: str | bytes, max_text: int) -> RoomRequest:
-        return decode_multi(data, max_text)
-
-    async def answer(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
-        if isinstance(request, Ping):
-            connection.send(encode_pong(request.ref))
-            return
-        if isinstance(request, Join):
-            await self.join(chat, connection, request)
-            return
-        ref = getattr(request, "ref", None)
-        subscription = self.rooms.get(request.room)
-        if subscription is None:
-            raise BadRequest(f"not in room {request.room!r}: join it first", ref, request.room)
-        if isinstance(request, Leave):
-            await self.leave(chat, connection, subscription, ref)
-        else:
-            await self.answer_in(chat, connection, request.room, request)
-
-    async def join(self, chat: Chat, connection: Connection, request: Join) -> None:
-        """Join a room: its welcome (with the join's ref), or an error frame and nothing else changed."""
-        room, ref = request.room, request.ref
-        if room in self.rooms:
-            raise BadRequest(f"already in room {room!r}", ref, room)
-        limit = chat.settings.max_rooms_per_connection
-        if len(self.rooms) >= limit:
-            raise TooManyRooms(f"at most {limit} rooms per connection: leave one first", ref, room)
-        try:
-            chat.access.authorize(self.identity, room)
-        except InvalidJoin as exc:
-            raise Forbidden(exc.detail, ref, room) from None
-        subscription = self.rooms[room] = Subscription(connection, room, self._taken_out)
-        try:
-            await chat.join(subscription, JoinRequest(room, connection.member.name, request.since, request.epoch), ref)
-        except Unavailable as exc:
-            if self.rooms.get(room) is subscription:
-                del self.rooms[room]
-            exc.ref, exc.room = ref, room
-            raise
-        logger.info("%s", fields(event="join", room=room, member=connection.member.id))
-
-    async def leave(self, chat: Chat, connection: Connection, subscription: Subscription, ref: Ref) -> None:
-        """Leave a room: the others learn it, then the member gets ``left``."""
-        del self.rooms[subscription.room]
-        await chat.leave(subscription)
-        subscription.gone = True
-        connection.send(encode_left(subscription.room, ref))
-        logger.info("%s", fields(event="left", room=subscription.room, member=connection.member.id))
-
-    async def leave_all(self, chat: Chat, connection: Connection) -> None:
-        rooms = self.rooms
-        while rooms:
-            _, subscription = rooms.popitem()
-            subscription.gone = True
-            await chat.leave(subscription)
-        if self._leaving:
-            with anyio.move_on_after(LEAVE_TIMEOUT):
-                await asyncio.gather(*self._leaving, return_exceptions=True)
-
-    def _taken_out(self, subscription: Subscription) -> None:
-        """The server took the member out of a room (restart, removed): forget it, announce the leave."""
-        if self.rooms.get(subscription.room) is subscription:
-            del self.rooms[subscription.room]
-        leaving = self._leaving
-        if leaving is None:
-            leaving = self._leaving = set()
-        task = asyncio.get_running_loop().create_task(self.chat.leave(subscription))
-        leaving.add(task)
-        task.add_done_callback(leaving.discard)
 
 
 def _refuse_frame(chat: Chat, connection: Connection, error: RequestError) -> None:

@@ -370,8 +370,12 @@ def decode_multi(data: str | bytes, max_text: int) -> RoomRequest:
             f"unknown type {kind[:32]!r}: expected join, leave, message, typing, history or ping",
             _checked_ref(obj.get("ref")),
         )
-    ref = _checked_ref(obj.get("ref"))
     room = obj.get("room")
+    try:
+        ref = _checked_ref(obj.get("ref"))
+    except BadRequest as exc:
+        exc.room = echoed_room(room) if isinstance(room, str) else None
+        raise
     if not isinstance(room, str):
         raise BadRequest(f"{kind} needs a string 'room'", ref)
     if kind == "join":

@@ -164,7 +164,7 @@ class Recorder:
 class RecordingSender:
     """A ``chat.connection.Sender`` that records what it sends.
 
-    ``block`` makes ``send_text`` wait forever (a peer that stopped reading); ``fail`` makes it raise.
+    ``block`` makes ``send_text`` wait until ``release()`` (a peer that stopped reading); ``fail`` makes it raise.
     """
 
     def __init__(self, block: bool = False, fail: BaseException | None = None) -> None:
@@ -172,14 +172,20 @@ class RecordingSender:
         self.block = block
         self.fail = fail
         self.sending = anyio.Event()
+        self._released = anyio.Event()
 
     async def send_text(self, data: str) -> None:
         self.sending.set()
         if self.fail is not None:
             raise self.fail
         if self.block:
-            await anyio.sleep_forever()
+            await self._released.wait()
         self.recorder.record(Sent(data))
+
+    def release(self) -> None:
+        """The peer reads again: blocked and later sends go through."""
+        self.block = False
+        self._released.set()
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         self.recorder.record(Closed(code, reason))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, cast
 
 import anyio
@@ -17,15 +18,16 @@ from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from chat.app import create_app
-from chat.backends import PublishDone, Snapshot
+from chat.backends import Deliver, PublishDone, Snapshot
 from chat.backends.memory import MemoryBackend
 from chat.chat import Chat, chat_of
 from chat.connection import DIRECT_EXTENSION, Connection, DirectConnection, QueuedConnection, Subscription
-from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, MultiRoomEndpoint, open_connection
+from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, open_connection
 from chat.exceptions import SlowConsumer, Unavailable
+from chat.multiroom import MultiRoomEndpoint
 from chat.protocol import Member, Message, Restart
 from chat.settings import Settings
-from tests.standins import Accepted, Closed, Denied, StandInWebSocket, StandInWriter
+from tests.standins import Accepted, Closed, Denied, Gate, StandInWebSocket, StandInWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -44,15 +46,23 @@ class Client:
     """One endpoint and the stand-in websocket its hooks are given: v1's in ``room``, or v1.1's (``room=None``)."""
 
     def __init__(
-        self, app: Starlette, room: str | None = ROOM, query: dict[str, str] | None = None, denial: bool = True
+        self,
+        app: Starlette,
+        room: str | None = ROOM,
+        query: dict[str, str] | None = None,
+        denial: bool = True,
+        writer: StandInWriter | None = None,
     ) -> None:
+        extensions: dict[str, Any] = {DENIAL_EXTENSION: {}} if denial else {}
+        if writer is not None:
+            extensions[DIRECT_EXTENSION] = {"writer": writer}
         scope: Scope = {
             "type": "websocket",
             "app": app,
             "path": "/ws" if room is None else f"/ws/{room}",
             "headers": [],
             "query_string": b"",
-            "extensions": {DENIAL_EXTENSION: {}} if denial else {},
+            "extensions": extensions,
         }
         self.endpoint = (MultiRoomEndpoint if room is None else ChatEndpoint)(scope, no_receive, no_send)
         self.ws = StandInWebSocket(scope, room or "", query)
@@ -821,3 +831,112 @@ async def test_ws_refuses_since_and_epoch_in_its_address(app: Starlette) -> None
     assert denied.status == 403
     assert "join frame" in json.loads(denied.body)["detail"]
     assert chat(app).registry.connections == 0
+
+
+async def test_a_join_waits_for_earlier_welcomes_to_leave_the_buffer(make_app: MakeApp, task_group: TaskGroup) -> None:
+    """A welcome may pass the buffer's limit, one at a time: while the socket holds more than the limit,
+    a join is refused with rate_limited (room and ref), and is welcomed once the peer has read."""
+    app = make_app(queue_bytes=4_000)
+    for number in range(5):
+        await chat(app).publish("big", Member("b1", "bob"), f"{number}" * 1_000)
+    client = Client(app, room=None)
+    client.ws.block = True  # the peer reads nothing for now
+    await client.connect(task_group)
+    await client.send_json(type="join", room="big")
+    await client.send_json(type="join", room="r2", ref="j2")
+    assert sorted(client.rooms) == ["big"]
+    client.ws.release()
+    assert await client.ws.recorder.next() == Accepted()
+    frames = [await client.next() for _ in range(3)]
+    assert [frame["type"] for frame in frames] == ["hello", "welcome", "error"]
+    assert (frames[2]["code"], frames[2]["room"], frames[2]["ref"]) == ("rate_limited", "r2", "j2")
+    await client.send_json(type="join", room="r2", ref="j2")
+    assert (await client.next())["type"] == "welcome"
+
+
+async def test_a_join_past_a_full_direct_socket_closes_it_as_a_slow_consumer(
+    make_app: MakeApp, task_group: TaskGroup
+) -> None:
+    """Under direct writes a socket still holding more than the limit is a slow consumer: the next frame closes it."""
+    app = make_app(queue_bytes=4_000)
+    for number in range(5):
+        await chat(app).publish("big", Member("b1", "bob"), f"{number}" * 1_000)
+    writer = StandInWriter()
+    client = Client(app, room=None, writer=writer)
+    await client.connect(task_group)
+    await client.send_json(type="join", room="big")
+    assert writer.buffered > 4_000  # the welcome, with 5 KB of history, went out in one piece
+    await client.send_json(type="join", room="r2", ref="j2")
+    assert writer.recorder.closes == [Closed(1013, "slow consumer: outbound buffer full")]
+
+
+async def test_joins_draw_on_the_addresss_handshake_rate(make_app: MakeApp, task_group: TaskGroup) -> None:
+    """A join costs what a handshake costs: past the address's handshake burst it gets rate_limited."""
+    app = make_app(handshake_rate_per_ip=0.001, handshake_burst_per_ip=3)
+    client = await multi(app, task_group)  # the handshake took one
+    for room in ("r1", "r2"):
+        await client.send_json(type="join", room=room)
+        await client.until("welcome")
+    await client.send_json(type="join", room="r3", ref=3)
+    error = await client.next()
+    assert (error["code"], error["room"], error["ref"]) == ("rate_limited", "r3", 3)
+    assert "too many joins" in error["detail"]
+
+
+async def test_a_join_registered_after_the_socket_closed_is_undone(task_group: TaskGroup) -> None:
+    """A join still on its way when the server closes the socket does not stay registered once it lands."""
+
+    class SlowStart(MemoryBackend):
+        gate = Gate()
+
+        async def start(self, deliver: Deliver) -> None:
+            await self.gate.pass_through()
+            await super().start(deliver)
+
+    settings = Settings()
+    backend = SlowStart("memory://", settings)
+    app = create_app(settings)
+    app.state.chat = Chat(settings, backend)  # no lifespan: the first join starts the backend
+    client = await multi(app, task_group)
+    task_group.start_soon(partial(client.send_json, type="join", room="r1"))
+    await backend.gate.entered.wait()
+    connection = client.endpoint.connection
+    assert connection is not None
+    connection.close(SlowConsumer("test"))
+    await anyio.wait_all_tasks_blocked()
+    backend.gate.open()
+    await anyio.wait_all_tasks_blocked()
+    await client.disconnect()
+    assert chat(app).registry.rooms() == {}
+    assert await backend.members("r1") == []
+
+
+async def test_a_leave_is_answered_once_even_if_the_room_restarts_meanwhile(task_group: TaskGroup) -> None:
+    """A room restarting while the member's leave waits for the registry gets no ``left`` of the server's."""
+
+    class GatedSubscribe(MemoryBackend):
+        gate: Gate | None = None
+
+        async def subscribe(self, room: str) -> None:
+            if self.gate is not None:
+                await self.gate.pass_through()
+            await super().subscribe(room)
+
+    settings = Settings()
+    backend = GatedSubscribe("memory://", settings)
+    app = create_app(settings)
+    app.state.chat = Chat(settings, backend)
+    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
+    await client.send_json(type="join", room="r1")
+    await client.until("welcome")
+    gate = backend.gate = Gate()
+    task_group.start_soon(
+        partial(other.send_json, type="join", room="r2")
+    )  # holds the registry's lock while subscribing
+    await gate.entered.wait()
+    task_group.start_soon(partial(client.send_json, type="leave", room="r1", ref="L"))
+    await anyio.wait_all_tasks_blocked()  # the leave waits for the lock
+    chat(app).registry.deliver(Restart("r1", "new"))
+    gate.open()
+    assert await client.until("left") == [{"type": "left", "room": "r1", "ref": "L"}]
+    assert await client.ping() == []

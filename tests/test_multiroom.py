@@ -284,6 +284,17 @@ def test_bad_frames_in_a_row_close_the_whole_socket_with_1008() -> None:
     assert client.get("/healthz").json()["rooms"] == 0
 
 
+def test_frames_for_rooms_not_joined_count_as_bad_frames() -> None:
+    """Frames about rooms the member is not in are bad frames like any other: enough in a row close with 1008."""
+    with serve(Settings(max_bad_frames=3)) as client, connected(client) as (session, _):
+        join(session, "r1")
+        session.send_json({"type": "join", "room": "r1"})
+        session.send_json({"type": "message", "room": "r9", "text": "hi"})
+        session.send_json({"type": "leave", "room": "r9"})
+        close = closed_with(session)
+        assert (close.code, close.reason) == (1008, "3 bad frames in a row")
+
+
 def test_an_expiring_token_closes_the_socket_with_1008() -> None:
     """One token expiry per connection: 1008 closes the socket, whatever rooms it is in."""
     with serve(AUTH) as client, connected(client, f"token={token(ttl=1.5)}") as (session, _):

@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket
 from chat.app import create_app
 from chat.chat import Chat, chat_of
 from chat.connection import DIRECT_EXTENSION, Subscription
-from chat.endpoint import MultiRoomEndpoint
+from chat.multiroom import MultiRoomEndpoint
 from chat.protocol import HISTORY_LIMIT_DEFAULT
 from chat.settings import Settings
 from tests.standins import Closed, Sent, StandInWebSocket, StandInWriter

@@ -747,3 +747,10 @@ def test_error_frame_names_the_room_the_request_named() -> None:
     """An error carries the room when the refused request named one, and no room key otherwise."""
     assert json.loads(encode_request_error(BadRequest("no", 1, "r")))["room"] == "r"
     assert "room" not in json.loads(encode_request_error(BadRequest("no", 1)))
+
+
+def test_a_bad_ref_in_a_room_frame_still_names_the_room() -> None:
+    """A ref that cannot be echoed is left out, but the room the frame named is still given back."""
+    with pytest.raises(BadRequest, match="ref must be") as caught:
+        multi(type="join", room="r1", ref=["no"])
+    assert (caught.value.ref, caught.value.room) == (None, "r1")
