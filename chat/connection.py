@@ -116,6 +116,10 @@ class Connection(abc.ABC):
         """Send a frame to this member alone (ack, error, pong, history, join, leave, typing)."""
         self._push(frame, 0, wire)
 
+    def forward(self, frame: str, wire: bytes) -> None:
+        """Send a room's broadcast frame on behalf of one of this connection's rooms (``Subscription``)."""
+        self._push(frame, 0, wire)
+
     @abc.abstractmethod
     def send_unbounded(self, frame: str) -> None:
         """Send a frame the buffer's limit does not count: a room's welcome on ``/ws``, bounded by its history."""
@@ -209,6 +213,14 @@ class DirectConnection(Connection):
             self._push(frame, 0, None)
         elif self.is_open:
             self._writer.direct_write(frame, text_frame(frame.encode()))
+
+    def forward(self, frame: str, wire: bytes) -> None:
+        if self.closed_by is None and not self.gone:  # the hot path of a /ws broadcast, as flat as deliver's
+            writer = self._writer
+            if writer.direct_buffered() + len(wire) > self._limit:
+                self.close(SlowConsumer(BUFFER_FULL))
+            else:
+                writer.direct_write(frame, wire)
 
     def stalled(self) -> None:
         """The socket took nothing for ``send_timeout`` seconds (the writer's ``on_stall``)."""
@@ -345,11 +357,12 @@ class Subscription(Connection):
     out of the room with a ``left`` frame and ``on_close``; any other close takes the whole socket down.
     """
 
-    __slots__ = ("_on_close", "socket")
+    __slots__ = ("_forward", "_on_close", "socket")
 
     def __init__(self, socket: Connection, room: str, on_close: Callable[[Subscription], None]) -> None:
         super().__init__(socket.member, room, socket.queue_bytes)
         self.socket = socket
+        self._forward = socket.forward
         self._on_close = on_close
 
     @property
@@ -367,7 +380,7 @@ class Subscription(Connection):
         self.last_seq = seq
         if self._welcomed:
             if self.closed_by is None and not self.gone:
-                self.socket.send(message.frame, message.wire)
+                self._forward(message.frame, message.wire)
         elif self.is_open:
             self._queue(message.frame, seq, message.wire)
 
