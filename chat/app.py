@@ -14,7 +14,8 @@ from starlette.staticfiles import StaticFiles
 
 from chat.api import operator_routes
 from chat.chat import Chat, chat_of
-from chat.endpoint import ChatEndpoint, MultiRoomEndpoint
+from chat.endpoint import ChatEndpoint
+from chat.multiroom import MultiRoomEndpoint
 from chat.settings import Settings
 
 STATIC = Path(__file__).parent / "static"

@@ -98,6 +98,11 @@ class Connection(abc.ABC):
         return self.closed_by is None and not self.gone
 
     @property
+    def queue_bytes(self) -> int:
+        """The buffer's limit."""
+        return self._limit
+
+    @property
     def close_code(self) -> int | None:
         """The code this connection was closed with by the server, if it was."""
         return None if self.closed_by is None else self.closed_by.close_code
@@ -111,6 +116,10 @@ class Connection(abc.ABC):
         """Send a frame to this member alone (ack, error, pong, history, join, leave, typing)."""
         self._push(frame, 0, wire)
 
+    def forward(self, frame: str, wire: bytes) -> None:
+        """Send a room's broadcast frame on behalf of one of this connection's rooms (``Subscription``)."""
+        self._push(frame, 0, wire)
+
     @abc.abstractmethod
     def send_unbounded(self, frame: str) -> None:
         """Send a frame the buffer's limit does not count: a room's welcome on ``/ws``, bounded by its history."""
@@ -119,13 +128,20 @@ class Connection(abc.ABC):
     def deliver(self, message: Message) -> None:
         """Queue a room message unless this member already has it (seq at or below ``last_seq``)."""
 
-    @abc.abstractmethod
     def welcome(self, frame: str, seq: int) -> None:
         """Send the welcome frame first, then what queued meanwhile that its history (up to ``seq``) does not hold.
 
         The welcome frame is bounded by the history size, not by the buffer: a member recovering a
         long gap must not be closed for it.
         """
+        if not self.is_open:
+            return
+        kept = self._welcomed_at(seq)
+        self._frames = None
+        self._size = 0
+        self.send_unbounded(frame)
+        for queued, _, wire in kept:
+            self._push(queued, 0, wire)
 
     def close(self, error: ConnectionClosed) -> None:
         """Close the socket with the error's code and detail; frames not yet sent are dropped. The first close wins."""
@@ -198,15 +214,13 @@ class DirectConnection(Connection):
         elif self.is_open:
             self._writer.direct_write(frame, text_frame(frame.encode()))
 
-    def welcome(self, frame: str, seq: int) -> None:
-        if not self.is_open:
-            return
-        kept = self._welcomed_at(seq)
-        self._frames = None
-        self._size = 0
-        self._writer.direct_write(frame, text_frame(frame.encode()))
-        for queued, _, wire in kept:
-            self._push(queued, 0, wire)
+    def forward(self, frame: str, wire: bytes) -> None:
+        if self.closed_by is None and not self.gone:  # the hot path of a /ws broadcast, as flat as deliver's
+            writer = self._writer
+            if writer.direct_buffered() + len(wire) > self._limit:
+                self.close(SlowConsumer(BUFFER_FULL))
+            else:
+                writer.direct_write(frame, wire)
 
     def stalled(self) -> None:
         """The socket took nothing for ``send_timeout`` seconds (the writer's ``on_stall``)."""
@@ -232,7 +246,7 @@ class DirectConnection(Connection):
 class QueuedConnection(Connection):
     """Frames queued for a writer task (``run``) that awaits ``send_text`` (any ASGI server)."""
 
-    __slots__ = ("_batch", "_send_scope", "_send_timeout", "_wakeup", "_websocket", "_welcome")
+    __slots__ = ("_batch", "_send_scope", "_send_timeout", "_uncounted", "_wakeup", "_websocket", "_welcome")
 
     def __init__(
         self, websocket: Sender, member: Member, room: str, queue_bytes: int, send_timeout: float, batch: bool = False
@@ -242,12 +256,13 @@ class QueuedConnection(Connection):
         self._send_timeout = send_timeout
         self._batch = batch
         self._welcome: str | None = None
+        self._uncounted = 0  # characters queued by send_unbounded, not counted against the limit
         self._wakeup: anyio.Event | None = None
         self._send_scope: anyio.CancelScope | None = None
 
     @property
     def buffered(self) -> int:
-        return self._size
+        return self._size + self._uncounted
 
     def deliver(self, message: Message) -> None:
         seq = message.seq
@@ -263,6 +278,7 @@ class QueuedConnection(Connection):
             if self._frames is None:
                 self._frames = deque()
             self._frames.append((frame, UNCOUNTED, None))
+            self._uncounted += len(frame)
             self._wake()
 
     def welcome(self, frame: str, seq: int) -> None:
@@ -298,6 +314,7 @@ class QueuedConnection(Connection):
             self.gone = True
 
     def _closing(self, error: ConnectionClosed) -> None:
+        self._uncounted = 0
         if self._send_scope is not None:
             self._send_scope.cancel()
         self._wake()
@@ -317,10 +334,12 @@ class QueuedConnection(Connection):
         if self._batch and len(self._frames) > 1:
             frames = [item[0] for item in self._frames]
             self._frames = None
-            self._size = 0
+            self._size = self._uncounted = 0
             return "\n".join(frames)
         frame, seq, _ = self._frames.popleft()
-        if seq != UNCOUNTED:
+        if seq == UNCOUNTED:
+            self._uncounted -= len(frame)
+        else:
             self._size -= len(frame)
         return frame
 
@@ -338,11 +357,12 @@ class Subscription(Connection):
     out of the room with a ``left`` frame and ``on_close``; any other close takes the whole socket down.
     """
 
-    __slots__ = ("_on_close", "socket")
+    __slots__ = ("_forward", "_on_close", "socket")
 
     def __init__(self, socket: Connection, room: str, on_close: Callable[[Subscription], None]) -> None:
-        super().__init__(socket.member, room, socket._limit)
+        super().__init__(socket.member, room, socket.queue_bytes)
         self.socket = socket
+        self._forward = socket.forward
         self._on_close = on_close
 
     @property
@@ -360,19 +380,9 @@ class Subscription(Connection):
         self.last_seq = seq
         if self._welcomed:
             if self.closed_by is None and not self.gone:
-                self.socket.send(message.frame, message.wire)
+                self._forward(message.frame, message.wire)
         elif self.is_open:
             self._queue(message.frame, seq, message.wire)
-
-    def welcome(self, frame: str, seq: int) -> None:
-        if not self.is_open:
-            return
-        kept = self._welcomed_at(seq)
-        self._frames = None
-        self._size = 0
-        self.socket.send_unbounded(frame)
-        for queued, _, wire in kept:
-            self.socket.send(queued, wire)
 
     def _closing(self, error: ConnectionClosed) -> None:
         if error.room_only:

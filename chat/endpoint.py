@@ -7,8 +7,7 @@ writer task, so the writer never outlives the socket.
 
 ``SocketEndpoint`` holds what both protocols share per connection: who may connect, admission, the
 rate limit, the abuse counter, the token's expiry, publishing. ``ChatEndpoint`` (v1) is in one room
-for the socket's life; ``MultiRoomEndpoint`` (v1.1) joins and leaves rooms by frames, each a
-``Subscription`` of the one connection.
+for the socket's life; ``chat.multiroom.MultiRoomEndpoint`` (v1.1) joins and leaves rooms by frames.
 """
 
 from __future__ import annotations
@@ -36,20 +35,15 @@ from chat.connection import (
     DirectConnection,
     DirectWriter,
     QueuedConnection,
-    Subscription,
 )
 from chat.exceptions import (
-    BadRequest,
     ConnectionRefused,
-    Forbidden,
     FrameTooLarge,
-    InvalidJoin,
     PolicyViolation,
     RateLimited,
     RequestError,
     ServerBusy,
     SlowConsumer,
-    TooManyRooms,
     Unavailable,
 )
 from chat.limits import TokenBucket
@@ -57,26 +51,19 @@ from chat.logs import fields
 from chat.protocol import (
     Hello,
     HistoryQuery,
-    Join,
     JoinRequest,
-    Leave,
     Member,
     Message,
     Ping,
-    Ref,
     RoomRequest,
     SendText,
     Typing,
     decode,
-    decode_multi,
     encode_ack,
-    encode_hello,
     encode_history,
-    encode_left,
     encode_pong,
     encode_request_error,
     new_member_id,
-    parse_hello,
     parse_join,
 )
 from chat.settings import Settings
@@ -171,9 +158,9 @@ class SocketEndpoint(WebSocketEndpoint):
             if not self.bucket.allow(anyio.current_time()):
                 self._rate_limited(chat, connection, request)
                 return
+            await self.answer(chat, connection, request)
             if self.misconduct is not None:
                 self.misconduct.good_frame()
-            await self.answer(chat, connection, request)
         except RequestError as exc:
             _refuse_frame(chat, connection, exc)
             limit = settings.max_bad_frames
@@ -195,7 +182,9 @@ class SocketEndpoint(WebSocketEndpoint):
                     chat.metrics.slow_consumers.inc()
                 line = fields(event="disconnect", room=connection.room or None, member=connection.member.id, code=code)
                 logger.info("%s", line)
-                await self.leave_all(chat, connection)
+                # Shielded: a leave cancelled half done (unregistered, not announced) is never announced.
+                with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
+                    await self.leave_all(chat, connection)
         finally:
             # Even when cancelled while leaving: a place never given back would lock its address out.
             if self.admitted is not None:
@@ -224,6 +213,19 @@ class SocketEndpoint(WebSocketEndpoint):
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
         """Take the member out of every room the connection is in; safe to call again."""
         raise NotImplementedError
+
+    async def answer_in(
+        self, chat: Chat, connection: Connection, room: str, request: SendText | Typing | HistoryQuery
+    ) -> None:
+        """Answer a request about ``room``, a room the connection is in."""
+        if isinstance(request, SendText):
+            slot = self.publish(chat, connection, room, request)
+            if slot is not None:
+                await slot
+        elif isinstance(request, Typing):
+            await chat.typing(room, connection.member)
+        else:
+            await self.history(chat, connection, room, request)
 
     def publish(self, chat: Chat, connection: Connection, room: str, request: SendText) -> asyncio.Future[None] | None:
         """Start publishing a member's message; a future to await when too many are on their way already.
@@ -331,111 +333,13 @@ class ChatEndpoint(SocketEndpoint):
         return decode(data, max_text)
 
     async def answer(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
-        if isinstance(request, SendText):
-            slot = self.publish(chat, connection, connection.room, request)
-            if slot is not None:
-                await slot
-        elif isinstance(request, Typing):
-            await chat.typing(connection.room, connection.member)
-        elif isinstance(request, HistoryQuery):
-            await self.history(chat, connection, connection.room, request)
-        elif isinstance(request, Ping):
+        if isinstance(request, Ping):
             connection.send(encode_pong(request.ref))
+        elif isinstance(request, SendText | Typing | HistoryQuery):
+            await self.answer_in(chat, connection, connection.room, request)
 
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
         await chat.leave(connection)
-
-
-class MultiRoomEndpoint(SocketEndpoint):
-    """Protocol v1.1: many rooms on one connection, ``/ws?name=N&batch=1`` (and ``token=T``), by ``join``/``leave``."""
-
-    rooms: dict[str, Subscription]
-    _leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
-
-    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
-        return "", parse_hello(websocket.query_params, None if identity is None else identity.name)
-
-    async def opened(self, chat: Chat, connection: Connection) -> None:
-        """Say hello: who the connection is; rooms come one ``join`` at a time."""
-        self.rooms = {}
-        await chat.start()
-        connection.welcome(encode_hello(connection.member), 0)
-
-    def parse_frame(self, data: str | bytes, max_text: int) -> RoomRequest:
-        return decode_multi(data, max_text)
-
-    async def answer(self, chat: Chat, connection: Connection, request: RoomRequest) -> None:
-        if isinstance(request, Ping):
-            connection.send(encode_pong(request.ref))
-            return
-        if isinstance(request, Join):
-            await self.join(chat, connection, request)
-            return
-        ref = getattr(request, "ref", None)
-        subscription = self.rooms.get(request.room)
-        if subscription is None:
-            raise BadRequest(f"not in room {request.room!r}: join it first", ref, request.room)
-        if isinstance(request, SendText):
-            slot = self.publish(chat, connection, request.room, request)
-            if slot is not None:
-                await slot
-        elif isinstance(request, Typing):
-            await chat.typing(request.room, connection.member)
-        elif isinstance(request, HistoryQuery):
-            await self.history(chat, connection, request.room, request)
-        elif isinstance(request, Leave):
-            await self.leave(chat, connection, subscription, ref)
-
-    async def join(self, chat: Chat, connection: Connection, request: Join) -> None:
-        """Join a room: its welcome (with the join's ref), or an error frame and nothing else changed."""
-        room, ref = request.room, request.ref
-        if room in self.rooms:
-            raise BadRequest(f"already in room {room!r}", ref, room)
-        limit = chat.settings.max_rooms_per_connection
-        if len(self.rooms) >= limit:
-            raise TooManyRooms(f"at most {limit} rooms per connection: leave one first", ref, room)
-        try:
-            chat.access.authorize(self.identity, room)
-        except InvalidJoin as exc:
-            raise Forbidden(exc.detail, ref, room) from None
-        subscription = self.rooms[room] = Subscription(connection, room, self._taken_out)
-        try:
-            await chat.join(subscription, JoinRequest(room, connection.member.name, request.since, request.epoch), ref)
-        except Unavailable as exc:
-            if self.rooms.get(room) is subscription:
-                del self.rooms[room]
-            exc.ref, exc.room = ref, room
-            raise
-        logger.info("%s", fields(event="join", room=room, member=connection.member.id))
-
-    async def leave(self, chat: Chat, connection: Connection, subscription: Subscription, ref: Ref) -> None:
-        """Leave a room: the others learn it, then the member gets ``left``."""
-        del self.rooms[subscription.room]
-        await chat.leave(subscription)
-        subscription.gone = True
-        connection.send(encode_left(subscription.room, ref))
-        logger.info("%s", fields(event="left", room=subscription.room, member=connection.member.id))
-
-    async def leave_all(self, chat: Chat, connection: Connection) -> None:
-        rooms = getattr(self, "rooms", None)
-        while rooms:
-            _, subscription = rooms.popitem()
-            subscription.gone = True
-            await chat.leave(subscription)
-        if self._leaving:
-            with anyio.move_on_after(LEAVE_TIMEOUT):
-                await asyncio.gather(*self._leaving, return_exceptions=True)
-
-    def _taken_out(self, subscription: Subscription) -> None:
-        """The server took the member out of a room (restart, removed): forget it, announce the leave."""
-        if self.rooms.get(subscription.room) is subscription:
-            del self.rooms[subscription.room]
-        leaving = self._leaving
-        if leaving is None:
-            leaving = self._leaving = set()
-        task = asyncio.get_running_loop().create_task(self.chat.leave(subscription))
-        leaving.add(task)
-        task.add_done_callback(leaving.discard)
 
 
 def _refuse_frame(chat: Chat, connection: Connection, error: RequestError) -> None:

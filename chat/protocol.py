@@ -307,17 +307,26 @@ def decode(data: str | bytes, max_text: int) -> ClientRequest:
 
     A text frame that is not a JSON object is a chat message made of the whole frame.
     """
+    obj = _frame_object(data)
+    if obj is None:
+        assert isinstance(data, str)  # _frame_object refuses bytes
+        return SendText(_checked_text(data, max_text, None))
+    return _decode_object(obj, max_text)
+
+
+def _frame_object(data: str | bytes) -> dict[str, Any] | None:
+    """The frame's JSON object; None for a text frame that does not start with ``{``."""
     if isinstance(data, bytes):
         raise Unsupported("binary frames are not supported: send text frames")
     if not data.lstrip().startswith("{"):
-        return SendText(_checked_text(data, max_text, None))
+        return None
     try:
         obj = _CLIENT_JSON.decode(data)
     except (ValueError, RecursionError):
         raise BadRequest("malformed JSON object") from None
     if not isinstance(obj, dict):
         raise BadRequest("a frame must be one JSON object")
-    return _decode_object(obj, max_text)
+    return obj
 
 
 def _decode_object(obj: dict[str, Any], max_text: int, room: str = "") -> ClientRequest:
@@ -350,26 +359,23 @@ def decode_multi(data: str | bytes, max_text: int) -> RoomRequest:
     Every frame but ``ping`` names its ``room``; there is no default room, so a frame that is not a JSON
     object is refused. Whether the room is joined is the endpoint's business.
     """
-    if isinstance(data, bytes):
-        raise Unsupported("binary frames are not supported: send text frames")
-    if not data.lstrip().startswith("{"):
+    obj = _frame_object(data)
+    if obj is None:
         raise BadRequest("a frame must be one JSON object on /ws: there is no default room")
-    try:
-        obj = _CLIENT_JSON.decode(data)
-    except (ValueError, RecursionError):
-        raise BadRequest("malformed JSON object") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("a frame must be one JSON object")
     kind = obj.get("type")
-    if kind not in ROOM_FRAMES:
+    if not isinstance(kind, str) or kind not in ROOM_FRAMES:
         if kind == "ping" or not isinstance(kind, str):
             return _decode_object(obj, max_text)
         raise BadRequest(
             f"unknown type {kind[:32]!r}: expected join, leave, message, typing, history or ping",
             _checked_ref(obj.get("ref")),
         )
-    ref = _checked_ref(obj.get("ref"))
     room = obj.get("room")
+    try:
+        ref = _checked_ref(obj.get("ref"))
+    except BadRequest as exc:
+        exc.room = echoed_room(room) if isinstance(room, str) else None
+        raise
     if not isinstance(room, str):
         raise BadRequest(f"{kind} needs a string 'room'", ref)
     if kind == "join":

@@ -164,7 +164,7 @@ class Recorder:
 class RecordingSender:
     """A ``chat.connection.Sender`` that records what it sends.
 
-    ``block`` makes ``send_text`` wait forever (a peer that stopped reading); ``fail`` makes it raise.
+    ``block`` makes ``send_text`` wait until ``release()`` (a peer that stopped reading); ``fail`` makes it raise.
     """
 
     def __init__(self, block: bool = False, fail: BaseException | None = None) -> None:
@@ -172,14 +172,20 @@ class RecordingSender:
         self.block = block
         self.fail = fail
         self.sending = anyio.Event()
+        self._released = anyio.Event()
 
     async def send_text(self, data: str) -> None:
         self.sending.set()
         if self.fail is not None:
             raise self.fail
         if self.block:
-            await anyio.sleep_forever()
+            await self._released.wait()
         self.recorder.record(Sent(data))
+
+    def release(self) -> None:
+        """The peer reads again: blocked and later sends go through."""
+        self.block = False
+        self._released.set()
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         self.recorder.record(Closed(code, reason))
@@ -398,6 +404,27 @@ def drain(session: WebSocketTestSession) -> None:
     """Read frames until the server closes the socket (raises WebSocketDisconnect; each read is bounded)."""
     while True:
         receive(session)
+
+
+def closed_with(session: WebSocketTestSession) -> WebSocketDisconnect:
+    """Read until the server closes the socket; return the close."""
+    try:
+        drain(session)
+    except WebSocketDisconnect as close:
+        return close
+    raise AssertionError("drain returns only by a close")  # pragma: no cover
+
+
+def refused(client: TestClient, path: str = f"/ws/{ROOM}", headers: Mapping[str, str] | None = None) -> Any:
+    """The denial response a handshake gets (raises AssertionError if it is accepted)."""
+    from starlette.testclient import WebSocketDenialResponse
+
+    try:
+        with client.websocket_connect(path, headers=dict(headers or {})):
+            pass
+    except WebSocketDenialResponse as response:
+        return response
+    raise AssertionError(f"the handshake to {path} was accepted")
 
 
 @contextmanager

@@ -1,10 +1,12 @@
-"""ChatEndpoint's hooks called directly, with a stand-in websocket and the app's real Chat."""
+"""The endpoints' hooks called directly (v1's ``ChatEndpoint``, v1.1's ``MultiRoomEndpoint``), with a stand-in
+websocket and the app's real Chat."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, cast
 
 import anyio
@@ -16,15 +18,16 @@ from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from chat.app import create_app
-from chat.backends import PublishDone, Snapshot
+from chat.backends import Deliver, PublishDone, Snapshot
 from chat.backends.memory import MemoryBackend
 from chat.chat import Chat, chat_of
-from chat.connection import DIRECT_EXTENSION, DirectConnection, QueuedConnection
+from chat.connection import DIRECT_EXTENSION, Connection, DirectConnection, QueuedConnection, Subscription
 from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, open_connection
 from chat.exceptions import SlowConsumer, Unavailable
-from chat.protocol import Member, Message
+from chat.multiroom import MultiRoomEndpoint
+from chat.protocol import Member, Message, Restart
 from chat.settings import Settings
-from tests.standins import Accepted, Closed, Denied, StandInWebSocket, StandInWriter
+from tests.standins import Accepted, Closed, Denied, Gate, StandInWebSocket, StandInWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -40,21 +43,29 @@ async def no_send(message: ASGIMessage) -> None:
 
 
 class Client:
-    """One ChatEndpoint and the stand-in websocket its hooks are given."""
+    """One endpoint and the stand-in websocket its hooks are given: v1's in ``room``, or v1.1's (``room=None``)."""
 
     def __init__(
-        self, app: Starlette, room: str = ROOM, query: dict[str, str] | None = None, denial: bool = True
+        self,
+        app: Starlette,
+        room: str | None = ROOM,
+        query: dict[str, str] | None = None,
+        denial: bool = True,
+        writer: StandInWriter | None = None,
     ) -> None:
+        extensions: dict[str, Any] = {DENIAL_EXTENSION: {}} if denial else {}
+        if writer is not None:
+            extensions[DIRECT_EXTENSION] = {"writer": writer}
         scope: Scope = {
             "type": "websocket",
             "app": app,
-            "path": f"/ws/{room}",
+            "path": "/ws" if room is None else f"/ws/{room}",
             "headers": [],
             "query_string": b"",
-            "extensions": {DENIAL_EXTENSION: {}} if denial else {},
+            "extensions": extensions,
         }
-        self.endpoint = ChatEndpoint(scope, no_receive, no_send)
-        self.ws = StandInWebSocket(scope, room, query)
+        self.endpoint = (MultiRoomEndpoint if room is None else ChatEndpoint)(scope, no_receive, no_send)
+        self.ws = StandInWebSocket(scope, room or "", query)
 
     @property
     def socket(self) -> WebSocket:
@@ -99,6 +110,12 @@ class Client:
         return frames[:-1]
 
     @property
+    def rooms(self) -> dict[str, Subscription]:
+        """A /ws client's joined rooms."""
+        assert isinstance(self.endpoint, MultiRoomEndpoint)
+        return self.endpoint.rooms
+
+    @property
     def member(self) -> Member:
         assert self.endpoint.connection is not None
         return self.endpoint.connection.member
@@ -138,6 +155,17 @@ async def task_group() -> AsyncIterator[TaskGroup]:
 
 def chat(app: Starlette) -> Chat:
     return chat_of({"app": app})
+
+
+class FailingJoins(MemoryBackend):
+    """A memory backend that cannot take joins to the rooms in ``failing``."""
+
+    failing: frozenset[str] = frozenset()
+
+    async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
+        if room in self.failing:
+            raise Unavailable("backend unavailable")
+        return await super().snapshot(room, since, epoch)
 
 
 # --- on_connect ----------------------------------------------------------------------------------
@@ -217,21 +245,13 @@ async def test_connection_over_the_cap_is_accepted_then_closed_with_1013(
 async def test_join_failing_on_the_backend_closes_with_1013(task_group: TaskGroup) -> None:
     """When the backend is unavailable during the join, the socket is closed with 1013 and unregistered."""
 
-    class Failing(MemoryBackend):
-        failing = False
-
-        async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
-            if self.failing:
-                raise Unavailable("backend unavailable")
-            return await super().snapshot(room, since, epoch)
-
     settings = Settings()
-    backend = Failing("memory://", settings)
+    backend = FailingJoins("memory://", settings)
     app = create_app(settings)
     app.state.chat = Chat(settings, backend)
     bystander, client = Client(app), Client(app)
     await bystander.join(task_group)
-    backend.failing = True
+    backend.failing = frozenset({ROOM})
     await client.connect(task_group)
     assert await client.ws.recorder.next() == Accepted()
     assert await client.ws.recorder.next() == Closed(1013, "unavailable: backend unavailable")
@@ -606,3 +626,317 @@ def test_open_connection_queues_without_direct_writes() -> None:
     websocket = WebSocket({"type": "websocket", "extensions": {}}, receive=no_receive, send=no_send)
     conn = open_connection(websocket, Member("a1", "alice"), ROOM, False, Settings())
     assert isinstance(conn, QueuedConnection)
+
+
+# --- /ws (v1.1): rooms joined and left through on_receive ------------------------------------------
+
+
+async def multi(app: Starlette, task_group: TaskGroup, name: str = "ann") -> Client:
+    """A /ws client, connected: its hello read."""
+    client = Client(app, room=None, query={"name": name})
+    await client.connect(task_group)
+    assert await client.ws.recorder.next() == Accepted()
+    assert await client.next() == {"type": "hello", "you": client.member.as_dict()}
+    return client
+
+
+def subscriptions(app: Starlette) -> dict[str, list[Connection]]:
+    return chat(app).registry.rooms()
+
+
+async def test_ws_says_hello_and_is_in_no_room(app: Starlette, task_group: TaskGroup) -> None:
+    """on_connect on /ws accepts, sends hello (the member, no room) and registers nothing."""
+    client = await multi(app, task_group)
+    assert client.member.name == "ann"
+    assert subscriptions(app) == {}
+    assert chat(app).registry.connections == 1
+
+
+async def test_join_answers_a_welcome_with_the_ref(app: Starlette, task_group: TaskGroup) -> None:
+    """A join registers the member's subscription in the room and answers v1's welcome plus the ref."""
+    client = await multi(app, task_group)
+    await client.send_json(type="join", room="r1", ref="j1")
+    welcome = await client.next()
+    assert (welcome["type"], welcome["room"], welcome["ref"], welcome["you"]) == (
+        "welcome",
+        "r1",
+        "j1",
+        client.member.as_dict(),
+    )
+    assert subscriptions(app) == {"r1": [client.rooms["r1"]]}
+
+
+async def test_joins_to_many_rooms_share_one_connection(app: Starlette, task_group: TaskGroup) -> None:
+    """Each room joined is a subscription of the one connection; messages are routed by room."""
+    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
+    for room in ("r1", "r2"):
+        await client.send_json(type="join", room=room)
+        await client.until("welcome")
+    await other.send_json(type="join", room="r2")
+    await other.until("welcome")
+    await other.send_json(type="message", room="r2", text="hi", ref=1)
+    message = (await client.until("message"))[-1]
+    assert (message["room"], message["text"]) == ("r2", "hi")
+    assert {room: len(members) for room, members in subscriptions(app).items()} == {"r1": 1, "r2": 2}
+    assert chat(app).registry.connections == 2
+
+
+async def test_message_on_ws_is_acked_with_its_room(app: Starlette, task_group: TaskGroup) -> None:
+    """A message to a joined room is published there; its ack names the room."""
+    client = await multi(app, task_group)
+    await client.send_json(type="join", room="r1")
+    await client.until("welcome")
+    await client.send_json(type="message", room="r1", text="hi", ref="m")
+    frames = await client.until("ack")
+    assert frames[-1] == {"type": "ack", "ref": "m", "seq": 1, "room": "r1"}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "message", "room": "r9", "text": "hi", "ref": "x"},
+        {"type": "history", "room": "r9", "ref": "x"},
+        {"type": "leave", "room": "r9", "ref": "x"},
+    ],
+)
+async def test_a_frame_for_a_room_not_joined_is_a_bad_request(
+    app: Starlette, task_group: TaskGroup, frame: dict[str, Any]
+) -> None:
+    """message, history and leave need a joined room: bad_request with room and ref; nothing else changes."""
+    client = await multi(app, task_group)
+    await client.send_json(type="join", room="r1")
+    await client.until("welcome")
+    await client.send_json(**frame)
+    error = await client.next()
+    assert (error["type"], error["code"], error["room"], error["ref"]) == ("error", "bad_request", "r9", "x")
+    assert list(subscriptions(app)) == ["r1"]
+    assert await chat(app).backend.history("r9", None, 10) == []
+
+
+async def test_joining_a_room_twice_is_a_bad_request(app: Starlette, task_group: TaskGroup) -> None:
+    """A second join of the same room is refused; the first stays as it was."""
+    client = await multi(app, task_group)
+    await client.send_json(type="join", room="r1")
+    await client.until("welcome")
+    first = client.rooms["r1"]
+    await client.send_json(type="join", room="r1", ref=2)
+    error = await client.next()
+    assert (error["code"], error["room"], error["ref"]) == ("bad_request", "r1", 2)
+    assert subscriptions(app) == {"r1": [first]}
+
+
+async def test_a_join_past_max_rooms_per_connection_is_too_many_rooms(make_app: MakeApp, task_group: TaskGroup) -> None:
+    """Past max_rooms_per_connection a join gets too_many_rooms; leaving one makes room again."""
+    app = make_app(max_rooms_per_connection=2)
+    client = await multi(app, task_group)
+    for room in ("r1", "r2"):
+        await client.send_json(type="join", room=room)
+        await client.until("welcome")
+    await client.send_json(type="join", room="r3", ref=3)
+    error = await client.next()
+    assert (error["code"], error["room"], error["ref"]) == ("too_many_rooms", "r3", 3)
+    await client.send_json(type="leave", room="r1")
+    await client.until("left")
+    await client.send_json(type="join", room="r3")
+    assert (await client.until("welcome"))[-1]["room"] == "r3"
+
+
+async def test_leave_answers_left_and_the_others_see_a_leave(app: Starlette, task_group: TaskGroup) -> None:
+    """leave unregisters the subscription, tells the room's others, then answers left with the ref."""
+    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
+    for member in (client, other):
+        await member.send_json(type="join", room="r1")
+        await member.until("welcome")
+    await client.send_json(type="leave", room="r1", ref="l")
+    assert (await client.until("left"))[-1] == {"type": "left", "room": "r1", "ref": "l"}
+    leave = (await other.until("leave"))[-1]
+    assert (leave["room"], leave["member"]["id"]) == ("r1", client.member.id)
+    assert subscriptions(app) == {"r1": [other.rooms["r1"]]}
+    await other.send_json(type="message", room="r1", text="after")
+    assert await client.ping() == []
+
+
+async def test_a_join_the_backend_cannot_take_is_unavailable_for_that_room_only(task_group: TaskGroup) -> None:
+    """A join failing on the backend answers unavailable (room, ref); the socket and other rooms stay."""
+
+    settings = Settings()
+    backend = FailingJoins("memory://", settings)
+    app = create_app(settings)
+    app.state.chat = Chat(settings, backend)
+    client = await multi(app, task_group)
+    await client.send_json(type="join", room="r1")
+    await client.until("welcome")
+    backend.failing = frozenset({"r2"})
+    await client.send_json(type="join", room="r2", ref="j")
+    error = await client.next()
+    assert (error["code"], error["room"], error["ref"]) == ("unavailable", "r2", "j")
+    assert list(client.rooms) == ["r1"]
+    assert list(subscriptions(app)) == ["r1"]
+    backend.failing = frozenset()
+    await client.send_json(type="join", room="r2")
+    assert (await client.until("welcome"))[-1]["room"] == "r2"
+
+
+async def test_disconnect_leaves_every_room(app: Starlette, task_group: TaskGroup) -> None:
+    """When the /ws socket goes, its member leaves each of its rooms and its place is given back."""
+    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
+    for room in ("r1", "r2"):
+        for member in (client, other):
+            await member.send_json(type="join", room=room)
+            await member.until("welcome")
+    await client.disconnect()
+    left = {(await other.until("leave"))[-1]["room"] for _ in range(2)}
+    assert left == {"r1", "r2"}
+    assert {room: len(members) for room, members in subscriptions(app).items()} == {"r1": 1, "r2": 1}
+    assert chat(app).registry.connections == 1
+
+
+async def test_removal_takes_a_ws_member_out_of_that_room_only(app: Starlette, task_group: TaskGroup) -> None:
+    """The operator's removal gives a /ws member left (removed) for that room; its socket and other rooms stay."""
+    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
+    for room in ("r1", "r2"):
+        await client.send_json(type="join", room=room)
+        await client.until("welcome")
+    await other.send_json(type="join", room="r1")
+    await other.until("welcome")
+    assert chat(app).registry.remove_member("r1", client.member.id) == 1
+    assert (await client.until("left"))[-1] == {"type": "left", "room": "r1", "ref": None, "reason": "removed"}
+    assert (await other.until("leave"))[-1]["member"]["id"] == client.member.id
+    assert list(client.rooms) == ["r2"]
+    assert client.endpoint.connection is not None
+    assert client.endpoint.connection.is_open
+    await client.send_json(type="message", room="r2", text="still here", ref=1)
+    assert (await client.until("ack"))[-1]["room"] == "r2"
+
+
+async def test_a_room_restart_asks_a_ws_member_to_rejoin_that_room(app: Starlette, task_group: TaskGroup) -> None:
+    """A room's restart gives left (restart) for it; the member joins again on the same socket."""
+    client = await multi(app, task_group)
+    for room in ("r1", "r2"):
+        await client.send_json(type="join", room=room)
+        await client.until("welcome")
+    chat(app).registry.deliver(Restart("r1", "new-epoch"))
+    assert await client.next() == {"type": "left", "room": "r1", "ref": None, "reason": "restart"}
+    await client.send_json(type="join", room="r1", since=0, epoch="old")
+    assert (await client.until("welcome"))[-1]["room"] == "r1"
+    assert sorted(client.rooms) == ["r1", "r2"]
+
+
+async def test_ws_refuses_since_and_epoch_in_its_address(app: Starlette) -> None:
+    """since/epoch in /ws's query are refused with a 403 JSON denial, as a bad v1 join is."""
+    client = Client(app, room=None, query={"since": "3", "epoch": "e"})
+    await client.endpoint.on_connect(client.socket)
+    denied = await client.ws.recorder.next()
+    assert isinstance(denied, Denied)
+    assert denied.status == 403
+    assert "join frame" in json.loads(denied.body)["detail"]
+    assert chat(app).registry.connections == 0
+
+
+async def test_a_join_waits_for_earlier_welcomes_to_leave_the_buffer(make_app: MakeApp, task_group: TaskGroup) -> None:
+    """A welcome may pass the buffer's limit, one at a time: while the socket holds more than the limit,
+    a join is refused with rate_limited (room and ref), and is welcomed once the peer has read."""
+    app = make_app(queue_bytes=4_000)
+    for number in range(5):
+        await chat(app).publish("big", Member("b1", "bob"), f"{number}" * 1_000)
+    client = Client(app, room=None)
+    client.ws.block = True  # the peer reads nothing for now
+    await client.connect(task_group)
+    await client.send_json(type="join", room="big")
+    await client.send_json(type="join", room="r2", ref="j2")
+    assert sorted(client.rooms) == ["big"]
+    client.ws.release()
+    assert await client.ws.recorder.next() == Accepted()
+    frames = [await client.next() for _ in range(3)]
+    assert [frame["type"] for frame in frames] == ["hello", "welcome", "error"]
+    assert (frames[2]["code"], frames[2]["room"], frames[2]["ref"]) == ("rate_limited", "r2", "j2")
+    await client.send_json(type="join", room="r2", ref="j2")
+    assert (await client.next())["type"] == "welcome"
+
+
+async def test_a_join_past_a_full_direct_socket_closes_it_as_a_slow_consumer(
+    make_app: MakeApp, task_group: TaskGroup
+) -> None:
+    """Under direct writes a socket still holding more than the limit is a slow consumer: the next frame closes it."""
+    app = make_app(queue_bytes=4_000)
+    for number in range(5):
+        await chat(app).publish("big", Member("b1", "bob"), f"{number}" * 1_000)
+    writer = StandInWriter()
+    client = Client(app, room=None, writer=writer)
+    await client.connect(task_group)
+    await client.send_json(type="join", room="big")
+    assert writer.buffered > 4_000  # the welcome, with 5 KB of history, went out in one piece
+    await client.send_json(type="join", room="r2", ref="j2")
+    assert writer.recorder.closes == [Closed(1013, "slow consumer: outbound buffer full")]
+
+
+async def test_joins_draw_on_the_addresss_handshake_rate(make_app: MakeApp, task_group: TaskGroup) -> None:
+    """A join costs what a handshake costs: past the address's handshake burst it gets rate_limited."""
+    app = make_app(handshake_rate_per_ip=0.001, handshake_burst_per_ip=3)
+    client = await multi(app, task_group)  # the handshake took one
+    for room in ("r1", "r2"):
+        await client.send_json(type="join", room=room)
+        await client.until("welcome")
+    await client.send_json(type="join", room="r3", ref=3)
+    error = await client.next()
+    assert (error["code"], error["room"], error["ref"]) == ("rate_limited", "r3", 3)
+    assert "too many joins" in error["detail"]
+
+
+async def test_a_join_registered_after_the_socket_closed_is_undone(task_group: TaskGroup) -> None:
+    """A join still on its way when the server closes the socket does not stay registered once it lands."""
+
+    class SlowStart(MemoryBackend):
+        gate = Gate()
+
+        async def start(self, deliver: Deliver) -> None:
+            await self.gate.pass_through()
+            await super().start(deliver)
+
+    settings = Settings()
+    backend = SlowStart("memory://", settings)
+    app = create_app(settings)
+    app.state.chat = Chat(settings, backend)  # no lifespan: the first join starts the backend
+    client = await multi(app, task_group)
+    task_group.start_soon(partial(client.send_json, type="join", room="r1"))
+    await backend.gate.entered.wait()
+    connection = client.endpoint.connection
+    assert connection is not None
+    connection.close(SlowConsumer("test"))
+    await anyio.wait_all_tasks_blocked()
+    backend.gate.open()
+    await anyio.wait_all_tasks_blocked()
+    await client.disconnect()
+    assert chat(app).registry.rooms() == {}
+    assert await backend.members("r1") == []
+
+
+async def test_a_leave_is_answered_once_even_if_the_room_restarts_meanwhile(task_group: TaskGroup) -> None:
+    """A room restarting while the member's leave waits for the registry gets no ``left`` of the server's."""
+
+    class GatedSubscribe(MemoryBackend):
+        gate: Gate | None = None
+
+        async def subscribe(self, room: str) -> None:
+            if self.gate is not None:
+                await self.gate.pass_through()
+            await super().subscribe(room)
+
+    settings = Settings()
+    backend = GatedSubscribe("memory://", settings)
+    app = create_app(settings)
+    app.state.chat = Chat(settings, backend)
+    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
+    await client.send_json(type="join", room="r1")
+    await client.until("welcome")
+    gate = backend.gate = Gate()
+    task_group.start_soon(
+        partial(other.send_json, type="join", room="r2")
+    )  # holds the registry's lock while subscribing
+    await gate.entered.wait()
+    task_group.start_soon(partial(client.send_json, type="leave", room="r1", ref="L"))
+    await anyio.wait_all_tasks_blocked()  # the leave waits for the lock
+    chat(app).registry.deliver(Restart("r1", "new"))
+    gate.open()
+    assert await client.until("left") == [{"type": "left", "room": "r1", "ref": "L"}]
+    assert await client.ping() == []

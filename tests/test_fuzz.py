@@ -12,7 +12,22 @@ from chat.auth import Identity, InvalidToken, Verifier, bearer_token
 from chat.exceptions import InvalidJoin, RequestError
 from chat.logs import fields, redact
 from chat.origins import OriginPolicy
-from chat.protocol import ClientRequest, HistoryQuery, JoinRequest, Ping, SendText, Typing, decode, parse_join
+from chat.protocol import (
+    ROOM_PATTERN,
+    ClientRequest,
+    HistoryQuery,
+    Join,
+    JoinRequest,
+    Leave,
+    Ping,
+    RoomRequest,
+    SendText,
+    Typing,
+    decode,
+    decode_multi,
+    encode_request_error,
+    parse_join,
+)
 from chat.settings import Settings
 from tests.tokens import SECRET
 
@@ -30,6 +45,21 @@ frame_objects = st.fixed_dictionaries(
         "type": st.sampled_from(["message", "typing", "history", "ping", "nope"]) | json_values,
         "text": st.text(max_size=60) | json_values,
         "ref": st.integers() | st.text(max_size=70) | json_values,
+        "before": st.integers() | json_values,
+        "limit": st.integers(min_value=-5, max_value=120) | json_values,
+    },
+)
+
+
+multi_frame_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["join", "leave", "message", "typing", "history", "ping", "nope"]) | json_values,
+        "room": st.sampled_from(["lobby", "r-1", "-bad", "", "\ud800", "x" * 200]) | st.text(max_size=70) | json_values,
+        "text": st.text(max_size=60) | json_values,
+        "ref": st.integers() | st.text(max_size=70) | json_values,
+        "since": st.integers() | json_values,
+        "epoch": st.text(max_size=70) | json_values,
         "before": st.integers() | json_values,
         "limit": st.integers(min_value=-5, max_value=120) | json_values,
     },
@@ -139,3 +169,35 @@ def test_log_helpers_never_raise(text: str) -> None:
     """Redaction and field formatting take any text and keep lines single."""
     assert isinstance(redact(text), str)
     assert "\n" not in fields(value=text)
+
+
+def multi_outcome(data: str | bytes) -> RoomRequest | RequestError:
+    """What decode_multi (/ws) makes of a frame: a request or the RequestError that answers it."""
+    try:
+        return decode_multi(data, MAX_TEXT)
+    except RequestError as exc:
+        return exc
+
+
+@FUZZ
+@given(multi_frame_objects)
+def test_any_ws_frame_is_a_request_naming_a_valid_room_or_a_clean_error(obj: dict[str, Any]) -> None:
+    """On /ws a frame is a request whose room is a valid name (ping: none) or an error that can be sent."""
+    result = multi_outcome(json.dumps(obj))
+    if isinstance(result, RequestError):
+        assert result.room is None or len(result.room) <= 128
+        encode_request_error(result).encode()  # what it echoes is valid UTF-8
+    elif isinstance(result, Join | Leave | SendText | Typing | HistoryQuery):
+        assert ROOM_PATTERN.fullmatch(result.room)
+    else:
+        assert isinstance(result, Ping)
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_any_text_on_ws_is_a_request_or_a_clean_error(data: str) -> None:
+    """Any text frame on /ws decodes to a request or raises a RequestError; plain text is never a message."""
+    result = multi_outcome(data)
+    if not data.lstrip().startswith("{"):
+        assert isinstance(result, RequestError)
+        assert result.code == "bad_request"

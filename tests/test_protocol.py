@@ -1,4 +1,4 @@
-"""Protocol v1, sans I/O: join validation, client frame decoding, server frame encoding."""
+"""Protocols v1 and v1.1, sans I/O: join validation, client frame decoding, server frame encoding."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 
-from chat.exceptions import BadRequest, InvalidJoin, RequestError, TooLarge, Unsupported
+from chat.exceptions import BadRequest, Forbidden, InvalidJoin, RequestError, TooLarge, Unsupported
 from chat.protocol import (
     HISTORY_LIMIT_DEFAULT,
+    Hello,
     HistoryQuery,
+    Join,
     JoinRequest,
+    Leave,
     Member,
     Message,
     Ping,
@@ -20,13 +23,17 @@ from chat.protocol import (
     Signal,
     Typing,
     decode,
+    decode_multi,
     encode_ack,
     encode_error,
+    encode_hello,
     encode_history,
+    encode_left,
     encode_pong,
     encode_request_error,
     encode_welcome,
     new_member_id,
+    parse_hello,
     parse_join,
     parse_name,
 )
@@ -554,3 +561,196 @@ def test_encoded_frames_of_hostile_text_stay_valid_json() -> None:
     """Quotes, backslashes, control characters and '</script>' in text survive encoding."""
     text = '"\\\x00\x1f</script>\u2028'
     assert json.loads(message(1, text).frame)["text"] == text
+
+
+# --- v1.1 (/ws): the handshake -----------------------------------------------------------------
+
+
+def test_hello_takes_name_and_batch() -> None:
+    """/ws's query gives the name and the batch option, as v1's does."""
+    assert parse_hello({"name": " ann ", "batch": "1"}) == Hello("ann", True)
+
+
+def test_hello_without_name_gets_a_guest_name() -> None:
+    """No name: a guest name, as on v1."""
+    assert parse_hello({}).name.startswith("guest-")
+
+
+def test_hello_keeps_the_tokens_name() -> None:
+    """A token's name wins over the query's, which is not even checked."""
+    assert parse_hello({"name": "\x00"}, "tok").name == "tok"
+
+
+@pytest.mark.parametrize("query", [{"since": "3"}, {"epoch": "abc"}, {"since": "1", "epoch": "abc"}])
+def test_hello_refuses_since_and_epoch(query: dict[str, str]) -> None:
+    """since/epoch belong in each join on /ws: in its address they are refused, not ignored."""
+    with pytest.raises(InvalidJoin, match="join frame"):
+        parse_hello(query)
+
+
+@pytest.mark.parametrize("query", [{"batch": "2"}, {"name": ""}, {"name": "x" * 33}])
+def test_hello_refuses_what_v1_refuses(query: dict[str, str]) -> None:
+    """A bad batch or name is refused as on v1."""
+    with pytest.raises(InvalidJoin):
+        parse_hello(query)
+
+
+# --- v1.1 (/ws): decoding ------------------------------------------------------------------------
+
+
+def multi(**fields: Any) -> object:
+    return decode_multi(frame(**fields), MAX_TEXT)
+
+
+def test_join_decodes_with_recovery_and_ref() -> None:
+    """join carries the room, since, epoch and ref."""
+    assert multi(type="join", room="r", since=5, epoch="e-1", ref="j") == Join("r", 5, "e-1", "j")
+    assert multi(type="join", room="r") == Join("r")
+
+
+def test_leave_decodes() -> None:
+    """leave carries the room and the ref."""
+    assert multi(type="leave", room="r", ref=3) == Leave("r", 3)
+
+
+def test_room_frames_carry_their_room() -> None:
+    """message, typing and history name their room."""
+    assert multi(type="message", room="r", text="hi", ref=1) == SendText("hi", 1, "r")
+    assert multi(type="typing", room="r") == Typing("r")
+    assert multi(type="history", room="r", before=9, limit=5, ref=2) == HistoryQuery(9, 5, 2, "r")
+
+
+def test_ping_needs_no_room() -> None:
+    """ping is about the connection: no room."""
+    assert multi(type="ping", ref=4) == Ping(4)
+
+
+@pytest.mark.parametrize("data", ["hello there", "[1]", "42", " plain {"])
+def test_a_frame_that_is_not_a_json_object_is_a_bad_request(data: str) -> None:
+    """There is no default room on /ws: plain text is refused, not sent anywhere."""
+    with pytest.raises(BadRequest, match="JSON object"):
+        decode_multi(data, MAX_TEXT)
+
+
+def test_binary_frame_is_unsupported_on_ws() -> None:
+    """Binary frames are unsupported on /ws too."""
+    with pytest.raises(Unsupported):
+        decode_multi(b"{}", MAX_TEXT)
+
+
+@pytest.mark.parametrize("kind", ["join", "leave", "message", "typing", "history"])
+@pytest.mark.parametrize("room", [None, 1, ["r"], {"r": 1}])
+def test_a_room_frame_without_a_string_room_is_a_bad_request(kind: str, room: object) -> None:
+    """Every frame but ping must name its room as a string; the error echoes the ref."""
+    with pytest.raises(BadRequest, match="'room'") as caught:
+        multi(type=kind, room=room, text="hi", ref="x")
+    assert (caught.value.ref, caught.value.room) == ("x", None)
+
+
+@pytest.mark.parametrize("room", ["", "-a", "a b", "x" * 65, "é"])
+def test_joining_an_invalid_room_is_forbidden_echoing_room_and_ref(room: str) -> None:
+    """An invalid room name in a join is forbidden; the error names the room and the ref."""
+    with pytest.raises(Forbidden, match="invalid room") as caught:
+        multi(type="join", room=room, ref=7)
+    assert (caught.value.ref, caught.value.room) == (7, room)
+
+
+@pytest.mark.parametrize("room", ["\ud800", "x" * 129])
+def test_a_room_that_cannot_be_echoed_is_not(room: str) -> None:
+    """A room name too long or not valid Unicode is not echoed back."""
+    with pytest.raises(Forbidden) as caught:
+        decode_multi(json.dumps({"type": "join", "room": room}), MAX_TEXT)
+    assert caught.value.room is None
+
+
+@pytest.mark.parametrize("kind", ["leave", "message", "typing", "history"])
+def test_a_frame_for_an_invalid_room_is_a_bad_request(kind: str) -> None:
+    """No room has an invalid name, so no member is in it: bad_request, room and ref echoed."""
+    with pytest.raises(BadRequest) as caught:
+        multi(type=kind, room="a b", text="hi", ref=1)
+    assert (caught.value.ref, caught.value.room) == (1, "a b")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"since": -1}, {"since": "3"}, {"since": 1.5}, {"since": True}, {"since": 2**63}, {"epoch": 5}, {"epoch": "a b"}],
+)
+def test_a_join_with_bad_recovery_fields_is_a_bad_request(fields: dict[str, object]) -> None:
+    """since must be a non-negative integer and epoch a welcome's token; the error names the room."""
+    with pytest.raises(BadRequest) as caught:
+        multi(type="join", room="r", ref="j", **fields)
+    assert (caught.value.ref, caught.value.room) == ("j", "r")
+
+
+def test_errors_in_a_room_frame_name_the_room() -> None:
+    """A refused message (empty, too long) names its room and ref."""
+    with pytest.raises(BadRequest) as empty:
+        multi(type="message", room="r", text=" ", ref=1)
+    with pytest.raises(TooLarge) as long:
+        multi(type="message", room="r", text="x" * (MAX_TEXT + 1), ref=2)
+    assert [(error.value.ref, error.value.room) for error in (empty, long)] == [(1, "r"), (2, "r")]
+
+
+@pytest.mark.parametrize("kind", [None, 1, ["join"], {"a": 1}])
+def test_a_non_string_type_on_ws_is_a_bad_request(kind: object) -> None:
+    """A type that is not a string is refused on /ws too (not a crash)."""
+    with pytest.raises(BadRequest, match="string 'type'"):
+        multi(type=kind, room="r")
+
+
+@pytest.mark.parametrize("kind", ["hello", "welcome", "left", "x" * 100])
+def test_unknown_type_on_ws_is_a_bad_request_listing_the_types(kind: str) -> None:
+    """An unknown type is refused, naming what /ws understands, with the ref."""
+    with pytest.raises(BadRequest, match="expected join, leave") as caught:
+        multi(type=kind, ref=5)
+    assert caught.value.ref == 5
+
+
+def test_v1_ignores_a_room_field() -> None:
+    """On v1 a room in a frame is an unknown field: ignored, the connection's room is meant."""
+    assert decode(frame(type="message", room="elsewhere", text="hi"), MAX_TEXT) == SendText("hi")
+
+
+# --- v1.1 (/ws): encoding -------------------------------------------------------------------------
+
+
+def test_hello_frame_names_the_member() -> None:
+    """hello says who the connection is."""
+    assert json.loads(encode_hello(ALICE)) == {"type": "hello", "you": {"id": "a1", "name": "alice"}}
+
+
+def test_left_frame_answers_a_leave_with_its_ref() -> None:
+    """left names the room and the leave's ref (null without one)."""
+    assert json.loads(encode_left("r", "x")) == {"type": "left", "room": "r", "ref": "x"}
+    assert json.loads(encode_left("r", None)) == {"type": "left", "room": "r", "ref": None}
+
+
+def test_left_frame_says_why_the_server_took_the_member_out() -> None:
+    """A left the member did not ask for carries the reason."""
+    assert json.loads(encode_left("r", None, "removed")) == {
+        "type": "left",
+        "room": "r",
+        "ref": None,
+        "reason": "removed",
+    }
+
+
+def test_welcome_echoes_a_joins_ref_only_when_it_had_one() -> None:
+    """A welcome answering a join with a ref carries it; without one it is exactly v1's welcome."""
+    plain = json.loads(encode_welcome("r", ALICE, [ALICE], 0, "e", [], False))
+    with_ref = json.loads(encode_welcome("r", ALICE, [ALICE], 0, "e", [], False, "j1"))
+    assert "ref" not in plain
+    assert with_ref == {**plain, "ref": "j1"}
+
+
+def test_error_frame_names_the_room_the_request_named() -> None:
+    """An error carries the room when the refused request named one, and no room key otherwise."""
+    assert json.loads(encode_request_error(BadRequest("no", 1, "r")))["room"] == "r"
+    assert "room" not in json.loads(encode_request_error(BadRequest("no", 1)))
+
+
+def test_a_bad_ref_in_a_room_frame_still_names_the_room() -> None:
+    """A ref that cannot be echoed is left out, but the room the frame named is still given back."""
+    with pytest.raises(BadRequest, match="ref must be") as caught:
+        multi(type="join", room="r1", ref=["no"])
+    assert (caught.value.ref, caught.value.room) == (None, "r1")

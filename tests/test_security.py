@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
-from starlette.testclient import TestClient, WebSocketDenialResponse, WebSocketTestSession
-from starlette.websockets import WebSocketDisconnect
 
 from chat.settings import Settings
-from tests.standins import ROOM, drain, joined, receive, receive_type, serve
+from tests.standins import ROOM, closed_with, joined, receive, receive_type, refused, serve
 from tests.tokens import SECRET, token
 
 AUTH = Settings(jwt_secret=SECRET)
-
-
-def refused(client: TestClient, path: str = f"/ws/{ROOM}", headers: dict[str, str] | None = None) -> Any:
-    """The denial response a handshake gets (the test fails if it is accepted)."""
-    with pytest.raises(WebSocketDenialResponse) as caught, client.websocket_connect(path, headers=dict(headers or {})):
-        pass  # pragma: no cover
-    return caught.value
-
-
-def closed_with(session: WebSocketTestSession) -> WebSocketDisconnect:
-    """Read until the server closes the socket; return the close."""
-    with pytest.raises(WebSocketDisconnect) as caught:
-        drain(session)
-    return caught.value
 
 
 # --- tokens ----------------------------------------------------------------------------------------

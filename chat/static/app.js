@@ -1,17 +1,17 @@
 /* The chat's web client: plain JavaScript modules, no build step, nothing fetched from elsewhere.
  *
- * protocol.js speaks protocol v1 for one room (no DOM), view.js is the page, dom.js builds its
- * elements; this module wires them: one protocol client per joined room, reaching the server where
- * the app is mounted, and the rooms and name that the address asks for.
+ * protocol.js speaks the protocol (no DOM), view.js is the page, dom.js builds its elements; this
+ * module wires them: one connection for the page, reaching the server where the app is mounted, and
+ * the rooms and name that the address asks for.
  */
 
-import { RoomClient, validateName, validateRoom } from './protocol.js';
+import { ChatSocket, validateName, validateRoom } from './protocol.js';
 import { createView } from './view.js';
 
 /** Where the app is mounted: this module lives at <mount>/static/app.js. */
 const BASE = new URL('../', import.meta.url);
 
-const view = createView((room, name, listener) => new RoomClient(room, { name, base: BASE, listener }));
+const view = createView(new ChatSocket({ base: BASE }));
 
 const params = new URLSearchParams(location.search);
 const wanted = [...(params.get('rooms') || '').split(','), params.get('room') || '']

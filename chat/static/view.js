@@ -1,9 +1,9 @@
 /* The page: renders what the rooms' protocol clients know, and turns what the person does into calls on them.
  *
- * Each joined room has a client (protocol.js) and a view of its own here (its message list, its outbox,
- * its notices, where the reader was). The clients say what changed through a listener; everything
- * about the page (which room is on screen, scrolling, unread counts, the sidebar, the setup card,
- * the address) lives here.
+ * The page has one connection (a ChatSocket, protocol.js); each joined room has a client on it and a
+ * view of its own here (its message list, its outbox, its notices, where the reader was). The clients
+ * say what changed through a listener; everything about the page (which room is on screen, scrolling,
+ * unread counts, the sidebar, the setup card, the address) lives here.
  */
 
 import { chars, validateName, validateRoom } from './protocol.js';
@@ -25,11 +25,12 @@ const ERROR_TEXT = {
 const now = () => Date.now();
 
 /**
- * The chat page in `document`. `openRoom(room, name, listener)` makes the protocol client of a room
- * (not yet connected). Returns `start(name, rooms, active)`, to join rooms at once, and
- * `showSetup(mode, room, problem)`, to ask for a name and a room first.
+ * The chat page in `document`, its rooms on `socket` (a ChatSocket: `socket.room(name, listener)` makes
+ * the protocol client of a room, not yet joined; `socket.rename(name)` renames). Returns
+ * `start(name, rooms, active)`, to join rooms at once, and `showSetup(mode, room, problem)`, to ask
+ * for a name and a room first.
  */
-export function createView(openRoom) {
+export function createView(socket) {
   // --- elements ------------------------------------------------------------------------------------
 
   const $ = (id) => document.getElementById(id);
@@ -71,7 +72,7 @@ export function createView(openRoom) {
       unread: 0, below: 0, atBottom: true, scrollTop: null, draft: '',
       notices: [], error: null, errorTimer: null,
     };
-    room.client = openRoom(name, state.name, listener(room));
+    room.client = socket.room(name, listener(room));
     return room;
   }
 
@@ -545,7 +546,7 @@ export function createView(openRoom) {
     ui.meName.textContent = name;
     ui.meAvatar.textContent = initials(name);
     ui.meAvatar.style.setProperty('--hue', String(hue(name)));
-    for (const room of state.rooms.values()) room.client.rejoinAs(name); // recovering what was missed
+    socket.rename(name); // every room rejoins under the new name, recovering what was missed
     syncUrl();
   }
 

@@ -123,6 +123,7 @@ def _dialog(person: Person, dialog: Dialog) -> None:
 
 def _watch(person: Person, ws: WebSocket) -> None:
     person.socket_urls.append(ws.url)
+    person.sockets.append(ws)
     ws.on("framesent", lambda payload: person.sent.append(payload if isinstance(payload, str) else "<binary>"))
 
 

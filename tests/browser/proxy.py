@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import struct
 import threading
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 LOOPBACK = "127.0.0.1"
 DENIAL = json.dumps({"type": "error", "code": "forbidden", "detail": "name is not allowed here"}).encode()
+WEBSOCKET_REQUEST = re.compile(r"GET \S*/ws(?:/|\?| )")
+"""The request line of a WebSocket handshake: ``/ws?...`` (every room, v1.1) or ``/ws/{room}`` (v1)."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class TurnedAway:
 
     @property
     def is_websocket(self) -> bool:
-        return self.request.startswith("GET ") and "/ws/" in self.request
+        return WEBSOCKET_REQUEST.match(self.request) is not None
 
 
 class Proxy:
@@ -112,7 +115,7 @@ class Proxy:
             return
         head = _read_head(client)
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        websocket = line.startswith("GET ") and "/ws/" in line
+        websocket = WEBSOCKET_REQUEST.match(line) is not None
         if mode == "refuse" and not websocket:
             self._forward(client, head)
             return

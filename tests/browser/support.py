@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from tests.e2e.server_process import ServerProcess, free_port, launch, stop_and_check
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Locator, Page
+    from playwright.sync_api import Locator, Page, WebSocket
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -67,6 +68,8 @@ class Person:
     """Every WebSocket frame the page sent, in order."""
     socket_urls: list[str] = field(default_factory=list)
     """The URL of every WebSocket the page opened, in order."""
+    sockets: list[WebSocket] = field(default_factory=list)
+    """Every WebSocket the page opened, in order."""
     requests: list[str] = field(default_factory=list)
     """The URL of every HTTP request the page made."""
 
@@ -103,6 +106,15 @@ class Person:
 
     def frames_of_type(self, kind: str) -> list[str]:
         return [frame for frame in self.sent if f'"type":"{kind}"' in frame]
+
+    def sent_of_type(self, kind: str) -> list[dict[str, Any]]:
+        """The frames of one type that the page sent, parsed, in order."""
+        return [json.loads(frame) for frame in self.frames_of_type(kind)]
+
+    def open_sockets(self) -> list[WebSocket]:
+        """The page's WebSockets not closed, once every event the page had fired has reached the test."""
+        self.page.evaluate("0")  # a round trip: the page's earlier events (a socket's close) are in
+        return [ws for ws in self.sockets if not ws.is_closed()]
 
 
 # --- servers -------------------------------------------------------------------------------------

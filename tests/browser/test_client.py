@@ -148,6 +148,9 @@ def test_join_form_address_and_several_rooms(server: ServerProcess, open_page: O
     expect(page.locator("#room-title")).to_have_text("#cellar")
     live(ann)
     expect(page).to_have_url(re.compile(r"\?room=cellar&name=Ann\+Lee&rooms=attic%2Ccellar$"))
+    # Both rooms on the page's one socket: the second joined by a join frame, not a socket of its own.
+    assert [join["room"] for join in ann.sent_of_type("join")] == ["attic", "cellar"]
+    assert len(ann.socket_urls) == 1, ann.socket_urls
     ann.say("down in the cellar")
     page.locator("[data-room=attic] .room-button").click()
     expect(page.locator("#room-title")).to_have_text("#attic")
@@ -172,6 +175,10 @@ def test_join_form_address_and_several_rooms(server: ServerProcess, open_page: O
     page.get_by_role("button", name="Leave cellar").click()
     expect(page.locator("#room-list > li")).to_have_count(1)
     expect(page).to_have_url(re.compile(r"\?room=attic&name=Ann\+Lee$"))
+    assert [leave["room"] for leave in ann.sent_of_type("leave")] == ["cellar"]
+    assert len(ann.socket_urls) == 2, ann.socket_urls  # one per page load
+    assert ann.sockets[-1] in ann.open_sockets(), "leaving a room keeps the page's socket for the others"
+    expect(bob.members).to_have_text(["Bob"])
 
 
 def test_history_on_demand_and_scrolling(server: ServerProcess, open_page: OpenPage) -> None:
@@ -275,7 +282,7 @@ def test_mounted_under_a_prefix(servers: Servers, open_page: OpenPage) -> None:
     host = servers.start_prefixed("tests.browser.prefixed_app:create")
     ann = open_page(page_url(host, prefix="/chat", room="nested", name="Ann"), "ann")
     live(ann)
-    assert ann.socket_urls == [f"ws://{host.base}/chat/ws/nested?name=Ann"]
+    assert ann.socket_urls == [f"ws://{host.base}/chat/ws?name=Ann"]
     ann.say("served from /chat/")
     expect(ann.message("served")).to_have_count(1)
     # Without the trailing slash the app redirects to its mount point, and the client still works.

@@ -91,13 +91,16 @@ def test_dropped_connection_recovers_every_missed_message_once(
     first, second = (later.at - earlier.at for earlier, later in itertools.pairwise(attempts))
     assert 0.45 <= first <= 1.6, first
     assert 0.95 <= second <= 2.6, second
-    assert all("since=1&epoch=" in attempt.request for attempt in attempts), attempts
+    assert all(attempt.request.startswith("GET /ws?name=Ann ") for attempt in attempts), attempts
 
     # The network is back: the browser says so, and the page reconnects at once instead of at its next try.
     proxy.restore()
     ann.page.evaluate("window.dispatchEvent(new Event('online'))")
     live(ann)
     expect(ann.messages).to_have_count(5)
+    rejoin = ann.sent_of_type("join")[-1]  # on the one socket that came back: since and epoch are in the join
+    assert (rejoin["room"], rejoin["since"]) == ("tunnel", 1), rejoin
+    assert rejoin["epoch"], rejoin
     assert texts(ann) == [
         "before the tunnel",
         "missed 1",
@@ -147,8 +150,8 @@ def test_a_restarted_server_on_the_default_store_recovers_and_goes_on(servers: S
     assert texts(ann) == ["said before the restart", "answered before the restart", "said after the restart"]
     assert ann.seqs() == [1, 2, 3]
     expect(ann.page.locator("[data-notice=recovery]")).to_have_count(0)
-    rejoin = ann.socket_urls[-1]
-    assert rejoin.endswith(f"since=2&epoch={epoch}"), rejoin
+    rejoin = ann.sent_of_type("join")[-1]
+    assert (rejoin["room"], rejoin["since"], rejoin["epoch"]) == ("phoenix", 2, epoch), rejoin
 
     ann.say("and the sequence goes on")
     expect(ann.messages).to_have_count(4)
@@ -202,8 +205,9 @@ def test_restart_on_redis_recovers_what_another_node_delivered_meanwhile(
     assert ann.seqs() == [1, 2, 3, 4, 5]
     assert texts(ann)[2:] == [f"while node A was down {index}" for index in range(1, 4)]
     expect(ann.page.locator("[data-notice=recovery]")).to_have_count(0)
-    rejoin = ann.socket_urls[-1]
-    assert re.search(r"since=2&epoch=[A-Za-z0-9_-]+$", rejoin), rejoin
+    rejoin = ann.sent_of_type("join")[-1]
+    assert (rejoin["room"], rejoin["since"]) == ("relay", 2), rejoin
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", rejoin["epoch"]), rejoin
 
     ann.say("back, and nothing missing")
     expect(bob.message("nothing missing")).to_have_count(1)

@@ -1,6 +1,6 @@
-/* Stand-ins for what the protocol client takes from the browser: a clock with timers, WebSockets, storage. */
+/* Stand-ins for what the protocol code takes from the browser: a clock with timers, WebSockets, storage. */
 
-import { RoomClient } from '../../chat/static/protocol.js';
+import { ChatSocket } from '../../chat/static/protocol.js';
 
 /** Time that moves only when told: timers run in due order as `advance` passes them. */
 export class FakeClock {
@@ -79,6 +79,12 @@ export function fakeWebSocket(sockets) {
       for (const fn of this.listeners.open) fn({});
     }
 
+    /** Open, and say hello as the server does first. */
+    greet(you = ANN) {
+      this.open();
+      this.receive({ type: 'hello', you });
+    }
+
     /** One WebSocket message: an object is sent as JSON, a string as it is. */
     receive(frame) {
       const data = typeof frame === 'string' || frame instanceof ArrayBuffer ? frame : JSON.stringify(frame);
@@ -93,6 +99,16 @@ export function fakeWebSocket(sockets) {
     /** The frames the client sent, parsed. */
     frames() {
       return this.sent.map((data) => JSON.parse(data));
+    }
+
+    /** The frames the client sent, but its joins. */
+    said() {
+      return this.frames().filter((frame) => frame.type !== 'join');
+    }
+
+    /** The join frames the client sent, by room: the last one for each. */
+    joins() {
+      return Object.fromEntries(this.frames().filter((frame) => frame.type === 'join').map((frame) => [frame.room, frame]));
     }
 
     query() {
@@ -117,23 +133,19 @@ export class MemoryStorage {
 export const settle = () => new Promise((resolve) => setImmediate(resolve));
 
 /**
- * A RoomClient on fakes, and what it did. `options`: random (a number, the jitter's draw), online,
- * reachable (what the health probe answers), storage, room, name.
+ * A ChatSocket on fakes with one room on it (`client`, default `lobby`), and what they did; `room(name)`
+ * adds another. `options`: random (a number, the jitter's draw), online, reachable (what the health
+ * probe answers), storage, room, name.
  */
 export function harness(options = {}) {
   const clock = new FakeClock();
   const sockets = [];
-  const events = [];
   const storage = options.storage || new MemoryStorage();
-  let refs = 0;
+  const counters = new Map();
   const environment = { online: options.online ?? true, reachable: options.reachable ?? false };
-  const listener = new Proxy({}, {
-    get: (_, kind) => (client, detail) => events.push({ kind, detail }),
-  });
-  const client = new RoomClient(options.room || 'lobby', {
+  const chat = new ChatSocket({
     name: options.name || 'Ann',
     base: new URL('http://chat.test/chat/'),
-    listener,
     WebSocket: fakeWebSocket(sockets),
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
@@ -144,22 +156,40 @@ export function harness(options = {}) {
     online: () => environment.online,
     probe: () => Promise.resolve(environment.reachable),
     storage,
-    nextRef: (prefix) => `${prefix}${++refs}`,
+    nextRef: (prefix) => {
+      counters.set(prefix, (counters.get(prefix) || 0) + 1);
+      return `${prefix}${counters.get(prefix)}`;
+    },
   });
+
+  /** Another room on the socket, not joined yet: its client and what it told its listener. */
+  const room = (name) => {
+    const events = [];
+    const listener = new Proxy({}, {
+      get: (_, kind) => (client, detail) => events.push({ kind, detail }),
+    });
+    return {
+      client: chat.room(name, listener),
+      events,
+      /** The events of one kind, their details. */
+      eventsOf: (kind) => events.filter((event) => event.kind === kind).map((event) => event.detail),
+    };
+  };
+
+  const first = room(options.room || 'lobby');
   return {
-    client,
+    chat,
+    room,
+    client: first.client,
+    events: first.events,
+    eventsOf: first.eventsOf,
     clock,
     sockets,
-    events,
     storage,
     environment,
-    /** The socket the client opened last. */
+    /** The socket the page opened last. */
     get socket() {
       return sockets[sockets.length - 1];
-    },
-    /** The events of one kind, their details. */
-    eventsOf(kind) {
-      return events.filter((event) => event.kind === kind).map((event) => event.detail);
     },
   };
 }
@@ -167,8 +197,8 @@ export function harness(options = {}) {
 export const ANN = { id: 'a1', name: 'Ann' };
 export const BOB = { id: 'b1', name: 'Bob' };
 
-export function message(seq, from = BOB, text = `text ${seq}`) {
-  return { type: 'message', room: 'lobby', seq, from, text, ts: 1_700_000_000_000 + seq };
+export function message(seq, from = BOB, text = `text ${seq}`, room = 'lobby') {
+  return { type: 'message', room, seq, from, text, ts: 1_700_000_000_000 + seq };
 }
 
 export function welcome(fields = {}) {
@@ -186,11 +216,21 @@ export function welcome(fields = {}) {
   };
 }
 
-/** Connect, open the socket and deliver a welcome: the client is live. */
-export function join(h, fields = {}) {
-  h.client.connect();
-  h.socket.open();
-  h.socket.receive(welcome(fields));
+/** Join `client`'s room (`h.client` unless given), the socket live first: the room is live. */
+export function join(h, fields = {}, client = h.client) {
+  client.connect();
+  if (!h.chat.live) h.socket.greet();
+  const room = fields.room || client.room;
+  const { ref } = h.socket.joins()[room];
+  h.socket.receive(welcome({ room, ref, ...fields }));
+  return h.socket;
+}
+
+/** After a drop: the next socket opens, says hello and welcomes the room back (recovered unless told). */
+export function rejoin(h, fields = {}) {
+  h.clock.advance(Math.max(0, h.chat.retryAt - h.clock.now()));
+  h.socket.greet();
+  h.socket.receive(welcome({ recovered: true, ...fields }));
   return h.socket;
 }
 
