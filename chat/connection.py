@@ -79,11 +79,24 @@ UNCOUNTED = -1
 class Connection(abc.ABC):
     """A member's frames, oldest first, on their way to its socket."""
 
-    __slots__ = ("_frames", "_limit", "_size", "_welcomed", "closed_by", "gone", "last_seq", "member", "room")
+    __slots__ = (
+        "_frames",
+        "_limit",
+        "_size",
+        "_welcomed",
+        "closed_by",
+        "gone",
+        "last_seq",
+        "member",
+        "presence",
+        "room",
+    )
 
     def __init__(self, member: Member, room: str, queue_bytes: int) -> None:
         self.member = member
         self.room = room
+        self.presence = True
+        """Whether the member gets the room's ``join``/``leave`` frames (``presence=0`` opts out)."""
         self.last_seq = 0
         self.closed_by: ConnectionClosed | None = None
         self.gone = False

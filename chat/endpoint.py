@@ -324,6 +324,7 @@ class ChatEndpoint(SocketEndpoint):
 
     async def opened(self, chat: Chat, connection: Connection) -> None:
         """Join the room the address names."""
+        connection.presence = self.request.presence
         try:
             await chat.join(connection, self.request)
         except Unavailable as exc:

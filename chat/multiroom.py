@@ -81,6 +81,7 @@ class MultiRoomEndpoint(SocketEndpoint):
         room, ref = request.room, request.ref
         self.check_join(chat, connection, request)
         subscription = self.rooms[room] = Subscription(connection, room, self._taken_out)
+        subscription.presence = request.presence
         try:
             await chat.join(subscription, JoinRequest(room, connection.member.name, request.since, request.epoch), ref)
         except Unavailable as exc:

@@ -190,6 +190,8 @@ class JoinRequest:
     since: int | None = None
     epoch: str | None = None
     batch: bool = False
+    presence: bool = True
+    """False: the member gets no ``join``/``leave`` frames (``members`` in its welcome still)."""
 
 
 def parse_join(room: str, query: Mapping[str, str], name: str | None = None) -> JoinRequest:
@@ -207,7 +209,10 @@ def parse_join(room: str, query: Mapping[str, str], name: str | None = None) -> 
         raise InvalidJoin("since must be a non-negative integer")
     if epoch is not None and not EPOCH_PATTERN.fullmatch(epoch):
         raise InvalidJoin("epoch must be the token a welcome frame gave")
-    return JoinRequest(room, name, None if since is None else int(since), epoch, _parse_batch(query))
+    presence = query.get("presence", "1")
+    if presence not in ("0", "1"):
+        raise InvalidJoin("presence must be 0 or 1")
+    return JoinRequest(room, name, None if since is None else int(since), epoch, _parse_batch(query), presence == "1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +293,7 @@ class Join:
     since: int | None = None
     epoch: str | None = None
     ref: Ref = None
+    presence: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,7 +404,10 @@ def _decode_join(obj: dict[str, Any], room: str, ref: Ref) -> Join:
     epoch = obj.get("epoch")
     if epoch is not None and not (isinstance(epoch, str) and EPOCH_PATTERN.fullmatch(epoch)):
         raise BadRequest("epoch must be the token a welcome frame gave", ref, room)
-    return Join(room, since, epoch, ref)
+    presence = obj.get("presence", True)
+    if not isinstance(presence, bool):
+        raise BadRequest("presence must be true or false", ref, room)
+    return Join(room, since, epoch, ref, presence)
 
 
 def echoed_room(room: str) -> str | None:

@@ -316,3 +316,27 @@ def test_disconnect_leaves_every_room(client: TestClient) -> None:
             ("r1", hello["you"]["id"]),
             ("r2", hello["you"]["id"]),
         }
+
+
+# --- presence=0 ------------------------------------------------------------------------------------
+
+
+def test_a_member_without_presence_gets_members_but_no_joins_or_leaves(client: TestClient) -> None:
+    """presence=0 (v1's query) and presence:false (a /ws join): the welcome lists the members, then no join
+    or leave frames; typing and messages still come."""
+    with (
+        connected(client, "name=quiet") as (quiet, _),
+        joined(client, "/ws/r1?name=calm&presence=0") as (calm, _),
+        connected(client, "name=bob") as (bob, bob_hello),
+    ):
+        assert join(quiet, "r1", presence=False)["members"] != []
+        welcome = join(bob, "r1")
+        assert len(welcome["members"]) == 3
+        bob.send_json({"type": "typing", "room": "r1"})
+        answer(bob, {"type": "leave", "room": "r1"})
+        join(bob, "r1")
+        answer(bob, {"type": "message", "room": "r1", "text": "hello", "ref": 1})
+        for session in (quiet, calm):
+            frames = until(session, "message")
+            assert [frame["type"] for frame in frames] == ["typing", "message"]
+            assert frames[0]["from"] == bob_hello["you"]

@@ -19,6 +19,7 @@ from chat.protocol import (
     Member,
     Message,
     Ping,
+    RoomRequest,
     SendText,
     Signal,
     Typing,
@@ -598,7 +599,7 @@ def test_hello_refuses_what_v1_refuses(query: dict[str, str]) -> None:
 # --- v1.1 (/ws): decoding ------------------------------------------------------------------------
 
 
-def multi(**fields: Any) -> object:
+def multi(**fields: Any) -> RoomRequest:
     return decode_multi(frame(**fields), MAX_TEXT)
 
 
@@ -754,3 +755,34 @@ def test_a_bad_ref_in_a_room_frame_still_names_the_room() -> None:
     with pytest.raises(BadRequest, match="ref must be") as caught:
         multi(type="join", room="r1", ref=["no"])
     assert (caught.value.ref, caught.value.room) == (None, "r1")
+
+
+# --- presence=0 ----------------------------------------------------------------------------------
+
+
+def test_a_join_wants_presence_unless_it_says_presence_0() -> None:
+    """v1's presence query parameter: 1 by default, 0 turns join/leave frames off."""
+    assert parse_join("r", {}).presence is True
+    assert parse_join("r", {"presence": "1"}).presence is True
+    assert parse_join("r", {"presence": "0"}).presence is False
+
+
+@pytest.mark.parametrize("value", ["", "2", "no", "false"])
+def test_a_bad_presence_parameter_is_refused(value: str) -> None:
+    """presence must be 0 or 1."""
+    with pytest.raises(InvalidJoin, match="presence"):
+        parse_join("r", {"presence": value})
+
+
+def test_a_ws_join_carries_presence() -> None:
+    """On /ws presence is a join's boolean, true by default."""
+    assert multi(type="join", room="r") == Join("r", presence=True)
+    assert multi(type="join", room="r", presence=False) == Join("r", presence=False)
+
+
+@pytest.mark.parametrize("value", [0, 1, "false", None, []])
+def test_a_ws_join_with_a_non_boolean_presence_is_a_bad_request(value: object) -> None:
+    """A join's presence must be true or false; null is not a default here."""
+    with pytest.raises(BadRequest, match="presence") as caught:
+        multi(type="join", room="r", presence=value, ref=1)
+    assert (caught.value.ref, caught.value.room) == (1, "r")

@@ -229,6 +229,22 @@ async def test_signals_skip_their_member(kind: str) -> None:
     assert queued(bob) == queued(carol) == len(signal.frame)
 
 
+async def test_members_without_presence_get_no_joins_or_leaves_but_typing() -> None:
+    """A connection with presence off (``presence=0``) misses join and leave, never typing or messages."""
+    registry = RoomRegistry(GatedBackend(), 10)
+    alice, bob = connection(ALICE), connection(BOB)
+    bob.presence = False
+    for conn in (alice, bob):
+        await registry.add(conn)
+    registry.deliver(Signal("join", "lobby", ALICE))
+    registry.deliver(Signal("leave", "lobby", ALICE))
+    assert queued(bob) == 0
+    typing = Signal("typing", "lobby", ALICE)
+    registry.deliver(typing)
+    registry.deliver(Message("lobby", 1, ALICE, "hi", 0))
+    assert queued(bob) == len(typing.frame) + len(Message("lobby", 1, ALICE, "hi", 0).frame)
+
+
 async def test_events_of_other_rooms_are_not_delivered() -> None:
     """Fan-out is per room."""
     registry = RoomRegistry(GatedBackend(), 10)
