@@ -182,9 +182,7 @@ class SocketEndpoint(WebSocketEndpoint):
                     chat.metrics.slow_consumers.inc()
                 line = fields(event="disconnect", room=connection.room or None, member=connection.member.id, code=code)
                 logger.info("%s", line)
-                # Shielded: a leave cancelled half done (unregistered, not announced) is never announced.
-                with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
-                    await self.leave_all(chat, connection)
+                await self._leave_all_shielded(chat, connection)
         finally:
             # Even when cancelled while leaving: a place never given back would lock its address out.
             if self.admitted is not None:
@@ -220,7 +218,7 @@ class SocketEndpoint(WebSocketEndpoint):
         """Answer a request about ``room``, a room the connection is in."""
         if isinstance(request, SendText):
             slot = self.publish(chat, connection, room, request)
-            if slot is not None:
+            if slot is not None:  # too many of the member's messages on their way: wait for one
                 await slot
         elif isinstance(request, Typing):
             await chat.typing(room, connection.member)
@@ -302,8 +300,11 @@ class SocketEndpoint(WebSocketEndpoint):
     async def _write(self, chat: Chat, connection: QueuedConnection) -> None:
         """Drain the connection's buffer; once it is closed or gone, take the member out of its rooms."""
         await connection.run()
-        # Shielded: the receive loop may end now and cancel this task while a leave is half done
-        # (unregistered here, not yet announced), and nobody else would announce it.
+        await self._leave_all_shielded(chat, connection)
+
+    async def _leave_all_shielded(self, chat: Chat, connection: Connection) -> None:
+        """``leave_all``, shielded and bounded: a leave cancelled half done (unregistered here, not yet
+        announced) would never be announced by anyone."""
         with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
             await self.leave_all(chat, connection)
 

@@ -19,6 +19,7 @@ from chat.exceptions import BadRequest, ErrorCode, Forbidden, InvalidJoin, Reque
 from chat.frames import text_frame
 
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+INVALID_ROOM = "invalid room: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON escapes can make them; UTF-8 cannot carry them out
 MAX_NAME = 32
@@ -200,7 +201,7 @@ def parse_join(room: str, query: Mapping[str, str], name: str | None = None) -> 
     A ``name`` given here (a token's) wins over the query's, which is then not even looked at.
     """
     if not ROOM_PATTERN.fullmatch(room):
-        raise InvalidJoin("invalid room: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        raise InvalidJoin(INVALID_ROOM)
     if name is None:
         name = parse_name(query.get("name"))
     since = query.get("since")
@@ -369,9 +370,9 @@ def decode_multi(data: str | bytes, max_text: int) -> RoomRequest:
     if obj is None:
         raise BadRequest("a frame must be one JSON object on /ws: there is no default room")
     kind = obj.get("type")
-    if not isinstance(kind, str) or kind not in ROOM_FRAMES:
-        if kind == "ping" or not isinstance(kind, str):
-            return _decode_object(obj, max_text)
+    if kind == "ping" or not isinstance(kind, str):
+        return _decode_object(obj, max_text)  # a pong, or the answer to a missing or non-string type
+    if kind not in ROOM_FRAMES:
         raise BadRequest(
             f"unknown type {kind[:32]!r}: expected join, leave, message, typing, history or ping",
             _checked_ref(obj.get("ref")),
@@ -395,11 +396,7 @@ def decode_multi(data: str | bytes, max_text: int) -> RoomRequest:
 
 def _decode_join(obj: dict[str, Any], room: str, ref: Ref) -> Join:
     if not ROOM_PATTERN.fullmatch(room):
-        raise Forbidden(
-            "invalid room: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
-            ref,
-            echoed_room(room),
-        )
+        raise Forbidden(INVALID_ROOM, ref, echoed_room(room))
     since = _optional_int(obj, "since", 0, 2**63 - 1, ref, room)
     epoch = obj.get("epoch")
     if epoch is not None and not (isinstance(epoch, str) and EPOCH_PATTERN.fullmatch(epoch)):

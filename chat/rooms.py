@@ -119,13 +119,9 @@ class RoomRegistry:
             self.remove_member(event.room, event.member_id)
             return
         frame, wire, sender = event.frame, event.wire, event.member.id
-        if event.kind == "typing":
-            for connection in members:
-                if connection.member.id != sender:
-                    connection.send(frame, wire)
-            return
+        everyone = event.kind == "typing"  # join and leave skip members without presence
         for connection in members:
-            if connection.presence and connection.member.id != sender:
+            if (everyone or connection.presence) and connection.member.id != sender:
                 connection.send(frame, wire)
 
     def remove_member(self, room: str, member_id: str) -> int:

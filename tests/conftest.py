@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from chat.settings import Settings
 from tests.postgres import postgres_url
 from tests.redis_server import RedisServer, redis_binary
+from tests.standins import serve
+
+if TYPE_CHECKING:  # importing starlette.testclient warns about httpx; only the app tests need it
+    from starlette.testclient import TestClient
 
 BACKENDS = ["memory", "redis"]
 __all__ = ["postgres_url"]  # a fixture for every test module
@@ -64,3 +69,10 @@ def backend_url(request: pytest.FixtureRequest) -> str:
 def settings(backend_url: str) -> Settings:
     """Default settings on the backend under test (tests replace fields as they need)."""
     return Settings(backend=backend_url)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """A TestClient on the default settings of the backend under test, its lifespan running."""
+    with serve(settings) as test_client:
+        yield test_client

@@ -22,13 +22,6 @@ from tests.standins import barrier, link_up, receive, receive_type, serve, until
 ROOM = "lobby"
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """A TestClient on the default settings of the backend under test."""
-    with serve(settings) as test_client:
-        yield test_client
-
-
 @contextmanager
 def joined(
     client: TestClient, query: str = "", room: str = ROOM

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +260,18 @@ class StubWorker:
         self.errors.append(sample)
 
 
+@pytest.fixture
+def worker() -> Iterator[StubWorker]:
+    """A stand-in worker on an event loop of its own, closed when the test ends."""
+    client_module()  # puts scripts/ on the path (and skips without the bench extra)
+    latency = importlib.import_module("benchmark.latency")
+    loop = asyncio.new_event_loop()
+    try:
+        yield StubWorker(loop, latency.SIZE)
+    finally:
+        loop.close()
+
+
 def client_module() -> Any:
     """``benchmark.client`` (importable once ``scripts/bench`` installed picows, which the runs above do)."""
     if str(ROOT / "scripts") not in sys.path:
@@ -269,37 +282,31 @@ def client_module() -> Any:
 
 
 @pytest.mark.e2e
-def test_client_counts_newline_delimited_compressed_and_fragmented_frames(quick: Document) -> None:
+def test_client_counts_newline_delimited_compressed_and_fragmented_frames(quick: Document, worker: StubWorker) -> None:
     client = client_module()
-    latency = importlib.import_module("benchmark.latency")
     picows = importlib.import_module("picows.picows")
     text, continuation = picows.WSMsgType.TEXT, picows.WSMsgType.CONTINUATION
-    loop = asyncio.new_event_loop()
-    try:
-        worker = StubWorker(loop, latency.SIZE)
-        member = client.Client(worker)
-        one = client.message_frame(100, None).replace(b'{"type":"message",', b'{"type":"message","seq":1,', 1)
-        join = b'{"type":"join","room":"r","member":{"id":"x","name":"y"}}'
-        member.payload(one)
-        member.payload(b"\n".join([one, join, one, b'{"type":"ack","ref":1,"seq":2}']))
-        stamp = one.split(b'"text":"')[1].split(b'"')[0]
-        member.payload(b'{"type": "message", "seq": 2, "text": "' + stamp + b'"}')  # not compact: the slow path
-        member.payload(b'{"type":"leave","room":"r","member":{"id":"x","name":"y"}}')
-        assert (member.received, member.acks, worker.leaves, worker.errors) == (4, 1, 1, [])
-        assert sum(worker.hist) == 4
+    member = client.Client(worker)
+    one = client.message_frame(100, None).replace(b'{"type":"message",', b'{"type":"message","seq":1,', 1)
+    join = b'{"type":"join","room":"r","member":{"id":"x","name":"y"}}'
+    member.payload(one)
+    member.payload(b"\n".join([one, join, one, b'{"type":"ack","ref":1,"seq":2}']))
+    stamp = one.split(b'"text":"')[1].split(b'"')[0]
+    member.payload(b'{"type": "message", "seq": 2, "text": "' + stamp + b'"}')  # not compact: the slow path
+    member.payload(b'{"type":"leave","room":"r","member":{"id":"x","name":"y"}}')
+    assert (member.received, member.acks, worker.leaves, worker.errors) == (4, 1, 1, [])
+    assert sum(worker.hist) == 4
 
-        deflate = zlib.compressobj(wbits=-15)
-        compressed = deflate.compress(one) + deflate.flush(zlib.Z_SYNC_FLUSH)
-        member.inflater = zlib.decompressobj(-15)
-        frame = picows._make_test_ws_frame(text, compressed[: -len(client.DEFLATE_TAIL)], True, True)
-        member.on_ws_frame(None, frame)
-        assert member.received == 5
-        member.on_ws_frame(None, picows._make_test_ws_frame(text, one[:40], False, False))
-        member.on_ws_frame(None, picows._make_test_ws_frame(continuation, one[40:], True, False))
-        assert member.received == 6
-        assert worker.errors == []
-    finally:
-        loop.close()
+    deflate = zlib.compressobj(wbits=-15)
+    compressed = deflate.compress(one) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    member.inflater = zlib.decompressobj(-15)
+    frame = picows._make_test_ws_frame(text, compressed[: -len(client.DEFLATE_TAIL)], True, True)
+    member.on_ws_frame(None, frame)
+    assert member.received == 5
+    member.on_ws_frame(None, picows._make_test_ws_frame(text, one[:40], False, False))
+    member.on_ws_frame(None, picows._make_test_ws_frame(continuation, one[40:], True, False))
+    assert member.received == 6
+    assert worker.errors == []
 
 
 class Sent:
@@ -312,78 +319,60 @@ class Sent:
         self.frames.append(data)
 
 
-def test_a_ws_member_is_ready_at_its_hello_and_joined_at_its_last_welcome() -> None:
+def test_a_ws_member_is_ready_at_its_hello_and_joined_at_its_last_welcome(worker: StubWorker) -> None:
     """On /ws: the hello makes the member ready; join sends one join frame per room, done after as many welcomes."""
     client = client_module()
-    latency = importlib.import_module("benchmark.latency")
-    loop = asyncio.new_event_loop()
-    try:
-        worker = StubWorker(loop, latency.SIZE)
-        member = client.Client(worker, client.WS)
-        member.transport = sent = Sent()
-        member.payload(b'{"type":"hello","you":{"id":"u1","name":"a"}}')
-        assert member.ready.done()
-        joined = member.join(["r1", "r2"])
-        assert [json.loads(frame) for frame in sent.frames] == [
-            {"type": "join", "room": "r1", "ref": 1},
-            {"type": "join", "room": "r2", "ref": 2},
-        ]
-        welcome = b'{"type":"welcome","room":"r1","you":{"id":"u1","name":"a"},"members":[],"seq":0,"ref":1}'
-        member.payload(welcome)
-        assert not joined.done()
-        member.payload(welcome.replace(b'"r1"', b'"r2"').replace(b'"ref":1', b'"ref":2'))
-        assert joined.done()
-        assert joined.exception() is None
-        assert member.join([]).done()
-        refused = member.join(["r1"])
-        member.payload(b'{"type":"error","code":"bad_request","detail":"already joined","room":"r1","ref":1}')
-        assert isinstance(refused.exception(), ConnectionError)
-        assert "already joined" in str(refused.exception())
-        assert len(worker.errors) == 1
-    finally:
-        loop.close()
+    member = client.Client(worker, client.WS)
+    member.transport = sent = Sent()
+    member.payload(b'{"type":"hello","you":{"id":"u1","name":"a"}}')
+    assert member.ready.done()
+    joined = member.join(["r1", "r2"])
+    assert [json.loads(frame) for frame in sent.frames] == [
+        {"type": "join", "room": "r1", "ref": 1},
+        {"type": "join", "room": "r2", "ref": 2},
+    ]
+    welcome = b'{"type":"welcome","room":"r1","you":{"id":"u1","name":"a"},"members":[],"seq":0,"ref":1}'
+    member.payload(welcome)
+    assert not joined.done()
+    member.payload(welcome.replace(b'"r1"', b'"r2"').replace(b'"ref":1', b'"ref":2'))
+    assert joined.done()
+    assert joined.exception() is None
+    assert member.join([]).done()
+    refused = member.join(["r1"])
+    member.payload(b'{"type":"error","code":"bad_request","detail":"already joined","room":"r1","ref":1}')
+    assert isinstance(refused.exception(), ConnectionError)
+    assert "already joined" in str(refused.exception())
+    assert len(worker.errors) == 1
 
 
-def test_a_v1_member_is_ready_at_its_welcome_and_a_ws_member_names_its_room() -> None:
+def test_a_v1_member_is_ready_at_its_welcome_and_a_ws_member_names_its_room(worker: StubWorker) -> None:
     """A hello means nothing on v1; a /ws member's messages name its room, a v1 member's do not."""
     client = client_module()
-    latency = importlib.import_module("benchmark.latency")
-    loop = asyncio.new_event_loop()
-    try:
-        worker = StubWorker(loop, latency.SIZE)
-        member = client.Client(worker)
-        member.payload(b'{"type":"hello","you":{"id":"u1","name":"a"}}')
-        assert not member.ready.done()
-        member.payload(b'{"type":"welcome","room":"r","you":{"id":"u1","name":"a"},"members":[],"seq":0}')
-        assert member.ready.done()
-        member.transport = sent = Sent()
-        member.send_message(30, True)
-        member.room = "r9"
-        member.send_message(30, True)
-        plain, named = (json.loads(frame) for frame in sent.frames)
-        assert plain.keys() == {"type", "text", "ref"}
-        assert (named["room"], named["ref"], len(named["text"])) == ("r9", 2, 30)
-        assert named["text"][: client.STAMP_DIGITS].isdigit()
-    finally:
-        loop.close()
+    member = client.Client(worker)
+    member.payload(b'{"type":"hello","you":{"id":"u1","name":"a"}}')
+    assert not member.ready.done()
+    member.payload(b'{"type":"welcome","room":"r","you":{"id":"u1","name":"a"},"members":[],"seq":0}')
+    assert member.ready.done()
+    member.transport = sent = Sent()
+    member.send_message(30, True)
+    member.room = "r9"
+    member.send_message(30, True)
+    plain, named = (json.loads(frame) for frame in sent.frames)
+    assert plain.keys() == {"type", "text", "ref"}
+    assert (named["room"], named["ref"], len(named["text"])) == ("r9", 2, 30)
+    assert named["text"][: client.STAMP_DIGITS].isdigit()
 
 
-def test_a_close_fails_what_a_ws_member_waits_for() -> None:
+def test_a_close_fails_what_a_ws_member_waits_for(worker: StubWorker) -> None:
     """A connection closed before its hello, or before every welcome, fails the wait instead of hanging it."""
     client = client_module()
-    latency = importlib.import_module("benchmark.latency")
-    loop = asyncio.new_event_loop()
-    try:
-        worker = StubWorker(loop, latency.SIZE)
-        member = client.Client(worker, client.WS)
-        member.transport = Sent()
-        joining = member.join(["r1"])
-        member.on_ws_disconnected(None)
-        assert "before the hello" in str(member.ready.exception())
-        assert "before every welcome" in str(joining.exception())
-        assert worker.disconnected == 1
-    finally:
-        loop.close()
+    member = client.Client(worker, client.WS)
+    member.transport = Sent()
+    joining = member.join(["r1"])
+    member.on_ws_disconnected(None)
+    assert "before the hello" in str(member.ready.exception())
+    assert "before every welcome" in str(joining.exception())
+    assert worker.disconnected == 1
 
 
 def test_paths_of_both_endpoints() -> None:

@@ -102,6 +102,11 @@ class Client:
             frames.append(await self.next())
         return frames
 
+    async def join_room(self, room: str) -> dict[str, Any]:
+        """On /ws: join a room; its welcome."""
+        await self.send_json(type="join", room=room)
+        return (await self.until("welcome"))[-1]
+
     async def ping(self, ref: str = "barrier") -> list[dict[str, Any]]:
         """Ping and return every frame received before the pong (the pong excluded)."""
         await self.send_json(type="ping", ref=ref)
@@ -670,10 +675,8 @@ async def test_joins_to_many_rooms_share_one_connection(app: Starlette, task_gro
     """Each room joined is a subscription of the one connection; messages are routed by room."""
     client, other = await multi(app, task_group), await multi(app, task_group, "bob")
     for room in ("r1", "r2"):
-        await client.send_json(type="join", room=room)
-        await client.until("welcome")
-    await other.send_json(type="join", room="r2")
-    await other.until("welcome")
+        await client.join_room(room)
+    await other.join_room("r2")
     await other.send_json(type="message", room="r2", text="hi", ref=1)
     message = (await client.until("message"))[-1]
     assert (message["room"], message["text"]) == ("r2", "hi")
@@ -684,8 +687,7 @@ async def test_joins_to_many_rooms_share_one_connection(app: Starlette, task_gro
 async def test_message_on_ws_is_acked_with_its_room(app: Starlette, task_group: TaskGroup) -> None:
     """A message to a joined room is published there; its ack names the room."""
     client = await multi(app, task_group)
-    await client.send_json(type="join", room="r1")
-    await client.until("welcome")
+    await client.join_room("r1")
     await client.send_json(type="message", room="r1", text="hi", ref="m")
     frames = await client.until("ack")
     assert frames[-1] == {"type": "ack", "ref": "m", "seq": 1, "room": "r1"}
@@ -704,8 +706,7 @@ async def test_a_frame_for_a_room_not_joined_is_a_bad_request(
 ) -> None:
     """message, history and leave need a joined room: bad_request with room and ref; nothing else changes."""
     client = await multi(app, task_group)
-    await client.send_json(type="join", room="r1")
-    await client.until("welcome")
+    await client.join_room("r1")
     await client.send_json(**frame)
     error = await client.next()
     assert (error["type"], error["code"], error["room"], error["ref"]) == ("error", "bad_request", "r9", "x")
@@ -716,8 +717,7 @@ async def test_a_frame_for_a_room_not_joined_is_a_bad_request(
 async def test_joining_a_room_twice_is_a_bad_request(app: Starlette, task_group: TaskGroup) -> None:
     """A second join of the same room is refused; the first stays as it was."""
     client = await multi(app, task_group)
-    await client.send_json(type="join", room="r1")
-    await client.until("welcome")
+    await client.join_room("r1")
     first = client.rooms["r1"]
     await client.send_json(type="join", room="r1", ref=2)
     error = await client.next()
@@ -730,8 +730,7 @@ async def test_a_join_past_max_rooms_per_connection_is_too_many_rooms(make_app: 
     app = make_app(max_rooms_per_connection=2)
     client = await multi(app, task_group)
     for room in ("r1", "r2"):
-        await client.send_json(type="join", room=room)
-        await client.until("welcome")
+        await client.join_room(room)
     await client.send_json(type="join", room="r3", ref=3)
     error = await client.next()
     assert (error["code"], error["room"], error["ref"]) == ("too_many_rooms", "r3", 3)
@@ -745,8 +744,7 @@ async def test_leave_answers_left_and_the_others_see_a_leave(app: Starlette, tas
     """leave unregisters the subscription, tells the room's others, then answers left with the ref."""
     client, other = await multi(app, task_group), await multi(app, task_group, "bob")
     for member in (client, other):
-        await member.send_json(type="join", room="r1")
-        await member.until("welcome")
+        await member.join_room("r1")
     await client.send_json(type="leave", room="r1", ref="l")
     assert (await client.until("left"))[-1] == {"type": "left", "room": "r1", "ref": "l"}
     leave = (await other.until("leave"))[-1]
@@ -764,8 +762,7 @@ async def test_a_join_the_backend_cannot_take_is_unavailable_for_that_room_only(
     app = create_app(settings)
     app.state.chat = Chat(settings, backend)
     client = await multi(app, task_group)
-    await client.send_json(type="join", room="r1")
-    await client.until("welcome")
+    await client.join_room("r1")
     backend.failing = frozenset({"r2"})
     await client.send_json(type="join", room="r2", ref="j")
     error = await client.next()
@@ -782,8 +779,7 @@ async def test_disconnect_leaves_every_room(app: Starlette, task_group: TaskGrou
     client, other = await multi(app, task_group), await multi(app, task_group, "bob")
     for room in ("r1", "r2"):
         for member in (client, other):
-            await member.send_json(type="join", room=room)
-            await member.until("welcome")
+            await member.join_room(room)
     await client.disconnect()
     left = {(await other.until("leave"))[-1]["room"] for _ in range(2)}
     assert left == {"r1", "r2"}
@@ -795,10 +791,8 @@ async def test_removal_takes_a_ws_member_out_of_that_room_only(app: Starlette, t
     """The operator's removal gives a /ws member left (removed) for that room; its socket and other rooms stay."""
     client, other = await multi(app, task_group), await multi(app, task_group, "bob")
     for room in ("r1", "r2"):
-        await client.send_json(type="join", room=room)
-        await client.until("welcome")
-    await other.send_json(type="join", room="r1")
-    await other.until("welcome")
+        await client.join_room(room)
+    await other.join_room("r1")
     assert chat(app).registry.remove_member("r1", client.member.id) == 1
     assert (await client.until("left"))[-1] == {"type": "left", "room": "r1", "ref": None, "reason": "removed"}
     assert (await other.until("leave"))[-1]["member"]["id"] == client.member.id
@@ -813,8 +807,7 @@ async def test_a_room_restart_asks_a_ws_member_to_rejoin_that_room(app: Starlett
     """A room's restart gives left (restart) for it; the member joins again on the same socket."""
     client = await multi(app, task_group)
     for room in ("r1", "r2"):
-        await client.send_json(type="join", room=room)
-        await client.until("welcome")
+        await client.join_room(room)
     chat(app).registry.deliver(Restart("r1", "new-epoch"))
     assert await client.next() == {"type": "left", "room": "r1", "ref": None, "reason": "restart"}
     await client.send_json(type="join", room="r1", since=0, epoch="old")
@@ -875,8 +868,7 @@ async def test_joins_draw_on_the_addresss_handshake_rate(make_app: MakeApp, task
     app = make_app(handshake_rate_per_ip=0.001, handshake_burst_per_ip=3)
     client = await multi(app, task_group)  # the handshake took one
     for room in ("r1", "r2"):
-        await client.send_json(type="join", room=room)
-        await client.until("welcome")
+        await client.join_room(room)
     await client.send_json(type="join", room="r3", ref=3)
     error = await client.next()
     assert (error["code"], error["room"], error["ref"]) == ("rate_limited", "r3", 3)
@@ -927,8 +919,7 @@ async def test_a_leave_is_answered_once_even_if_the_room_restarts_meanwhile(task
     app = create_app(settings)
     app.state.chat = Chat(settings, backend)
     client, other = await multi(app, task_group), await multi(app, task_group, "bob")
-    await client.send_json(type="join", room="r1")
-    await client.until("welcome")
+    await client.join_room("r1")
     gate = backend.gate = Gate()
     task_group.start_soon(
         partial(other.send_json, type="join", room="r2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -66,10 +67,13 @@ multi_frame_objects = st.fixed_dictionaries(
 )
 
 
-def outcome(data: str | bytes) -> ClientRequest | RequestError:
-    """What decode makes of a frame: a request or the RequestError that answers it (anything else fails)."""
+def outcome(
+    data: str | bytes, decoder: Callable[[str | bytes, int], RoomRequest] = decode
+) -> RoomRequest | RequestError:
+    """What a decoder (v1's by default) makes of a frame: a request or the RequestError that answers it
+    (anything else fails)."""
     try:
-        return decode(data, MAX_TEXT)
+        return decoder(data, MAX_TEXT)
     except RequestError as exc:
         return exc
 
@@ -173,10 +177,7 @@ def test_log_helpers_never_raise(text: str) -> None:
 
 def multi_outcome(data: str | bytes) -> RoomRequest | RequestError:
     """What decode_multi (/ws) makes of a frame: a request or the RequestError that answers it."""
-    try:
-        return decode_multi(data, MAX_TEXT)
-    except RequestError as exc:
-        return exc
+    return outcome(data, decode_multi)
 
 
 @FUZZ

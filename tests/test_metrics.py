@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
@@ -13,7 +13,7 @@ from chat.app import create_app
 from chat.chat import chat_of
 from chat.metrics import Metrics
 from chat.settings import Settings
-from tests.standins import WAIT, Samples, receive, receive_type, samples_of, serve
+from tests.standins import WAIT, Samples, receive, receive_type, samples_of
 from tests.tokens import SECRET, token
 
 
@@ -34,12 +34,6 @@ def scrape_until(client: TestClient, done: Callable[[Samples], bool]) -> Samples
         time.sleep(0.02)  # the app offers no event for "disconnect processed"; /metrics is what is observed
         samples = scrape(client)
     return samples
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with serve(settings) as test_client:
-        yield test_client
 
 
 def test_metrics_can_be_turned_off() -> None:

@@ -16,13 +16,6 @@ from tests.tokens import SECRET, token
 AUTH = Settings(jwt_secret=SECRET)
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """A TestClient on the default settings of the backend under test."""
-    with serve(settings) as test_client:
-        yield test_client
-
-
 @contextmanager
 def connected(
     client: TestClient, query: str = "name=ann", headers: dict[str, str] | None = None
@@ -325,11 +318,12 @@ def test_a_member_without_presence_gets_members_but_no_joins_or_leaves(client: T
     """presence=0 (v1's query) and presence:false (a /ws join): the welcome lists the members, then no join
     or leave frames; typing and messages still come."""
     with (
-        connected(client, "name=quiet") as (quiet, _),
-        joined(client, "/ws/r1?name=calm&presence=0") as (calm, _),
+        connected(client, "name=quiet") as (quiet, quiet_hello),
+        joined(client, "/ws/r1?name=calm&presence=0") as (calm, calm_welcome),
         connected(client, "name=bob") as (bob, bob_hello),
     ):
-        assert join(quiet, "r1", presence=False)["members"] != []
+        members = join(quiet, "r1", presence=False)["members"]
+        assert {member["id"] for member in members} == {quiet_hello["you"]["id"], calm_welcome["you"]["id"]}
         welcome = join(bob, "r1")
         assert len(welcome["members"]) == 3
         bob.send_json({"type": "typing", "room": "r1"})
