@@ -47,7 +47,9 @@ class Chat:
         self.store_name = self.store.name if self.store is not None else relay.name
         self.access = Access(self.settings)
         self.metrics = Metrics(self.settings)
-        self.registry = RoomRegistry(self.backend, self.settings.max_connections, self.metrics)
+        self.registry = RoomRegistry(
+            self.backend, self.settings.max_connections, self.metrics, self.settings.presence_window
+        )
         self.backend.on_state = self._backend_state
         self._backend_up: bool | None = None
         self.refusal_log = Throttle(REFUSAL_LOG_RATE)
@@ -81,6 +83,9 @@ class Chat:
     async def join(self, connection: Connection, request: JoinRequest, ref: Ref = None) -> None:
         """Register the connection, announce its member (on its first connection in the room), queue its welcome.
 
+        The welcome lists the room's members as they are now (``RoomRegistry.welcome_members``); what
+        changes after it reaches the newcomer with the room's next announcement.
+
         ``ref``: a ``/ws`` join's, echoed in the welcome.
         """
         await self.start()
@@ -89,14 +94,13 @@ class Chat:
             if first:
                 await self.backend.join(connection.room, connection.member)
             snapshot = await self.backend.snapshot(connection.room, request.since, request.epoch)
-            members = await self.backend.members(connection.room)
         except Unavailable:
             await self.leave(connection)
             raise
         frame = encode_welcome(
             connection.room,
             connection.member,
-            members,
+            self.registry.welcome_members(connection),
             snapshot.seq,
             snapshot.epoch,
             snapshot.messages,

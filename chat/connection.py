@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import abc
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from starlette.websockets import WebSocketDisconnect
@@ -36,6 +36,9 @@ from starlette.websockets import WebSocketDisconnect
 from chat.exceptions import ConnectionClosed, SlowConsumer
 from chat.frames import text_frame
 from chat.protocol import Member, Message, encode_left
+
+if TYPE_CHECKING:
+    from chat.presence import Announcement
 
 DIRECT_EXTENSION = "chat.direct"
 """The ASGI extension through which a server offers a ``DirectWriter`` (``scope["extensions"]``)."""
@@ -62,6 +65,9 @@ class DirectWriter(Protocol):
 
     def direct_write(self, frame: str, wire: bytes) -> None:
         """Send the text frame ``frame``, whose unmasked WebSocket bytes are ``wire``."""
+
+    def direct_write_many(self, frames: Sequence[str], joined: str, wire: bytes) -> None:
+        """Send several text frames, ``joined`` by newlines, whose unmasked WebSocket bytes together are ``wire``."""
 
     def direct_buffered(self) -> int:
         """Bytes written but not yet taken by the peer."""
@@ -116,6 +122,11 @@ class Connection(abc.ABC):
         return self._limit
 
     @property
+    def welcomed(self) -> bool:
+        """Whether the welcome was sent: from then on the member knows the room's member list."""
+        return self._welcomed
+
+    @property
     def close_code(self) -> int | None:
         """The code this connection was closed with by the server, if it was."""
         return None if self.closed_by is None else self.closed_by.close_code
@@ -132,6 +143,11 @@ class Connection(abc.ABC):
     def forward(self, frame: str, wire: bytes) -> None:
         """Send a room's broadcast frame on behalf of one of this connection's rooms (``Subscription``)."""
         self._push(frame, 0, wire)
+
+    def announce(self, announcement: Announcement) -> None:
+        """Send a presence window's ``join`` and ``leave`` frames, together."""
+        for signal in announcement.frames:
+            self._push(signal.frame, 0, signal.wire)
 
     @abc.abstractmethod
     def send_unbounded(self, frame: str) -> None:
@@ -234,6 +250,17 @@ class DirectConnection(Connection):
                 self.close(SlowConsumer(BUFFER_FULL))
             else:
                 writer.direct_write(frame, wire)
+
+    def announce(self, announcement: Announcement) -> None:
+        if not self._welcomed or len(announcement.frames) == 1:
+            super().announce(announcement)
+        elif self.closed_by is None and not self.gone:
+            wire = announcement.wire
+            writer = self._writer
+            if writer.direct_buffered() + len(wire) > self._limit:
+                self.close(SlowConsumer(BUFFER_FULL))
+            else:
+                writer.direct_write_many(announcement.texts, announcement.text, wire)
 
     def stalled(self) -> None:
         """The socket took nothing for ``send_timeout`` seconds (the writer's ``on_stall``)."""
@@ -396,6 +423,13 @@ class Subscription(Connection):
                 self._forward(message.frame, message.wire)
         elif self.is_open:
             self._queue(message.frame, seq, message.wire)
+
+    def announce(self, announcement: Announcement) -> None:
+        if self._welcomed:
+            if self.is_open:
+                self.socket.announce(announcement)
+        else:
+            super().announce(announcement)
 
     def _closing(self, error: ConnectionClosed) -> None:
         if error.room_only:

@@ -10,7 +10,7 @@ import json
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -459,14 +459,15 @@ _CLIENT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 def encode_welcome(
     room: str,
     you: Member,
-    members: Iterable[Member],
+    members: str,
     seq: int,
     epoch: str,
     history: Sequence[Message],
     recovered: bool,
     ref: Ref = None,
 ) -> str:
-    """The first frame a member gets in a room; history items are the stored message frames, oldest first.
+    """The first frame a member gets in a room; ``members`` is the member list as a JSON array (encoded once
+    per change of the room, ``RoomPresence.members_json``), history items the stored message frames, oldest first.
 
     ``ref`` is a v1.1 join's, echoed when it had one.
     """
@@ -475,9 +476,9 @@ def encode_welcome(
         + _dumps(room)
         + ',"you":'
         + you.json
-        + ',"members":['
-        + ",".join(member.json for member in members)
-        + f'],"seq":{seq},"epoch":{_dumps(epoch)},"recovered":{"true" if recovered else "false"},"history":['
+        + ',"members":'
+        + members
+        + f',"seq":{seq},"epoch":{_dumps(epoch)},"recovered":{"true" if recovered else "false"},"history":['
         + ",".join(message.frame for message in history)
         + ("]}" if ref is None else '],"ref":' + _dumps(ref) + "}")
     )

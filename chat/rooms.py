@@ -6,9 +6,15 @@ is ever sent while holding it: fan-out only hands frames to each member's bounde
 
 One member (one token's ``sub``) may hold several connections in a room, one per browser tab: the
 room counts them, and only its first connection announces a join, only its last a leave.
+
+Joins and leaves reach the members together, once per ``presence_window`` seconds per room
+(``chat.presence``): one timer for every room with changes waiting; messages and typing never wait
+for it.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import anyio
 
@@ -16,18 +22,30 @@ from chat.backends import Backend
 from chat.connection import Connection
 from chat.exceptions import Removed, ServiceRestart
 from chat.metrics import Metrics
+from chat.presence import RoomPresence
 from chat.protocol import Event, Message, Remove, Restart
 
 
 class RoomRegistry:
     """Room -> local connections for this process, plus the connection count and its cap."""
 
-    def __init__(self, backend: Backend, max_connections: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        max_connections: int,
+        metrics: Metrics | None = None,
+        presence_window: float = 0.0,
+    ) -> None:
         self._backend = backend
         self._max_connections = max_connections
         self._metrics = metrics
+        self._window = presence_window
         self._rooms: dict[str, dict[Connection, None]] = {}
         self._ids: dict[str, dict[str, int]] = {}  # room -> member id -> its local connections
+        self._presence: dict[str, RoomPresence] = {}
+        self._due: dict[str, None] = {}  # rooms whose changes the timer announces
+        self._newcomers: dict[str, dict[Connection, int]] = {}  # room -> welcomed within its window -> where
+        self._timer: asyncio.TimerHandle | None = None
         self._lock = anyio.Lock()
         self._connections = 0
 
@@ -64,7 +82,7 @@ class RoomRegistry:
         async with self._lock:
             members = self._rooms.get(connection.room)
             if members is None:
-                await self._backend.subscribe(connection.room)
+                await self._open(connection.room)
                 members = self._rooms[connection.room] = {}
                 self._ids[connection.room] = {}
                 if self._metrics is not None:
@@ -95,34 +113,110 @@ class RoomRegistry:
             if not members:
                 del self._rooms[connection.room]
                 del self._ids[connection.room]
+                self._presence.pop(connection.room, None)
+                self._due.pop(connection.room, None)
+                self._newcomers.pop(connection.room, None)
                 if self._metrics is not None:
                     self._metrics.rooms.dec()
                 await self._backend.unsubscribe(connection.room)
             return count == 0
 
+    def welcome_members(self, connection: Connection) -> str:
+        """The ``members`` of the connection's welcome (a JSON array): the room as it is now, the member with it.
+
+        Send the welcome without awaiting in between: the next announcement tells this member what
+        changed after it.
+        """
+        presence = self._presence.get(connection.room)
+        if presence is None:
+            return "[" + connection.member.json + "]"
+        listing, position = presence.welcome(connection.member)
+        if position is not None:
+            self._newcomers.setdefault(connection.room, {})[connection] = position
+        return listing
+
+    async def _open(self, room: str) -> None:
+        """Subscribe to a room that gets its first local member here, and learn who is in it.
+
+        Joins and leaves that arrive meanwhile wait, and are applied to the list read.
+        """
+        presence = self._presence[room] = RoomPresence(room)
+        try:
+            await self._backend.subscribe(room)
+        except BaseException:
+            del self._presence[room]
+            raise
+        try:
+            presence.reset(await self._backend.members(room))
+        except BaseException:
+            del self._presence[room]
+            with anyio.CancelScope(shield=True):
+                await self._backend.unsubscribe(room)
+            raise
+        if presence.pending:
+            self._changed(room)
+
     def deliver(self, event: Event) -> None:
-        """Hand an event to every local member of its room without awaiting any of them."""
+        """Hand an event to every local member of its room without awaiting any of them (joins and leaves wait
+        for the room's next announcement)."""
         members = self._rooms.get(event.room)
-        if not members:
-            return
         if isinstance(event, Message):
-            for connection in members:
-                connection.deliver(event)
-            if self._metrics is not None:
-                self._metrics.delivered.inc(len(members))
-            return
-        if isinstance(event, Restart):
-            for connection in list(members):
+            if members:
+                for connection in members:
+                    connection.deliver(event)
+                if self._metrics is not None:
+                    self._metrics.delivered.inc(len(members))
+        elif isinstance(event, Restart):
+            for connection in list(members or ()):
                 connection.close(ServiceRestart("room restarted: reconnect to rejoin"))
-            return
-        if isinstance(event, Remove):
+        elif isinstance(event, Remove):
             self.remove_member(event.room, event.member_id)
+        elif event.kind == "typing":
+            frame, wire, sender = event.frame, event.wire, event.member.id
+            for connection in members or ():
+                if connection.member.id != sender:
+                    connection.send(frame, wire)
+        else:  # a room being opened has no members yet, but its presence keeps what arrives meanwhile
+            presence = self._presence.get(event.room)
+            if presence is not None and presence.changed(event):
+                self._changed(event.room)
+
+    def _changed(self, room: str) -> None:
+        """The room has changes to announce: now without a window, else when the timer next fires."""
+        if not self._window:
+            self._announce(room)
             return
-        frame, wire, sender = event.frame, event.wire, event.member.id
-        everyone = event.kind == "typing"  # join and leave skip members without presence
-        for connection in members:
-            if (everyone or connection.presence) and connection.member.id != sender:
-                connection.send(frame, wire)
+        self._due[room] = None
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._window, self._announce_due)
+
+    def announce_pending(self) -> None:
+        """Announce every room's waiting changes now, without waiting for the window's end."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._announce_due()
+
+    def _announce_due(self) -> None:
+        self._timer = None
+        due, self._due = self._due, {}
+        for room in due:
+            self._announce(room)
+
+    def _announce(self, room: str) -> None:
+        """Tell the room's welcomed members with presence what changed, each in one write, never about itself."""
+        presence = self._presence.get(room)
+        window = None if presence is None else presence.announce()
+        newcomers = self._newcomers.pop(room, None) or {}
+        if window is None:
+            return
+        for connection in self._rooms.get(room, ()):
+            if connection.presence and connection.welcomed:
+                position = newcomers.get(connection)
+                told = window.everyone if position is None else window.since(position)
+                if told is not None:
+                    told = told.for_member(connection.member.id)
+                    if told is not None:
+                        connection.announce(told)
 
     def remove_member(self, room: str, member_id: str) -> int:
         """Close every local connection of the member in the room with 1008 ``removed`` (on ``/ws``: take it out of

@@ -4,7 +4,7 @@ TestClient helpers, and /metrics parsing (which the e2e tests share too)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -208,6 +208,12 @@ class StandInWriter:
         self.wires.append(wire)
         self.buffered += len(wire)
 
+    def direct_write_many(self, frames: Sequence[str], joined: str, wire: bytes) -> None:
+        for frame in frames:
+            self.recorder.record(Sent(frame))
+        self.wires.append(wire)
+        self.buffered += len(wire)
+
     def direct_buffered(self) -> int:
         return self.buffered
 
@@ -260,6 +266,8 @@ class GatedBackend(Backend):
         self.calls: list[tuple[str, str]] = []
         self.subscribe_gate: Gate | None = None
         self.unsubscribe_gate: Gate | None = None
+        self.present: list[Member] = []
+        """What ``members`` answers for any room."""
 
     async def start(self, deliver: Deliver) -> None:
         pass
@@ -292,7 +300,7 @@ class GatedBackend(Backend):
         raise NotImplementedError
 
     async def members(self, room: str) -> list[Member]:
-        raise NotImplementedError
+        return list(self.present)
 
     async def snapshot(self, room: str, since: int | None, epoch: str | None) -> Snapshot:
         raise NotImplementedError

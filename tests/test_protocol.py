@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from chat.exceptions import BadRequest, Forbidden, InvalidJoin, RequestError, TooLarge, Unsupported
+from chat.presence import RoomPresence
 from chat.protocol import (
     HISTORY_LIMIT_DEFAULT,
     Hello,
@@ -487,7 +488,9 @@ def test_typing_signal_frame_names_the_sender_under_from() -> None:
 def test_welcome_frame_has_every_field_and_history_oldest_first() -> None:
     """The welcome frame carries room, you, members, seq, epoch, recovered and history in order."""
     history = [message(1, "one"), message(2, "two")]
-    data = json.loads(encode_welcome("lobby", BOB, [ALICE, BOB], 2, "ep", history, True))
+    data = json.loads(
+        encode_welcome("lobby", BOB, RoomPresence("lobby", [ALICE]).welcome(BOB)[0], 2, "ep", history, True)
+    )
     assert data == {
         "type": "welcome",
         "room": "lobby",
@@ -502,7 +505,7 @@ def test_welcome_frame_has_every_field_and_history_oldest_first() -> None:
 
 def test_welcome_frame_with_empty_history_is_valid_json() -> None:
     """A welcome with no history has an empty list."""
-    data = json.loads(encode_welcome("lobby", BOB, [BOB], 0, "ep", [], False))
+    data = json.loads(encode_welcome("lobby", BOB, RoomPresence("lobby", []).welcome(BOB)[0], 0, "ep", [], False))
     assert (data["history"], data["recovered"], data["seq"]) == ([], False, 0)
 
 
@@ -738,8 +741,8 @@ def test_left_frame_says_why_the_server_took_the_member_out() -> None:
 
 def test_welcome_echoes_a_joins_ref_only_when_it_had_one() -> None:
     """A welcome answering a join with a ref carries it; without one it is exactly v1's welcome."""
-    plain = json.loads(encode_welcome("r", ALICE, [ALICE], 0, "e", [], False))
-    with_ref = json.loads(encode_welcome("r", ALICE, [ALICE], 0, "e", [], False, "j1"))
+    plain = json.loads(encode_welcome("r", ALICE, '[{"id":"a1","name":"alice"}]', 0, "e", [], False))
+    with_ref = json.loads(encode_welcome("r", ALICE, '[{"id":"a1","name":"alice"}]', 0, "e", [], False, "j1"))
     assert "ref" not in plain
     assert with_ref == {**plain, "ref": "j1"}
 

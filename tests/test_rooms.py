@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import pytest
 
-from chat.connection import Connection, QueuedConnection
+from chat.connection import Connection, DirectConnection, QueuedConnection
 from chat.protocol import Member, Message, Restart, Signal
 from chat.rooms import RoomRegistry
-from tests.standins import WAIT, Gate, GatedBackend, RecordingSender
+from tests.standins import WAIT, Gate, GatedBackend, RecordingSender, StandInWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -219,7 +221,9 @@ async def test_messages_reach_every_member_including_the_sender() -> None:
 @pytest.mark.parametrize("kind", ["join", "leave", "typing"])
 async def test_signals_skip_their_member(kind: str) -> None:
     """join, leave and typing go to the other members only."""
-    registry = RoomRegistry(GatedBackend(), 10)
+    backend = GatedBackend()
+    backend.present = [ALICE] if kind == "leave" else []  # so that the leave is news
+    registry = RoomRegistry(backend, 10)
     alice, bob, carol = connection(ALICE), connection(BOB), connection(CAROL)
     for conn in (alice, bob, carol):
         await registry.add(conn)
@@ -284,6 +288,92 @@ async def test_restart_closes_every_member_of_the_room_with_1012() -> None:
     registry.deliver(Restart("lobby", "new-epoch"))
     assert alice.close_code == bob.close_code == 1012
     assert carol.is_open
+
+
+# --- presence, announced once per window ----------------------------------------------------------
+
+
+def direct(member: Member, writer: StandInWriter, welcomed: bool = True) -> DirectConnection:
+    conn = DirectConnection(writer, member, "lobby", 10_000)
+    if welcomed:
+        conn.welcome('{"type":"welcome"}', 0)
+    writer.recorder.pending()
+    writer.wires.clear()
+    return conn
+
+
+def sent_types(writer: StandInWriter) -> list[tuple[str, str]]:
+    """(type, member id or text) of each frame written since the last call."""
+    frames = [json.loads(action.text) for action in writer.recorder.pending() if hasattr(action, "text")]
+    return [(frame["type"], frame["member"]["id"] if "member" in frame else frame.get("text", "")) for frame in frames]
+
+
+async def test_joins_within_a_window_reach_each_member_in_one_write() -> None:
+    """Two joins in one window: nothing goes out until it ends, then each member gets both frames in one write."""
+    registry = RoomRegistry(GatedBackend(), 10, presence_window=WAIT)
+    writer = StandInWriter()
+    await registry.add(bob := direct(BOB, writer))
+    registry.deliver(Signal("join", "lobby", ALICE))
+    registry.deliver(Signal("join", "lobby", CAROL))
+    assert sent_types(writer) == []
+    registry.announce_pending()
+    assert sent_types(writer) == [("join", "a1"), ("join", "c3")]
+    assert len(writer.wires) == 1
+    assert bob.is_open
+
+
+async def test_the_window_ends_on_its_own() -> None:
+    """Without anyone asking, a window's changes go out once the window has passed."""
+    registry = RoomRegistry(GatedBackend(), 10, presence_window=0.01)
+    writer = StandInWriter()
+    await registry.add(direct(BOB, writer))
+    registry.deliver(Signal("join", "lobby", ALICE))
+    frame = await writer.recorder.next_sent()
+    assert (frame["type"], frame["member"]["id"]) == ("join", "a1")
+
+
+async def test_a_message_is_never_held_by_a_pending_announcement() -> None:
+    """A message published after a join still waiting for its window goes out at once, before that join."""
+    registry = RoomRegistry(GatedBackend(), 10, presence_window=WAIT)
+    writer = StandInWriter()
+    await registry.add(direct(BOB, writer))
+    registry.deliver(Signal("join", "lobby", ALICE))
+    registry.deliver(Message("lobby", 1, ALICE, "hi", 0))
+    registry.deliver(Signal("typing", "lobby", ALICE))
+    assert sent_types(writer) == [("message", "hi"), ("typing", "")]
+    registry.announce_pending()
+    assert sent_types(writer) == [("join", "a1")]
+
+
+async def test_a_member_welcomed_within_the_window_is_told_only_what_came_after() -> None:
+    """The welcome lists the room as it is; the window's end tells the newcomer only the later changes."""
+    registry = RoomRegistry(GatedBackend(), 10, presence_window=WAIT)
+    bob_writer, carol_writer = StandInWriter(), StandInWriter()
+    await registry.add(direct(BOB, bob_writer))
+    registry.deliver(Signal("join", "lobby", ALICE))
+    carol = direct(CAROL, carol_writer, welcomed=False)
+    await registry.add(carol)
+    registry.deliver(Signal("join", "lobby", CAROL))
+    listing = json.loads(registry.welcome_members(carol))
+    carol.welcome('{"type":"welcome"}', 0)
+    carol_writer.recorder.pending()
+    assert [member["id"] for member in listing] == ["a1", "c3"]
+    registry.deliver(Signal("leave", "lobby", ALICE))
+    registry.announce_pending()
+    assert sent_types(bob_writer) == [("join", "c3")]  # alice came and went within the window
+    assert sent_types(carol_writer) == [("leave", "a1")]
+
+
+async def test_a_member_not_yet_welcomed_is_told_nothing_its_welcome_will_list() -> None:
+    """A connection registered but not welcomed when the window ends gets the changes in its welcome instead."""
+    registry = RoomRegistry(GatedBackend(), 10, presence_window=WAIT)
+    writer = StandInWriter()
+    bob = direct(BOB, writer, welcomed=False)
+    await registry.add(bob)
+    registry.deliver(Signal("join", "lobby", ALICE))
+    registry.announce_pending()
+    assert writer.recorder.pending() == []
+    assert [member["id"] for member in json.loads(registry.welcome_members(bob))] == ["a1", "b2"]
 
 
 # --- the connection cap --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import contextlib
 import socket
 import struct
 from asyncio import TimerHandle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -136,6 +136,15 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             wire = self._encode(frame)
         pending.append(wire)
         self._pending_size += len(wire)
+
+    def direct_write_many(self, frames: Sequence[str], joined: str, wire: bytes) -> None:
+        """Send several text frames in the next flush: ``wire`` as is, ``joined`` under ``batch``, one by one
+        under an extension."""
+        if self.conn.extensions and not self.batch:
+            for frame in frames:
+                self.direct_write(frame, wire)
+        else:
+            self.direct_write(joined, wire)
 
     def direct_buffered(self) -> int:
         """Bytes written but not yet taken by the peer (this turn's and the transport's)."""
