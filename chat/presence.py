@@ -116,6 +116,22 @@ class RoomPresence:
         self._apply(signal.member.id, member)
         return first
 
+    def resync(self, members: Iterable[Member]) -> bool:
+        """The backend's list, after changes may have been missed: what differs is noted as changes.
+
+        True when it is the window's first change (time to schedule).
+        """
+        first = not self._log
+        listed = {member.id: member for member in members}
+        for member_id in [member_id for member_id in self.current if member_id not in listed]:
+            self._log.append((member_id, None))
+            self._apply(member_id, None)
+        for member_id, member in listed.items():
+            if self.current.get(member_id) != member:
+                self._log.append((member_id, member))
+                self._apply(member_id, member)
+        return first and bool(self._log)
+
     def welcome(self, you: Member) -> tuple[str, int | None]:
         """The ``members`` of a welcome into the room now (a JSON array; ``you`` with it), and where the
         newcomer's next announcement starts (None: with everyone's)."""

@@ -176,7 +176,15 @@ class Remove:
     member_id: str
 
 
-Event = Message | Signal | Restart | Remove
+@dataclass(frozen=True)
+class Present:
+    """A room's members as the backend lists them after its events may have been missed (a dropped link)."""
+
+    room: str
+    members: tuple[Member, ...]
+
+
+Event = Message | Signal | Restart | Remove | Present
 
 
 # --- joining a room ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from chat.connection import Connection
 from chat.exceptions import Removed, ServiceRestart
 from chat.metrics import Metrics
 from chat.presence import RoomPresence
-from chat.protocol import Event, Message, Remove, Restart
+from chat.protocol import Event, Message, Present, Remove, Restart
 
 
 class RoomRegistry:
@@ -171,6 +171,10 @@ class RoomRegistry:
                 connection.close(ServiceRestart("room restarted: reconnect to rejoin"))
         elif isinstance(event, Remove):
             self.remove_member(event.room, event.member_id)
+        elif isinstance(event, Present):
+            presence = self._presence.get(event.room)
+            if presence is not None and presence.known and presence.resync(event.members):
+                self._changed(event.room)
         elif event.kind == "typing":
             frame, wire, sender = event.frame, event.wire, event.member.id
             for connection in members or ():

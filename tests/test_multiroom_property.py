@@ -181,7 +181,8 @@ class Run:
     """One example: an app, the member's connection and an observer's that is in every room throughout."""
 
     def __init__(self) -> None:
-        self.app = create_app(Settings(backend="memory://", rate_per_second=0, max_bad_frames=0))
+        # Joins and leaves told at once (no presence window), so that each step's frames are its own.
+        self.app = create_app(Settings(backend="memory://", rate_per_second=0, max_bad_frames=0, presence_window=0))
         self.chat: Chat = chat_of({"app": self.app})
         self.member = Socket(self.app, "member")
         self.observer = Socket(self.app, "observer")

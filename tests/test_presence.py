@@ -182,3 +182,14 @@ def test_an_announcement_is_one_message_under_batch_and_one_frame_each_otherwise
     announcement = Announcement([join(ALICE), leave(BOB)])
     assert announcement.text == join(ALICE).frame + "\n" + leave(BOB).frame
     assert announcement.wire == text_frame(join(ALICE).frame.encode()) + text_frame(leave(BOB).frame.encode())
+
+
+def test_a_resync_notes_what_differs_from_the_backends_list_as_changes() -> None:
+    """After a dropped link the backend's list is compared with the room's: who is missing leaves, who is new joins."""
+    presence = RoomPresence(ROOM, [ALICE, BOB])
+    assert presence.resync([BOB, CAROL])
+    window = presence.announce()
+    assert window is not None
+    assert told(window.everyone) == [("leave", "a1", "alice"), ("join", "c3", "carol")]
+    assert not presence.resync([BOB, CAROL])
+    assert not presence.pending

@@ -12,7 +12,7 @@ import pytest
 from chat.backends.redis import RedisBackend
 from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher
 from chat.exceptions import Unavailable
-from chat.protocol import Member, Message, Restart, Signal
+from chat.protocol import Member, Message, Present, Restart, Signal
 from chat.settings import Settings
 from tests.redis_server import RedisServer
 from tests.standins import Changes, Delivered
@@ -145,6 +145,20 @@ async def test_pubsub_links_killed_mid_stream_lose_nothing(redis_server: RedisSe
             await b.wait_until(lambda: len(b.seqs()) >= 60)
         await assert_every_ack_arrived((a, b), acked)
         assert a.backend.listener_restarts >= 1
+
+
+async def test_a_dropped_link_delivers_the_rooms_members_for_joins_it_missed(redis_server: RedisServer) -> None:
+    """A join made while a node's pub/sub link is down reaches that node, after the link is back, as ``Present``
+    (the room's members as Redis lists them), which the registry compares with the room's list."""
+    carol = Member("c3", "carol")
+    async with nodes(redis_server.url) as (a, b):
+        assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") == "2"
+        await b.backend.join(ROOM, carol)
+
+        def carol_present() -> bool:
+            return any(isinstance(event, Present) and carol in event.members for event in a.events)
+
+        await a.wait_until(carol_present)
 
 
 async def test_frozen_redis_loses_nothing(redis_server: RedisServer) -> None:

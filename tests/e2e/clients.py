@@ -70,6 +70,16 @@ async def wait_for(
 
 async def wait_leave(ws: ClientConnection, member_ids: set[str], within: float = WAIT) -> list[Frame]:
     """Read until a ``leave`` arrived for each of ``member_ids``; returns every frame read meanwhile."""
+    return await wait_presence(ws, "leave", member_ids, within)
+
+
+async def wait_join(ws: ClientConnection, member_ids: set[str], within: float = WAIT) -> list[Frame]:
+    """Read until a ``join`` arrived for each of ``member_ids`` (announced once per presence window); returns
+    every frame read meanwhile."""
+    return await wait_presence(ws, "join", member_ids, within)
+
+
+async def wait_presence(ws: ClientConnection, kind: str, member_ids: set[str], within: float = WAIT) -> list[Frame]:
     waiting = set(member_ids)
     seen: list[Frame] = []
     try:
@@ -77,10 +87,10 @@ async def wait_leave(ws: ClientConnection, member_ids: set[str], within: float =
             while waiting:
                 frame = parse(await ws.recv())
                 seen.append(frame)
-                if frame["type"] == "leave":
+                if frame["type"] == kind:
                     waiting.discard(frame["member"]["id"])
     except TimeoutError:
-        raise AssertionError(f"no leave for {waiting} within {within} s; frames meanwhile: {seen}") from None
+        raise AssertionError(f"no {kind} for {waiting} within {within} s; frames meanwhile: {seen}") from None
     return seen
 
 

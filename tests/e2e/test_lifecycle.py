@@ -18,6 +18,7 @@ from .clients import (
     say,
     wait_closed,
     wait_health,
+    wait_join,
     wait_leave,
     wait_tcp_state,
 )
@@ -38,6 +39,7 @@ async def test_closed_connections_leave_no_connections_or_rooms(server: ServerPr
             body = await server.healthz()
             assert (body["status"], body["connections"], body["rooms"]) == ("ok", 3, 2)
             assert carol["members"] == [carol["you"]]
+            await wait_join(alice, {bob["you"]["id"]})
         await wait_leave(alice, {bob["you"]["id"]})
         await wait_health(server, connections=1, rooms=1)
     await wait_health(server, connections=0, rooms=0)
@@ -55,6 +57,7 @@ async def test_clients_that_vanish_without_a_close_frame_leave_no_ghost(server: 
         ghosts = {welcome["you"]["id"] for welcome in (fin_welcome, rst_welcome, aborted_welcome)}
         assert len(aborted_welcome["members"]) == 4
         await wait_health(server, connections=4, rooms=1)
+        await wait_join(watcher, ghosts)  # told once per presence window: a join and leave within one cancel
 
         fin.close()
         rst.reset()

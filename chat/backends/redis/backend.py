@@ -70,7 +70,7 @@ class RedisBackend(Backend):
         self._history = self._redis.register_script(HISTORY)
         self._ttl = key_ttl(settings)
         self._presence = Presence(self._redis, settings)
-        self._listener = Listener(self._subscriber, self._read_snapshot, self.state_changed)
+        self._listener = Listener(self._subscriber, self._read_snapshot, self.state_changed, self._presence.members)
         self._runner: asyncio.Task[None] | None = None
         self._publisher: Publisher = (
             LinkPublisher(url, settings, CONNECT_TIMEOUT, REPLY_TIMEOUT)

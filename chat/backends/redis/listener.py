@@ -27,7 +27,7 @@ from chat.backends.base import Deliver, Snapshot, StateListener
 from chat.backends.redis.errors import unavailable
 from chat.backends.redis.scripts import CONTROL_CHANNEL, room_channel, room_of
 from chat.exceptions import Unavailable
-from chat.protocol import Message, Remove, Restart, Signal
+from chat.protocol import Member, Message, Present, Remove, Restart, Signal
 
 logger = logging.getLogger("chat.redis")
 
@@ -37,6 +37,8 @@ BACKOFF_MAX = 1.0
 
 ReadSnapshot = Callable[[str, int | None, str | None, int], Awaitable[Snapshot]]
 """The backend's snapshot read: room, since, epoch, how many on a fresh join."""
+ReadMembers = Callable[[str], Awaitable[list[Member]]]
+"""The backend's presence read: a room's members on every process."""
 
 
 @dataclass
@@ -50,12 +52,19 @@ class _Cursor:
 class Listener:
     """Hands every event of the subscribed rooms to ``deliver``, in seq order, whatever happens to the link."""
 
-    def __init__(self, subscriber: aioredis.Redis, read_snapshot: ReadSnapshot, state_changed: StateListener) -> None:
+    def __init__(
+        self,
+        subscriber: aioredis.Redis,
+        read_snapshot: ReadSnapshot,
+        state_changed: StateListener,
+        read_members: ReadMembers | None = None,
+    ) -> None:
         self.deliver: Deliver | None = None
         self.up = False  # the link is subscribed: the backend can serve
         self.ready = anyio.Event()
         self.restarts = 0
         self._subscriber = subscriber
+        self.read_members = read_members
         self.read_snapshot = read_snapshot  # where positions and missed messages are read
         self.linked: Callable[[], Awaitable[None]] | None = None  # awaited each time the link is up, before catch-up
         self._state_changed = state_changed
@@ -160,9 +169,18 @@ class Listener:
             self._cursors[room] = _Cursor(snapshot.epoch, snapshot.seq)
         else:
             await self._catch_up(room, cursor)
+            await self._resync(room)
         confirmed = self._confirmed.get(room)
         if confirmed is not None:
             confirmed.set()
+
+    async def _resync(self, room: str) -> None:
+        """After a dropped link: the room's members as Redis lists them, for joins and leaves missed meanwhile."""
+        if self.read_members is None:
+            return
+        members = await self.read_members(room)
+        if self.deliver is not None and room in self._cursors:
+            self.deliver(Present(room, tuple(members)))
 
     async def _receive(self, room: str, data: str) -> None:
         cursor = self._cursors.get(room)
