@@ -48,7 +48,11 @@ class Chat:
         self.access = Access(self.settings)
         self.metrics = Metrics(self.settings)
         self.registry = RoomRegistry(
-            self.backend, self.settings.max_connections, self.metrics, self.settings.presence_window
+            self.backend,
+            self.settings.max_connections,
+            self.metrics,
+            self.settings.presence_window,
+            self.settings.presence_window_max,
         )
         self.backend.on_state = self._backend_state
         self._backend_up: bool | None = None

@@ -7,9 +7,11 @@ is ever sent while holding it: fan-out only hands frames to each member's bounde
 One member (one token's ``sub``) may hold several connections in a room, one per browser tab: the
 room counts them, and only its first connection announces a join, only its last a leave.
 
-Joins and leaves reach the members together, once per ``presence_window`` seconds per room
-(``chat.presence``): one timer for every room with changes waiting; messages and typing never wait
-for it.
+Joins and leaves reach the members together, once per window per room (``chat.presence``): an
+announcement costs one write per local member, so a room's window grows with its size
+(``presence_window`` for up to ``PRESENCE_ROOM_SIZE`` members, in proportion beyond, at most
+``presence_window_max``), which bounds what presence costs per room whatever the rate of joins.
+Messages and typing never wait for it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from chat.metrics import Metrics
 from chat.presence import RoomPresence
 from chat.protocol import Event, Message, Present, Remove, Restart
 
+PRESENCE_ROOM_SIZE = 10
+"""Local members up to which a room announces once per ``presence_window``; a larger room waits in proportion."""
+
 
 class RoomRegistry:
     """Room -> local connections for this process, plus the connection count and its cap."""
@@ -35,17 +40,18 @@ class RoomRegistry:
         max_connections: int,
         metrics: Metrics | None = None,
         presence_window: float = 0.0,
+        presence_window_max: float = 0.0,
     ) -> None:
         self._backend = backend
         self._max_connections = max_connections
         self._metrics = metrics
         self._window = presence_window
+        self._window_max = max(presence_window, presence_window_max)
         self._rooms: dict[str, dict[Connection, None]] = {}
         self._ids: dict[str, dict[str, int]] = {}  # room -> member id -> its local connections
         self._presence: dict[str, RoomPresence] = {}
-        self._due: dict[str, None] = {}  # rooms whose changes the timer announces
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # rooms with changes waiting -> when they are told
         self._newcomers: dict[str, dict[Connection, int]] = {}  # room -> welcomed within its window -> where
-        self._timer: asyncio.TimerHandle | None = None
         self._lock = anyio.Lock()
         self._connections = 0
 
@@ -114,7 +120,9 @@ class RoomRegistry:
                 del self._rooms[connection.room]
                 del self._ids[connection.room]
                 self._presence.pop(connection.room, None)
-                self._due.pop(connection.room, None)
+                timer = self._timers.pop(connection.room, None)
+                if timer is not None:
+                    timer.cancel()
                 self._newcomers.pop(connection.room, None)
                 if self._metrics is not None:
                     self._metrics.rooms.dec()
@@ -186,25 +194,24 @@ class RoomRegistry:
                 self._changed(event.room)
 
     def _changed(self, room: str) -> None:
-        """The room has changes to announce: now without a window, else when the timer next fires."""
+        """The room has changes to announce: now without a window, else at the end of the room's window."""
         if not self._window:
             self._announce(room)
-            return
-        self._due[room] = None
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._window, self._announce_due)
+        elif room not in self._timers:
+            size = len(self._rooms.get(room, ()))
+            window = min(self._window_max, self._window * max(1.0, size / PRESENCE_ROOM_SIZE))
+            self._timers[room] = asyncio.get_running_loop().call_later(window, self._window_ended, room)
 
     def announce_pending(self) -> None:
-        """Announce every room's waiting changes now, without waiting for the window's end."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._announce_due()
-
-    def _announce_due(self) -> None:
-        self._timer = None
-        due, self._due = self._due, {}
-        for room in due:
+        """Announce every room's waiting changes now, without waiting for their windows' end."""
+        timers, self._timers = self._timers, {}
+        for room, timer in timers.items():
+            timer.cancel()
             self._announce(room)
+
+    def _window_ended(self, room: str) -> None:
+        del self._timers[room]
+        self._announce(room)
 
     def _announce(self, room: str) -> None:
         """Tell the room's welcomed members with presence what changed, each in one write, never about itself."""

@@ -17,8 +17,9 @@ from chat.exceptions import ConfigError
 ENV_PREFIX = "CHAT_"
 MAX_WRITE_DELAY = 1.0
 """Seconds every frame may be held back to share a write with later ones (``write_delay``), at most."""
-MAX_PRESENCE_WINDOW = 5.0
-"""Seconds a room's joins and leaves may wait to be announced together (``presence_window``), at most."""
+MAX_PRESENCE_WINDOW = 10.0
+"""Seconds a room's joins and leaves may wait to be announced together (``presence_window``, ``presence_window_max``),
+at most."""
 
 SQLITE_SYNCHRONOUS = ("off", "normal", "full", "extra")
 """SQLite's ``synchronous`` levels (the README says what each survives); ``normal`` is the default."""
@@ -58,6 +59,7 @@ class Settings:
     write_delay: float = 0.0
     presence_ttl: float = 30.0
     presence_window: float = 0.1
+    presence_window_max: float = 2.0
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
     ws_per_message_deflate: bool = False
@@ -114,6 +116,7 @@ class Settings:
             "rate_per_second",
             "write_delay",
             "presence_window",
+            "presence_window_max",
             "ws_ping_interval",
             "ws_ping_timeout",
             "max_connections_per_ip",
@@ -128,10 +131,9 @@ class Settings:
             raise ConfigError(f"port must be 1-65535, got {self.port}")
         if self.write_delay > MAX_WRITE_DELAY:
             raise ConfigError(f"write_delay is seconds, at most {MAX_WRITE_DELAY}, got {self.write_delay!r}")
-        if self.presence_window > MAX_PRESENCE_WINDOW:
-            raise ConfigError(
-                f"presence_window is seconds, at most {MAX_PRESENCE_WINDOW}, got {self.presence_window!r}"
-            )
+        for name in ("presence_window", "presence_window_max"):
+            if getattr(self, name) > MAX_PRESENCE_WINDOW:
+                raise ConfigError(f"{name} is seconds, at most {MAX_PRESENCE_WINDOW}, got {getattr(self, name)!r}")
         if self.history_on_join > self.history_size:
             raise ConfigError("history_on_join must not exceed history_size")
         if "://" not in self.backend:

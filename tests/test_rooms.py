@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import anyio
@@ -330,6 +331,22 @@ async def test_the_window_ends_on_its_own() -> None:
     registry.deliver(Signal("join", "lobby", ALICE))
     frame = await writer.recorder.next_sent()
     assert (frame["type"], frame["member"]["id"]) == ("join", "a1")
+
+
+async def test_a_larger_rooms_window_is_longer_in_proportion_up_to_the_most() -> None:
+    """Up to 10 local members a room waits ``presence_window``; beyond, in proportion to its size, capped."""
+    registry = RoomRegistry(GatedBackend(), 100, presence_window=0.5, presence_window_max=2.0)
+    sizes = {"small": 4, "medium": 30, "large": 60}
+    for room, size in sizes.items():
+        for index in range(size):
+            await registry.add(connection(Member(f"{room}{index}", "m"), room))
+    now = asyncio.get_running_loop().time()
+    for room in sizes:
+        registry.deliver(Signal("join", room, CAROL))
+    waits = {room: timer.when() - now for room, timer in registry._timers.items()}
+    assert waits == pytest.approx({"small": 0.5, "medium": 1.5, "large": 2.0}, abs=0.1)
+    registry.announce_pending()
+    assert registry._timers == {}
 
 
 async def test_a_message_is_never_held_by_a_pending_announcement() -> None:
