@@ -95,9 +95,7 @@ class Chat:
         await self.start()
         first = await self.registry.add(connection)
         try:
-            if first:
-                await self.backend.join(connection.room, connection.member)
-            snapshot = await self.backend.snapshot(connection.room, request.since, request.epoch)
+            snapshot = await self.backend.enter(connection.room, connection.member, first, request.since, request.epoch)
         except Unavailable:
             await self.leave(connection)
             raise

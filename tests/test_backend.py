@@ -414,6 +414,27 @@ async def test_join_adds_the_member_and_announces_it(settings: Settings) -> None
     assert (event.kind, event.room, event.member) == ("join", room, ALICE)
 
 
+async def test_enter_announces_when_asked_and_gives_the_snapshot(settings: Settings) -> None:
+    """enter() with announce joins the member (signal, members) and returns what snapshot() would; without, it only
+    reads the snapshot."""
+    room = new_room()
+    async with started(settings.replace(history_on_join=2)) as (backend, sink):
+        await backend.subscribe(room)
+        await publish(backend, room, 4)
+        for _ in range(4):
+            await sink.next()
+        epoch = (await backend.snapshot(room, None, None)).epoch
+        entered = await backend.enter(room, ALICE, True, 1, epoch)
+        event = await sink.next()
+        assert await backend.members(room) == [ALICE]
+        again = await backend.enter(room, BOB, False, None, None)
+        assert await backend.members(room) == [ALICE]
+    assert isinstance(event, Signal)
+    assert (event.kind, event.member) == ("join", ALICE)
+    assert (entered.seq, entered.epoch, seqs(entered.messages), entered.recovered) == (4, epoch, [2, 3, 4], True)
+    assert (again.seq, seqs(again.messages), again.recovered) == (4, [3, 4], False)
+
+
 async def test_members_lists_everyone_present(settings: Settings) -> None:
     """members() lists every member that joined and has not left."""
     room = new_room()

@@ -119,6 +119,15 @@ class Backend(abc.ABC):
     async def join(self, room: str, member: Member) -> None:
         """Add the member to the room's presence and tell the other members."""
 
+    async def enter(self, room: str, member: Member, announce: bool, since: int | None, epoch: str | None) -> Snapshot:
+        """``join`` (when ``announce``: the member's first connection in the room here), then ``snapshot``.
+
+        A backend may do both in one round trip.
+        """
+        if announce:
+            await self.join(room, member)
+        return await self.snapshot(room, since, epoch)
+
     @abc.abstractmethod
     async def leave(self, room: str, member: Member) -> None:
         """Remove the member from the room's presence and tell the other members."""

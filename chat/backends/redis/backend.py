@@ -23,6 +23,7 @@ from chat.backends.redis.presence import Presence
 from chat.backends.redis.publisher import LinkPublisher, PipelinePublisher, Publish, Publisher, cancel_task
 from chat.backends.redis.relay import LinkRelay, PipelineRelay, Relay
 from chat.backends.redis.scripts import (
+    ENTER,
     EVERY_EPOCH_KEY,
     EVERY_PRESENCE_KEY,
     HISTORY,
@@ -67,6 +68,7 @@ class RedisBackend(Backend):
         # The pub/sub link never reconnects behind our back: the listener must see every drop to catch up.
         self._subscriber = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         self._snapshot = self._redis.register_script(SNAPSHOT)
+        self._enter = self._redis.register_script(ENTER)
         self._history = self._redis.register_script(HISTORY)
         self._ttl = key_ttl(settings)
         self._presence = Presence(self._redis, settings)
@@ -172,13 +174,23 @@ class RedisBackend(Backend):
         with unavailable():
             return bool(await self._redis.exists(room_keys(room)[0]))
 
-    async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
-        keys = room_keys(room)[:3]
-        args: list[str | int] = [new_epoch(), self._ttl, -1 if since is None else since, epoch or "", count]
+    async def enter(self, room: str, member: Member, announce: bool, since: int | None, epoch: str | None) -> Snapshot:
+        if not announce or self._relay is not None:  # with a store, the snapshot is the store's
+            return await super().enter(room, member, announce, since, epoch)
+        count = self.settings.history_on_join
+        args = [*self._snapshot_args(since, epoch, count), *self._presence.join_args(room, member)]
         with unavailable():
-            reply = await self._snapshot(keys=keys, args=args)
-        seq, room_epoch, recovered, *frames = reply
-        return Snapshot(int(seq), str(room_epoch), [Message.from_frame(f) for f in frames], recovered == 1)
+            reply = await self._enter(keys=list(room_keys(room)), args=args)
+        self._presence.joined(room, member)
+        return _snapshot_of(reply)
+
+    async def _read_snapshot(self, room: str, since: int | None, epoch: str | None, count: int) -> Snapshot:
+        with unavailable():
+            reply = await self._snapshot(keys=room_keys(room)[:3], args=self._snapshot_args(since, epoch, count))
+        return _snapshot_of(reply)
+
+    def _snapshot_args(self, since: int | None, epoch: str | None, count: int) -> list[str | int]:
+        return [new_epoch(), self._ttl, -1 if since is None else since, epoch or "", count]
 
     # --- how frames reach other processes: fan-out, presence, typing -------------------------
 
@@ -218,3 +230,9 @@ class RedisBackend(Backend):
                     pipe.zcount(room_keys(room)[3], now_ms, "+inf")
                 counts = await pipe.execute()
         return [RoomSummary(room, int(count)) for room, count in zip(rooms, counts, strict=True)]
+
+
+def _snapshot_of(reply: list[Any]) -> Snapshot:
+    """A SNAPSHOT (or ENTER) script's reply as a snapshot."""
+    seq, room_epoch, recovered, *frames = reply
+    return Snapshot(int(seq), str(room_epoch), [Message.from_frame(f) for f in frames], recovered == 1)

@@ -65,12 +65,18 @@ class Presence:
 
     async def join(self, room: str, member: Member) -> None:
         """Add the member to the room's presence and announce it."""
-        entry = member.json  # a presence entry is the member's JSON
-        presence = room_keys(room)[3]
-        frame = Signal("join", room, member).frame
+        entry, presence_ms, channel, frame = self.join_args(room, member)
         with unavailable():
-            await self._join(keys=[presence], args=[entry, self._presence_ms, self._ttl, room_channel(room), frame])
-        self._local.setdefault(room, {})[member.id] = entry
+            await self._join(keys=[room_keys(room)[3]], args=[entry, presence_ms, self._ttl, channel, frame])
+        self.joined(room, member)
+
+    def join_args(self, room: str, member: Member) -> tuple[str, int, str, str]:
+        """What a script that adds the member needs: its entry, the presence TTL (ms), the channel, the join frame."""
+        return member.json, self._presence_ms, room_channel(room), Signal("join", room, member).frame
+
+    def joined(self, room: str, member: Member) -> None:
+        """The member was added (by ``join`` or a script given ``join_args``): the heartbeat keeps it present."""
+        self._local.setdefault(room, {})[member.id] = member.json  # a presence entry is the member's JSON
 
     async def leave(self, room: str, member: Member) -> None:
         """Remove the member from the room's presence and announce it, if it was there."""

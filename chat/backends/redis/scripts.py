@@ -90,9 +90,7 @@ return {seq, epoch}
 
 # ARGV[3..]: since (-1: none), the client's epoch, how many on a fresh join.
 # Returns {seq, epoch, recovered (0/1), frames...}.
-SNAPSHOT = (
-    _ENSURE_EPOCH
-    + """
+_READ_SNAPSHOT = """
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local length = redis.call('LLEN', KEYS[3])
 local oldest = seq - length + 1
@@ -108,6 +106,9 @@ if first < length then
   for _, frame in ipairs(redis.call('LRANGE', KEYS[3], first, -1)) do table.insert(result, frame) end
 end
 """
+SNAPSHOT = (
+    _ENSURE_EPOCH
+    + _READ_SNAPSHOT
     + _REFRESH_TTL
     + """
 return result
@@ -132,6 +133,24 @@ _NOW_MS = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 """
+
+# A member's first join of a room on this process, in one round trip: JOIN, then SNAPSHOT.
+# KEYS: epoch, seq, history, presence. ARGV[1..5]: SNAPSHOT's; ARGV[6..]: entry, presence ttl ms, channel, join
+# frame. Returns what SNAPSHOT returns.
+ENTER = (
+    _NOW_MS
+    + _ENSURE_EPOCH
+    + """
+redis.call('ZADD', KEYS[4], ms + tonumber(ARGV[7]), ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
+redis.call('PUBLISH', ARGV[8], 's:' .. ARGV[9])
+"""
+    + _READ_SNAPSHOT
+    + _REFRESH_TTL
+    + """
+return result
+"""
+)
 
 # KEYS: presence. ARGV: entry, presence ttl ms, key ttl s, channel, join frame.
 JOIN = (
