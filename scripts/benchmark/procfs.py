@@ -19,6 +19,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_seconds_with_children(pid: int) -> float:
+    """utime + stime of one process and of the children it waited for (cutime + cstime); 0 if it is gone.
+
+    Read from an exited process that was not reaped yet (a zombie), this is everything its tree used.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+
+
 def title(pid: int) -> str:
     """A process's command line as ``ps`` shows it (a title it set itself included); "" if it is gone."""
     try:
