@@ -78,7 +78,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--servers", help=f"comma-separated, from {', '.join(KINDS)}, for every scenario (default: {defaults})"
     )
-    parser.add_argument("--duration", type=positive_float, help="seconds measured: the fanout window, each rooms step")
+    parser.add_argument(
+        "--duration",
+        type=positive_float,
+        help="seconds measured: the fanout window, each rooms step; storm: the most the members may take to be "
+        "welcomed again after the drop (20)",
+    )
     parser.add_argument(
         "--members",
         help="the scenario's size, comma-separated for several: fanout room size (200,1000), slow_consumer room size "
@@ -96,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--room-size",
-        help="members per room: rooms (10); storm, comma-separated for several (150,10)",
+        help="members per room: rooms (10); storm, comma-separated for several (150; 150,10 runs both)",
     )
     parser.add_argument(
         "--drops",
@@ -314,6 +319,7 @@ def plan(arguments: argparse.Namespace) -> Plan:
         room_sizes=given(room_sizes, storms.room_sizes),
         drops=given(drops, storms.drops),
         interval=given(arguments.publish_interval, storms.interval),
+        limit=given(arguments.duration, storms.limit),
         size=given(size, storms.size),
     )
     if "storm" in chosen and storms.size < 20:

@@ -122,6 +122,22 @@ def listening_inodes(port: int) -> set[str]:
     return inodes
 
 
+def accept_queue(port: int) -> int | None:
+    """Connections waiting to be accepted on ``port`` (its longest listening queue); None when nothing listens."""
+    longest: int | None = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 4 and fields[3] == TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                waiting = int(fields[4].split(":")[1], 16)
+                longest = waiting if longest is None else max(longest, waiting)
+    return longest
+
+
 def listens_on(pid: int, port: int) -> bool:
     """Whether this process (or a descendant) holds the socket listening on ``port``."""
     inodes = listening_inodes(port)

@@ -295,6 +295,12 @@ def storm_table(rows: list[Row]) -> str:
     def per_member(kind: str) -> Callable[[Row], str]:
         return lambda row: number((row.get("per_member") or {}).get(kind), 1)
 
+    def welcomed(row: Row) -> str:
+        if row.get("welcomed_s") is not None:
+            return number(row["welcomed_s"], 2)
+        share = 100 * (row.get("welcomed") or 0) / max(1, row.get("members") or 1)
+        return f"> {number(row.get('limit_s'))} ({share:.0f}%)"
+
     def lost(row: Row) -> str:
         if row.get("lost") is None:
             return "-"
@@ -306,10 +312,11 @@ def storm_table(rows: list[Row]) -> str:
         server_column(),
         ("rooms", lambda row: f"{number(row.get('rooms'))} x {number(row.get('room_size'))}"),
         ("drop", lambda row: str(row.get("drop", ""))),
-        ("all welcomed s", field("welcomed_s", 2)),
+        ("all welcomed s", welcomed),
         *ratios("welcomed_s"),
         ("half s", field("welcome_p50_s", 2)),
         ("back up s", field("server_listening_s", 2)),
+        ("accept queue", field("accept_queue_peak")),
         ("server CPU s", field("server_cpu_s", 2)),
         *ratios("server_cpu_s"),
         ("p50 ms", field("p50_ms", 1)),
@@ -321,13 +328,12 @@ def storm_table(rows: list[Row]) -> str:
         ("KiB/member", lambda row: number((row.get("bytes_per_member") or 0) / 1024, 1)),
         ("joins", per_member("join")),
         ("leaves", per_member("leave")),
-        ("msgs", per_member("message")),
         ("attempts/member", field("attempts_per_member", 2)),
         ("client CPU%", field("client_cpu_pct")),
     ]
     title = (
         "storm: every member drops at once (server restart, or the clients' network cut) and reconnects with "
-        "since/epoch; from the drop until every member has its welcome again (joins, leaves, msgs, frames, KiB: "
+        "since/epoch; from the drop until every member has its welcome again (frames, KiB, joins, leaves: "
         "what the server sent per member from the drop to the end of the run)"
     )
     return render(title, columns, rows)

@@ -51,7 +51,7 @@ QUIET = 0.5
 @dataclass(frozen=True)
 class StormParams:
     members: int = 10_000
-    room_sizes: list[int] = field(default_factory=lambda: [150, 10])
+    room_sizes: list[int] = field(default_factory=lambda: [150])
     drops: list[str] = field(default_factory=lambda: list(DROPS))
     interval: float = 0.2
     """Seconds between two messages of a room's publisher."""
@@ -63,7 +63,7 @@ class StormParams:
     """Seconds of publishing before the drop."""
     tail: float = 1.0
     """Seconds of publishing after the last member's welcome."""
-    limit: float = 60.0
+    limit: float = 20.0
     """The most the members may take to be welcomed again after the drop."""
     drain: float = 5.0
     """The most the last messages may take to be acknowledged and delivered after publishing stops."""
@@ -106,13 +106,17 @@ def totals(replies: list[Reply], key: str) -> int:
     return sum(int(reply[key]) for reply in replies)
 
 
-def wait_welcomed(pool: WorkerPool, server: Server, members: int, deadline: float, poll: float) -> int:
-    """Poll until every member was welcomed since the drop, the deadline, or the server's exit: how many were."""
-    welcomed = 0
+def wait_welcomed(pool: WorkerPool, server: Server, members: int, deadline: float, poll: float) -> tuple[int, int]:
+    """Poll until every member was welcomed since the drop, the deadline, or the server's exit.
+
+    How many were, and the longest accept queue seen on the server's port meanwhile.
+    """
+    queue = 0
     while True:
         welcomed = totals(pool.call("storm_stats", CALL_TIMEOUT), "welcomed")
+        queue = max(queue, procfs.accept_queue(server.port) or 0)
         if welcomed >= members or time.monotonic() >= deadline or not server.alive:
-            return welcomed
+            return welcomed, queue
         time.sleep(poll)
 
 
@@ -196,7 +200,7 @@ def run_storm(pool: WorkerPool, server: Server, common: Common, params: StormPar
     pool.call("storm_arm", CALL_TIMEOUT, at=at, since_ns=since_ns, cut=drop == CUT)
     if drop == RESTART:
         restarted = server.restart_in_place()
-    welcomed = wait_welcomed(pool, server, params.members, at + params.limit, params.poll)
+    welcomed, queue = wait_welcomed(pool, server, params.members, at + params.limit, params.poll)
     end = read(pool, server)
     check_alive(server)
     if welcomed >= params.members:
@@ -208,7 +212,11 @@ def run_storm(pool: WorkerPool, server: Server, common: Common, params: StormPar
     checks = pool.call("storm_check", CALL_TIMEOUT, accepted=accepted)
     check_alive(server)
     row = storm_row(params, room_size, rooms, drop, reports, checks, start, end, restarted, since_ns)
-    row.update(connect_seconds=round(connect_seconds, 3), handshakes_per_s=params.members / max(connect_seconds, 1e-9))
+    row.update(
+        accept_queue_peak=queue,
+        connect_seconds=round(connect_seconds, 3),
+        handshakes_per_s=params.members / max(connect_seconds, 1e-9),
+    )
     notes = []
     if welcomed < params.members:
         notes.append(
@@ -238,6 +246,7 @@ def storm_row(
     """The figures of one storm from the client processes' reports and checks and the CPU readings."""
     members = params.members
     times = sorted(value for report in reports for value in report["welcome_times"])
+    drops = sorted(value for report in reports for value in report["drop_times"])
     hist = latency.merge(report["hist"] for report in reports)
     elapsed = max(end.at - start.at, 1e-9)
     server_cpu = end.server - start.server
@@ -272,12 +281,15 @@ def storm_row(
         "rooms": rooms,
         "drop": drop,
         "publish_interval_s": params.interval,
+        "limit_s": params.limit,
         "welcomed": len(times),
         "all_welcomed": len(times) >= members,
         "welcomed_s": times[-1] if times and len(times) >= members else None,
         "welcome_p50_s": latency.nearest_rank(times, 0.5),
         "welcome_p90_s": latency.nearest_rank(times, 0.9),
         "last_welcome_s": times[-1] if times else None,
+        "dropped_p50_s": latency.nearest_rank(drops, 0.5),
+        "dropped_last_s": drops[-1] if drops else None,
         "server_exited_s": restarted.exited_s if restarted else None,
         "server_listening_s": restarted.listening_s if restarted else None,
         "storm_seconds": round(elapsed, 3),
@@ -310,8 +322,8 @@ def storm_row(
         "bytes_per_member": totals(reports, "wire_bytes") / members,
         "per_member": {kind: kinds.get(kind, 0) / members for kind in KINDS},
         "bytes_per_member_by_type": {kind: kind_bytes.get(kind, 0) / members for kind in KINDS},
-        "attempts": totals(reports, "attempts"),
-        "attempts_per_member": totals(reports, "attempts") / members,
+        "reconnect_attempts": totals(reports, "reconnect_attempts"),
+        "attempts_per_member": totals(reports, "reconnect_attempts") / members,
         "failed_attempts": merged("failures"),
         "close_codes": merged("closes"),
         "recovered": merged("recovered"),

@@ -150,6 +150,7 @@ class Member:
 
     __slots__ = (
         "attempts",
+        "dropped_at",
         "epoch",
         "link",
         "name",
@@ -176,6 +177,8 @@ class Member:
         self.attempts = 0
         """Attempts since the last welcome (the backoff's exponent)."""
         self.timer: asyncio.TimerHandle | None = None
+        self.dropped_at: float | None = None
+        """When it lost its connection after the drop (for a restart: when the server closed it, or reset it)."""
         self.welcomed_at: float | None = None
         """When its first welcome after the drop came."""
         self.recovered: bool | None = None
@@ -196,16 +199,23 @@ class Link(WSListener):
         self.ready: asyncio.Future[None] = storm.loop.create_future()
         self.code: int | None = None
         self.was_cut = False
+        self.dead = False
+        """Given up (its attempt failed): whatever it still brings is ignored, and it is reset once it connects."""
         self.inflater: Any = None
         self.fragments: list[bytes] | None = None
         self.fragments_compressed = False
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        if self.dead:  # its attempt timed out during the handshake: picows completes it all the same
+            transport.disconnect(graceful=False)
+            return
         if "permessage-deflate" in transport.response.headers.get("Sec-WebSocket-Extensions", ""):
             self.inflater = zlib.decompressobj(-15)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.dead:
+            return
         kind = frame.msg_type
         if kind == _TEXT and frame.fin and not frame.rsv1:
             data = frame.get_payload_as_bytes()
@@ -254,6 +264,8 @@ class Link(WSListener):
         self.transport.disconnect(graceful=False)
 
     def abort(self) -> None:
+        """Give the connection up: reset it now, or as soon as its handshake completes."""
+        self.dead = True
         if self.transport is not None:
             self.transport.disconnect(graceful=False)
 
@@ -361,6 +373,8 @@ class Storm:
         member.link = None
         if self.closed:
             return
+        if self.drop_at is not None and member.dropped_at is None:
+            member.dropped_at = time.monotonic()
         self.closes["cut" if link.was_cut else str(link.code) if link.code is not None else "no close frame"] += 1
         self.retry(member, link.code, soon=False)
 
@@ -569,7 +583,7 @@ class Storm:
         self.failures.clear()
         self.closes.clear()
         for member in self.members:
-            member.welcomed_at = None
+            member.welcomed_at = member.dropped_at = None
             member.recovered = None
 
     def cut(self) -> int:
@@ -588,7 +602,7 @@ class Storm:
             "connected": sum(1 for member in self.members if member.link is not None),
             "received": sum(len(member.stamps) for member in self.members),
             "accepted": sum(len(member.outbox.accepted) for member in self.publishers if member.outbox),
-            "attempts": self.attempts,
+            "reconnect_attempts": self.attempts,
         }
 
     def report(self) -> Reply:
@@ -611,13 +625,14 @@ class Storm:
         return {
             "members": len(self.members),
             "welcome_times": [member.welcomed_at - drop for member in self.members if member.welcomed_at is not None],
+            "drop_times": [member.dropped_at - drop for member in self.members if member.dropped_at is not None],
             "frames": self.frames,
             "wire_bytes": self.wire_bytes,
             "kinds": dict(self.kinds),
             "kind_bytes": dict(self.kind_bytes),
             "hist": latency.sparse(self.hist),
             "recovered": dict(self.recovered),
-            "attempts": self.attempts,
+            "reconnect_attempts": self.attempts,
             "failures": dict(self.failures),
             "closes": dict(self.closes),
             "errors": self.errors,
