@@ -812,6 +812,7 @@ def test_storm_members_come_back_as_the_web_client_does() -> None:
     assert client.classify(ConnectionRefusedError(), None) == ("refused", None, False)
     assert client.classify(TimeoutError(), None) == ("timeout", None, False)
     assert client.classify(ConnectionError("closed"), 1013) == ("closed 1013", 1013, False)
+    assert client.classify(ConnectionResetError(), None) == ("reset", None, False)
     assert client.wire_size(125) == 127
     assert client.wire_size(126) == 130
     assert client.wire_size(70000) == 70010

@@ -397,6 +397,7 @@ class Worker:
 
     async def serve(self) -> None:
         self.set_pace(self.pace_seconds)
+        self.loop.set_exception_handler(quiet_given_up_handshakes)
         # A thread of its own reads the pipe: the loop's add_reader would make the descriptor
         # non-blocking (libuv does), and a long command would then arrive in pieces.
         threading.Thread(target=self.read_commands, name="commands", daemon=True).start()
@@ -828,6 +829,18 @@ class Worker:
     async def cmd_quit(self) -> Reply:
         self.loop.call_soon(self.stopped.set)
         return {}
+
+
+def quiet_given_up_handshakes(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler, silent about the handshake timeouts of attempts given up before them.
+
+    An attempt whose own wait ran out (a storm member's) stopped awaiting picows' handshake; when
+    picows' timeout then fails that handshake, nobody retrieves the exception.
+    """
+    exception = context.get("exception")
+    if isinstance(exception, TimeoutError) and "handshake" in str(exception):
+        return
+    loop.default_exception_handler(context)
 
 
 def failure(exc: BaseException) -> str:

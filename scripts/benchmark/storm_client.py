@@ -124,6 +124,10 @@ def classify(exc: BaseException, code: int | None) -> tuple[str, int | None, boo
         return f"closed {code}", code, False
     if isinstance(exc, TimeoutError):
         return "timeout", None, False
+    if isinstance(exc, ConnectionResetError):
+        return "reset", None, False
+    if isinstance(exc, ConnectionError):
+        return "closed without a close frame", None, False
     return type(exc).__name__, None, False
 
 
