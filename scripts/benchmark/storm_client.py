@@ -646,10 +646,16 @@ class Storm:
         }
 
     def check(self, accepted: dict[str, list[int]]) -> Reply:
-        """Each member against the messages its room's server accepted (``accepted``: stamps, in order)."""
+        """Each member against the messages its room's server accepted (``accepted``: stamps, in order).
+
+        Members back (welcomed since the drop, and connected) are checked; the others are counted apart
+        (``absent``), with the messages they have yet to get (``absent_pairs``).
+        """
         expected = received = lost = duplicates = out_of_order = members_lost = lost_recovered = extra = 0
+        absent = absent_pairs = 0
         samples: list[str] = []
         wanted_sets = {room: set(stamps) for room, stamps in accepted.items()}
+        drop = self.drop_at or 0.0
         for member in self.members:
             if member.outbox is not None:
                 continue
@@ -658,6 +664,10 @@ class Storm:
             extra += len(member.stamps) - len(mine)
             unique = set(mine)
             missing = len(wanted) - len(unique)
+            if member.link is None or (self.drop_at is not None and member.welcomed_at is None):
+                absent += 1
+                absent_pairs += missing
+                continue
             expected += len(wanted)
             received += len(unique)
             duplicates += len(mine) - len(unique)
@@ -668,9 +678,11 @@ class Storm:
                 if member.recovered:
                     lost_recovered += missing
                 if len(samples) < ERROR_SAMPLES:
+                    first = min(wanted - unique) / 1e9 - drop
+                    welcomed = (member.welcomed_at or drop) - drop
                     samples.append(
-                        f"{member.name} in {member.room}: {missing} of {len(wanted)} missing "
-                        f"(recovered {member.recovered}, epoch {member.epoch})"
+                        f"{member.name} in {member.room}: {missing} of {len(wanted)} missing, the first published "
+                        f"at {first:+.2f} s; welcomed at {welcomed:+.2f} s (recovered {member.recovered})"
                     )
         return {
             "expected": expected,
@@ -681,6 +693,8 @@ class Storm:
             "duplicates": duplicates,
             "out_of_order": out_of_order,
             "extra": extra,
+            "absent": absent,
+            "absent_pairs": absent_pairs,
             "samples": samples,
         }
 
