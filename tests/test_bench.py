@@ -209,6 +209,77 @@ def test_history_pages_at_random_depths(quick: Document) -> None:
         assert rows[server]["kept"] == rows[server]["messages"] == 2000, rows[server]
 
 
+STORM_SERVERS = ("chat", "chat-redis2", "seed")
+STORM_KINDS = ("welcome", "join", "leave", "message", "ack", "other")
+
+
+@pytest.fixture(scope="module")
+def storm() -> Document:
+    """A quick storm (20 members in rooms of 5, a restart and a cut) on chat, chat on two workers, and the seed."""
+    return bench("--quick", "--scenario", "storm", "--servers", ",".join(STORM_SERVERS))
+
+
+def storm_rows(document: Document) -> dict[tuple[str, str], Row]:
+    """The storm's rows that ran, by (server, drop); a redis kind is skipped only without redis-server."""
+    rows: dict[tuple[str, str], Row] = {}
+    for row in document["results"]["storm"]:
+        if row.get("skipped"):
+            assert shutil.which("redis-server") is None, row["error"]
+            continue
+        assert not row.get("error"), f"storm on {row['server']} ({row['variant']}): {row['error']}"
+        rows[(row["server"], row["drop"])] = row
+    return rows
+
+
+@pytest.mark.e2e
+def test_storm_brings_every_member_back_and_counts_what_the_server_sent(storm: Document) -> None:
+    """After a restart and after a cut, all 20 members are welcomed again; frames, bytes and latency are counted."""
+    variants = [row["variant"] for row in storm["results"]["storm"]]
+    assert variants == [f"20 members, rooms of 5, {drop}" for drop in ("restart", "cut") for _ in STORM_SERVERS]
+    rows = storm_rows(storm)
+    assert {server for server, _ in rows} >= {"chat", "seed"}
+    for (server, drop), row in rows.items():
+        assert (row["members"], row["rooms"], row["room_size"]) == (20, 4, 5), (server, drop, row)
+        assert row["all_welcomed"], (server, drop, row["welcomed"], row["failed_attempts"])
+        assert 0 < row["welcome_p50_s"] <= row["welcomed_s"] < row["limit_s"], (server, drop, row)
+        assert row["storm_messages"] > 0, (server, drop, row)
+        assert row["p99_ms"] >= row["p50_ms"] > 0, (server, drop, row)
+        assert row["frames_per_member"] > 0, (server, drop, row)
+        assert row["bytes_per_member"] > 0, (server, drop, row)
+        assert set(row["per_member"]) == set(STORM_KINDS), (server, drop, row["per_member"])
+        assert row["per_member"]["welcome"] >= 1, (server, drop, row["per_member"])
+        assert row["attempts_per_member"] >= 1, (server, drop, row)
+        assert row["server_cpu_s"] > 0, (server, drop, row)
+        assert row["errors"] == 0, (server, drop, row["error_samples"])
+        if drop == "restart":
+            assert 0 < row["server_exited_s"] < row["server_listening_s"], (server, drop, row)
+        else:
+            assert row["close_codes"] == {"cut": 20}, (server, drop, row["close_codes"])
+            assert row["server_listening_s"] is None, (server, drop, row)
+
+
+@pytest.mark.e2e
+def test_storm_on_chat_loses_nothing_and_the_seed_says_what_it_lost(storm: Document) -> None:
+    """chat: every acknowledged message of the room's last epoch reaches every member once, in order, after a
+    restart (1012, then recovered: false on memory://) and after a cut (recovered: true); the seed's losses are
+    counted, not asserted."""
+    rows = storm_rows(storm)
+    for (server, drop), row in rows.items():
+        assert row["expected"] > 0, (server, drop, row)
+        if server == "seed":
+            assert row["lost"] == row["expected"] - row["received"], (server, drop, row)
+            assert row["recovered"] == {"absent": 20}, (server, drop, row["recovered"])
+            continue
+        assert (row["lost"], row["duplicates"], row["out_of_order"]) == (0, 0, 0), (server, drop, row["loss_samples"])
+        assert row["received"] == row["expected"], (server, drop, row)
+        assert row["per_member"]["join"] > 0, (server, drop, row["per_member"])
+        if drop == "restart":
+            assert row["close_codes"].get("1012", 0) > 0, (server, drop, row["close_codes"])
+        # memory:// starts every room anew after a restart; Redis keeps them, and a cut keeps them everywhere
+        recovered = "false" if (server, drop) == ("chat", "restart") else "true"
+        assert row["recovered"] == {recovered: 20}, (server, drop, row["recovered"])
+
+
 @pytest.mark.e2e
 def test_clients_negotiate_deflate() -> None:
     document = bench("--quick", "--scenario", "fanout", "--servers", "chat,raw", "--deflate")
@@ -675,6 +746,94 @@ def test_ws_rows_are_divided_by_the_same_servers_v1_row() -> None:
     assert "skipped:\n  raw (j, /ws): skipped: does not speak /ws" in report.TABLES["join"]([join_v1, skipped])
     lone = report.TABLES["join"]([join_v1])
     assert "/v1" not in lone
+
+
+def test_storm_options_and_default_servers() -> None:
+    """storm runs only when named (or with all); --room-size, --drops, --publish-interval and --duration reach it."""
+    cli = cli_module()
+    assert "storm" not in cli.plan(cli.parser().parse_args([])).scenarios
+    everything = cli.plan(cli.parser().parse_args(["--scenario", "all"]))
+    assert everything.scenarios == [*SCENARIOS, "storm"]
+    assert everything.servers["storm"] == ["chat", "chat-redis2", "seed", "raw"]
+    plan = cli.plan(cli.parser().parse_args(["--scenario", "storm"]))
+    assert (plan.storm.members, plan.storm.room_sizes, plan.storm.drops) == (10000, [150], ["restart", "cut"])
+    assert [variant.label for variant in cli.variants("storm", plan)] == [
+        "10,000 members, rooms of 150, restart",
+        "10,000 members, rooms of 150, cut",
+    ]
+    arguments = ["--scenario", "storm,rooms", "--members", "300", "--room-size", "30,10", "--drops", "cut"]
+    plan = cli.plan(cli.parser().parse_args([*arguments, "--publish-interval", "0.5", "--duration", "9"]))
+    assert (plan.storm.members, plan.storm.room_sizes, plan.storm.drops) == (300, [30, 10], ["cut"])
+    assert (plan.storm.interval, plan.storm.limit, plan.rooms.room_size) == (0.5, 9.0, 30)
+    assert len(cli.variants("storm", plan)) == 2
+    with pytest.raises(SystemExit):
+        cli.plan(cli.parser().parse_args(["--scenario", "storm", "--drops", "crash"]))
+    with pytest.raises(SystemExit):
+        cli.plan(cli.parser().parse_args(["--scenario", "storm", "--members", "10", "--room-size", "1"]))
+
+
+def test_storm_members_rooms_and_what_each_room_must_deliver() -> None:
+    """Member i is in room i mod rooms, the first of each room publishes; the check covers the room's last epoch
+    (chat), or what the reference echoed since it last started."""
+    storm = importlib.import_module("benchmark.storm")
+    assert storm.storm_rooms(10000, 150) == 67
+    members = storm.storm_members(7, 3)
+    assert members[:3] == [("storm0", "s0", True), ("storm1", "s1", True), ("storm0", "s2", False)]
+    assert sum(1 for _, _, publisher in members if publisher) == 2
+    publisher = {"room": "storm0", "epoch": "new", "accepted": [("old", 5), ("new", 7), ("new", 9)]}
+    reports = [{"publishers": [publisher]}]
+    assert storm.accepted_window(reports, True, "restart", 6) == {"storm0": [7, 9]}
+    echoed = {"room": "storm0", "epoch": None, "accepted": [(None, 5), (None, 7)]}
+    assert storm.accepted_window([{"publishers": [echoed]}], False, "restart", 6) == {"storm0": [7]}
+    assert storm.accepted_window([{"publishers": [echoed]}], False, "cut", 6) == {"storm0": [5, 7]}
+
+
+def test_storm_members_come_back_as_the_web_client_does() -> None:
+    """0.15-0.75 s after a drop (2-4 s after a 1013), then the web client's backoff; 0.3-0.6 s at most when the
+    server answered; since/epoch in the address once a welcome gave an epoch."""
+    client = importlib.import_module("benchmark.storm_client")
+
+    def delays(attempt: int, code: int | None, soon: bool) -> tuple[float, float]:
+        return (
+            client.retry_delay(attempt, code, soon, lambda: 0.0),
+            client.retry_delay(attempt, code, soon, lambda: 1.0),
+        )
+
+    assert delays(0, 1012, False) == (0.15, 0.75)
+    assert delays(0, None, False) == (0.15, 0.75)
+    assert delays(0, 1013, False) == (2.0, 4.0)
+    assert delays(1, None, False) == (0.5, 1.0)
+    assert delays(3, None, False) == (2.0, 4.0)
+    assert delays(10, None, False) == (7.5, 15.0)
+    assert delays(3, None, True) == (0.3, 0.6)
+    assert delays(2, 1013, False) == (2.0, 4.0)
+    assert client.storm_path("r", "a", 0, None, "") == "/ws/r?name=a"
+    assert client.storm_path("r", "a", 12, "E1", "&batch=1") == "/ws/r?name=a&since=12&epoch=E1&batch=1"
+    assert client.classify(ConnectionRefusedError(), None) == ("refused", None, False)
+    assert client.classify(TimeoutError(), None) == ("timeout", None, False)
+    assert client.classify(ConnectionError("closed"), 1013) == ("closed 1013", 1013, False)
+    assert client.classify(ConnectionResetError(), None) == ("reset", None, False)
+    assert client.wire_size(125) == 127
+    assert client.wire_size(126) == 130
+    assert client.wire_size(70000) == 70010
+
+
+def test_storm_table() -> None:
+    """One row per server and drop: the time to the last welcome divided by the references', loss as a share."""
+    report = importlib.import_module("benchmark.report")
+    base: Row = {"variant": "v", "rooms": 67, "room_size": 150, "drop": "restart", "members": 10000, "limit_s": 20.0}
+    chat: Row = {**base, "server": "chat", "welcomed_s": 6.0, "welcomed": 10000, "server_cpu_s": 8.0, "lost": 0}
+    chat.update(expected=500, duplicates=0, per_member={"join": 75.0, "leave": 0.0}, bytes_per_member=20480)
+    seed: Row = {**base, "server": "seed", "welcomed_s": 3.0, "welcomed": 10000, "server_cpu_s": 2.0, "lost": 50}
+    seed.update(expected=500)
+    late: Row = {**base, "server": "chat-redis2", "welcomed_s": None, "welcomed": 6400, "lost": 10}
+    text = report.TABLES["storm"]([chat, seed, late])
+    assert chat["ratio"]["welcomed_s"]["seed"] == pytest.approx(2.0)
+    assert chat["ratio"]["server_cpu_s"]["seed"] == pytest.approx(4.0)
+    assert "67 x 150" in text
+    assert "50 (10.0%)" in text
+    assert "> 20 (64%)" in text
+    assert "20.0" in text  # KiB per member
 
 
 def test_retries_keep_the_least_disturbed_attempt(monkeypatch: pytest.MonkeyPatch) -> None:

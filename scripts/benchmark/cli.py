@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmark import procfs, report, scenarios, stored
+from benchmark import procfs, report, scenarios, stored, storm
 from benchmark.client import ENDPOINTS, V1, WS
 from benchmark.pool import WorkerError, WorkerPool
 from benchmark.probe import ProbeFailed
@@ -40,8 +40,11 @@ from benchmark.scenarios import (
 from benchmark.servers import KINDS, ROOT, Kind, Server, ServerFailed, ServerOptions, redis_available
 from benchmark.stored import HistoryParams, RestartParams
 from benchmark.stores import StoreFailed
+from benchmark.storm import DROPS, StormParams
 
-SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "join", "restart", "history")
+SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "join", "restart", "history", "storm")
+DEFAULT_SCENARIOS = SCENARIOS[:-1]
+"""What runs without ``--scenario``: every scenario but ``storm`` (minutes per server at its default size)."""
 EVERY_KIND = ("chat", "chat-delay", "chat-redis", "seed", "raw")
 DEFAULT_SERVERS: dict[str, tuple[str, ...]] = {
     "fanout": ("chat", "chat-sqlite", "chat-delay", "chat-redis", "chat-redis-pg", "seed", "raw"),
@@ -51,6 +54,7 @@ DEFAULT_SERVERS: dict[str, tuple[str, ...]] = {
     "join": ("chat", "chat-redis"),
     "restart": ("chat-sqlite", "chat-redis-pg"),
     "history": ("chat", "chat-sqlite", "chat-redis-pg"),
+    "storm": ("chat", "chat-redis2", "seed", "raw"),
 }
 """The servers each scenario runs on unless ``--servers`` names them."""
 WS_SERVERS = ("chat", "chat-redis")
@@ -66,17 +70,25 @@ def parser() -> argparse.ArgumentParser:
         epilog="Each scenario starts every server itself on a free loopback port; ratios between servers are "
         "the figures that count.",
     )
-    parser.add_argument("--scenario", default="all", help=f"comma-separated, from {', '.join(SCENARIOS)}, or all")
+    parser.add_argument(
+        "--scenario",
+        help=f"comma-separated, from {', '.join(SCENARIOS)}, or all (default: every one but storm)",
+    )
     defaults = "; ".join(f"{name}: {','.join(kinds)}" for name, kinds in DEFAULT_SERVERS.items())
     parser.add_argument(
         "--servers", help=f"comma-separated, from {', '.join(KINDS)}, for every scenario (default: {defaults})"
     )
-    parser.add_argument("--duration", type=positive_float, help="seconds measured: the fanout window, each rooms step")
+    parser.add_argument(
+        "--duration",
+        type=positive_float,
+        help="seconds measured: the fanout window, each rooms step; storm: the most the members may take to be "
+        "welcomed again after the drop (20)",
+    )
     parser.add_argument(
         "--members",
         help="the scenario's size, comma-separated for several: fanout room size (200,1000), slow_consumer room size "
         "(50), idle connections (5000,15000) and members in --rooms-each rooms (1000), join members (500), "
-        "rooms connections (2000)",
+        "rooms connections (2000), storm members (10000)",
     )
     parser.add_argument(
         "--endpoints",
@@ -87,7 +99,20 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rooms-each", type=positive_int, help="idle (its members variants), join: rooms each member is in (10)"
     )
-    parser.add_argument("--room-size", type=positive_int, help="rooms: members per room (10)")
+    parser.add_argument(
+        "--room-size",
+        help="members per room: rooms (10); storm, comma-separated for several (150; 150,10 runs both)",
+    )
+    parser.add_argument(
+        "--drops",
+        help="storm: how every member drops, comma-separated: restart (the server process restarts on its port) "
+        "and cut (the clients reset their connections, the server stays up) (restart,cut)",
+    )
+    parser.add_argument(
+        "--publish-interval",
+        type=positive_float,
+        help="storm: seconds between two messages of each room's publisher (0.2)",
+    )
     parser.add_argument(
         "--rooms",
         type=positive_int,
@@ -200,10 +225,14 @@ class Plan:
     endpoints: tuple[str, ...] = ENDPOINTS
     ws_servers: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     """The servers of each scenario chosen that run its ``/ws`` variants."""
+    storm: StormParams = dataclasses.field(default_factory=StormParams)
 
 
 def plan(arguments: argparse.Namespace) -> Plan:
-    chosen = SCENARIOS if arguments.scenario == "all" else tuple(arguments.scenario.split(","))
+    if arguments.scenario is None:
+        chosen = DEFAULT_SCENARIOS
+    else:
+        chosen = SCENARIOS if arguments.scenario == "all" else tuple(arguments.scenario.split(","))
     unknown = [name for name in chosen if name not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)} or all")
@@ -220,7 +249,7 @@ def plan(arguments: argparse.Namespace) -> Plan:
     query = "".join(f"&{item}" for item in arguments.query)
     common = Common(deflate=arguments.deflate, query=query)
     fanout, rooms, slow, idle = FanoutParams(), RoomsParams(), SlowParams(), IdleParams()
-    restart, history, join = RestartParams(), HistoryParams(), JoinParams()
+    restart, history, join, storms = RestartParams(), HistoryParams(), JoinParams(), StormParams()
     if arguments.quick:
         common = dataclasses.replace(common, connect_timeout=5.0)
         fanout = FanoutParams(members=[20], duration=1.0, warmup=0.3, stall=2.0, drain=3.0)
@@ -230,9 +259,19 @@ def plan(arguments: argparse.Namespace) -> Plan:
         join = JoinParams(members=[10], warmup=2)
         restart = RestartParams(messages=2000, rooms=10, timeout=20.0)
         history = HistoryParams(messages=2000, pages=100, warmup=5)
+        storms = StormParams(
+            members=20, room_sizes=[5], interval=0.25, settle=0.2, warmup=0.5, tail=0.5, limit=20.0, drain=3.0
+        )
     members = ints(arguments.members or "") or None
     first = members[0] if members else None
     rates = floats(arguments.rates or "") or None
+    room_sizes = ints(arguments.room_size or "") or None
+    if room_sizes is not None and min(room_sizes) < 1:
+        raise SystemExit("--room-size: every size must be 1 or more")
+    drops = [part for part in (arguments.drops or "").split(",") if part] or None
+    unknown = [part for part in drops or [] if part not in DROPS]
+    if unknown:
+        raise SystemExit(f"unknown drop {unknown[0]!r}: choose from {', '.join(DROPS)}")
     size = arguments.message_bytes
     common = dataclasses.replace(common, concurrency=given(arguments.concurrency, common.concurrency))
     fanout = dataclasses.replace(
@@ -245,7 +284,7 @@ def plan(arguments: argparse.Namespace) -> Plan:
     rooms = dataclasses.replace(
         rooms,
         connections=given(first, rooms.connections),
-        room_size=given(arguments.room_size, rooms.room_size),
+        room_size=room_sizes[0] if room_sizes else rooms.room_size,
         rates=given(rates, rooms.rates),
         step=given(arguments.duration, rooms.step),
         size=given(size, rooms.size),
@@ -274,11 +313,26 @@ def plan(arguments: argparse.Namespace) -> Plan:
     history = dataclasses.replace(
         history, messages=given(arguments.stored, history.messages), pages=given(arguments.pages, history.pages)
     )
+    storms = dataclasses.replace(
+        storms,
+        members=given(first, storms.members),
+        room_sizes=given(room_sizes, storms.room_sizes),
+        drops=given(drops, storms.drops),
+        interval=given(arguments.publish_interval, storms.interval),
+        limit=given(arguments.duration, storms.limit),
+        size=given(size, storms.size),
+    )
+    if "storm" in chosen and storms.size < 20:
+        raise SystemExit("--message-bytes: storm's texts start with a 20-digit stamp")
+    if "storm" in chosen and storms.members < 2 * storm.storm_rooms(storms.members, min(storms.room_sizes)):
+        raise SystemExit("storm needs rooms of 2 members at least (a publisher and one other): raise --room-size")
     if slow.members < 3:
         raise SystemExit("slow_consumer needs at least 3 members (publisher, slow one, one other)")
     if history.messages < history.limit:
         raise SystemExit(f"history needs at least a page of stored messages ({history.limit})")
-    return Plan(list(chosen), servers, common, fanout, rooms, slow, idle, restart, history, join, endpoints, ws_servers)
+    return Plan(
+        list(chosen), servers, common, fanout, rooms, slow, idle, restart, history, join, endpoints, ws_servers, storms
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +364,15 @@ def variants(name: str, plan: Plan) -> list[Variant]:
     if name == "history":
         label = f"{plan.history.messages:,} messages in one room, pages of {plan.history.limit}"
         return [Variant(label, lambda pool, server: stored.run_history(server, plan.history))]
+    if name == "storm":
+        return [
+            Variant(
+                f"{plan.storm.members:,} members, rooms of {size}, {drop}",
+                storm_run(common, plan.storm, size, drop),
+            )
+            for size in plan.storm.room_sizes
+            for drop in plan.storm.drops
+        ]
     if name == "join":
         joins = plan.join
         return paired(
@@ -352,6 +415,10 @@ def idle_run(common: Common, params: IdleParams, members: int, rooms_each: int) 
 
 def join_run(common: Common, params: JoinParams, members: int) -> EndpointRun:
     return lambda endpoint: lambda pool, server: scenarios.run_join(pool, server, common, params, members, endpoint)
+
+
+def storm_run(common: Common, params: StormParams, size: int, drop: str) -> Callable[[WorkerPool, Server], Row]:
+    return lambda pool, server: storm.run_storm(pool, server, common, params, size, drop)
 
 
 def log(message: str) -> None:
@@ -585,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             *((members + join.warmup) * join.rooms_each for members in join.members),
             the_plan.rooms.connections,
             *the_plan.fanout.members,
+            *([the_plan.storm.members] if "storm" in the_plan.scenarios else []),
         ]
     )
     if soft < largest + 200:
@@ -617,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             "join": dataclasses.asdict(the_plan.join),
             "restart": dataclasses.asdict(the_plan.restart),
             "history": dataclasses.asdict(the_plan.history),
+            "storm": dataclasses.asdict(the_plan.storm),
         },
         "logs": str(workdir),
         "results": {},
@@ -701,7 +770,7 @@ STORE_CPU_NOTE = (
     "server CPU includes the PostgreSQL backends serving its database, not PostgreSQL's shared WAL writer, "
     "checkpointer and background writer"
 )
-MEASURES_CPU = ("fanout", "rooms", "slow_consumer", "idle", "join", "history")
+MEASURES_CPU = ("fanout", "rooms", "slow_consumer", "idle", "join", "history", "storm")
 
 
 def note_store_cpu(name: str, row: Row) -> None:
@@ -758,6 +827,18 @@ def summary(name: str, row: Row) -> str:
             f"{report.number(row.get('pages'))} pages of {row.get('limit')} within the last "
             f"{report.number(row.get('kept'))}: p50 {report.number(row.get('p50_ms'), 2)} ms, "
             f"p99 {report.number(row.get('p99_ms'), 2)} ms, {report.number(row.get('cpu_ms_per_page'), 2)} CPU ms/page"
+        )
+    if name == "storm":
+        return (
+            f"every member welcomed after {report.number(row.get('welcomed_s'), 2)} s "
+            f"({report.number(row.get('welcomed'))} of {report.number(row.get('members'))}; "
+            f"half after {report.number(row.get('welcome_p50_s'), 2)} s), "
+            f"server CPU {report.number(row.get('server_cpu_s'), 2)} s, "
+            f"p50 {report.number(row.get('p50_ms'), 1)} ms, p99 {report.number(row.get('p99_ms'), 1)} ms, "
+            f"lost {row.get('lost')}, duplicates {row.get('duplicates')}, "
+            f"{report.number(row.get('frames_per_member'), 1)} frames/member, "
+            f"client CPU {report.number(row.get('client_cpu_pct'))}%, "
+            f"other {report.number(row.get('other_cpu_pct'))}%"
         )
     if name == "join":
         return (

@@ -39,6 +39,7 @@ import uvloop
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from benchmark import latency
+from benchmark.storm_client import Storm
 
 MESSAGE_PREFIX = b'{"type":"message"'
 ACK_PREFIX = b'{"type":"ack"'
@@ -367,6 +368,8 @@ class Worker:
         self.open_sent = 0
         self.open_skipped = 0
         self.slow_watch: asyncio.Task[None] | None = None
+        self.storm: Storm | None = None
+        """The ``storm`` scenario's members (``storm_client.py``), while it runs."""
 
     # --- the command pipe -----------------------------------------------------------------------
 
@@ -394,6 +397,7 @@ class Worker:
 
     async def serve(self) -> None:
         self.set_pace(self.pace_seconds)
+        self.loop.set_exception_handler(quiet_given_up_handshakes)
         # A thread of its own reads the pipe: the loop's add_reader would make the descriptor
         # non-blocking (libuv does), and a long command would then arrive in pieces.
         threading.Thread(target=self.read_commands, name="commands", daemon=True).start()
@@ -735,6 +739,55 @@ class Worker:
             sent += due
             self.open_sent += due
 
+    # --- storm (storm_client.py) ---------------------------------------------------------------
+
+    async def cmd_storm_connect(
+        self,
+        port: int,
+        members: list[tuple[str, str, bool, str]],
+        query: str,
+        deflate: bool,
+        concurrency: int,
+        wait: float,
+        acks: bool,
+    ) -> Reply:
+        """Open storm members ``(room, name, publisher, source address)``, each up to its welcome."""
+        if self.storm is None:
+            self.storm = Storm(port, query, deflate, wait, acks)
+        return await self.storm.connect(members, concurrency)
+
+    def the_storm(self) -> Storm:
+        """This process's storm members (none: an empty storm, when there were fewer members than processes)."""
+        if self.storm is None:
+            self.storm = Storm(0, "", False, 1.0, True)
+        return self.storm
+
+    async def cmd_storm_publish(self, interval: float, size: int) -> Reply:
+        """Every publisher here sends a message each ``interval`` s while welcomed; members record what arrives."""
+        if self.storm is not None:
+            self.storm.start_publishing(interval, size)
+        return {}
+
+    async def cmd_storm_stop_publishing(self) -> Reply:
+        if self.storm is not None:
+            self.storm.stop_publishing()
+        return {}
+
+    async def cmd_storm_arm(self, at: float, since_ns: int, cut: bool) -> Reply:
+        """The drop is now: count from here; with ``cut``, reset every connection (members then come back)."""
+        storm = self.the_storm()
+        storm.arm(at, since_ns)
+        return {"cut": storm.cut() if cut else 0}
+
+    async def cmd_storm_stats(self) -> Reply:
+        return self.the_storm().stats()
+
+    async def cmd_storm_report(self) -> Reply:
+        return self.the_storm().report()
+
+    async def cmd_storm_check(self, accepted: dict[str, list[int]]) -> Reply:
+        return self.the_storm().check(accepted)
+
     async def cmd_disconnect(self, within: float) -> Reply:
         """Close every connection (close frame, then drop the transport) and forget it."""
         await self.halt_publisher()
@@ -747,6 +800,9 @@ class Worker:
         return {}
 
     def abort_all(self) -> None:
+        if self.storm is not None:
+            self.storm.close()
+            self.storm = None
         for client in self.clients:
             client.abort()
         for slow in self.slow:
@@ -773,6 +829,18 @@ class Worker:
     async def cmd_quit(self) -> Reply:
         self.loop.call_soon(self.stopped.set)
         return {}
+
+
+def quiet_given_up_handshakes(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler, silent about the handshake timeouts of attempts given up before them.
+
+    An attempt whose own wait ran out (a storm member's) stopped awaiting picows' handshake; when
+    picows' timeout then fails that handshake, nobody retrieves the exception.
+    """
+    exception = context.get("exception")
+    if isinstance(exception, TimeoutError) and "handshake" in str(exception):
+        return
+    loop.default_exception_handler(context)
 
 
 def failure(exc: BaseException) -> str:

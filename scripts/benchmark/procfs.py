@@ -19,6 +19,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_seconds_with_children(pid: int) -> float:
+    """utime + stime of one process and of the children it waited for (cutime + cstime); 0 if it is gone.
+
+    Read from an exited process that was not reaped yet (a zombie), this is everything its tree used.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+
+
 def title(pid: int) -> str:
     """A process's command line as ``ps`` shows it (a title it set itself included); "" if it is gone."""
     try:
@@ -107,6 +120,22 @@ def listening_inodes(port: int) -> set[str]:
             if len(fields) > 9 and fields[3] == TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(fields[9])
     return inodes
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting to be accepted on ``port`` (its longest listening queue); None when nothing listens."""
+    longest: int | None = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 4 and fields[3] == TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                waiting = int(fields[4].split(":")[1], 16)
+                longest = waiting if longest is None else max(longest, waiting)
+    return longest
 
 
 def listens_on(pid: int, port: int) -> bool:

@@ -289,6 +289,56 @@ def history_table(rows: list[Row]) -> str:
     return render(title, columns, rows)
 
 
+def storm_table(rows: list[Row]) -> str:
+    add_ratios(rows, ["welcomed_s", "server_cpu_s"])
+
+    def per_member(kind: str) -> Callable[[Row], str]:
+        return lambda row: number((row.get("per_member") or {}).get(kind), 1)
+
+    def welcomed(row: Row) -> str:
+        if row.get("welcomed_s") is not None:
+            return number(row["welcomed_s"], 2)
+        share = 100 * (row.get("welcomed") or 0) / max(1, row.get("members") or 1)
+        return f"> {number(row.get('limit_s'))} ({share:.0f}%)"
+
+    def lost(row: Row) -> str:
+        if row.get("lost") is None:
+            return "-"
+        expected = row.get("expected") or 0
+        share = f" ({100 * row['lost'] / expected:.1f}%)" if row["lost"] and expected else ""
+        return f"{number(row['lost'])}{share}"
+
+    columns: list[Column] = [
+        server_column(),
+        ("rooms", lambda row: f"{number(row.get('rooms'))} x {number(row.get('room_size'))}"),
+        ("drop", lambda row: str(row.get("drop", ""))),
+        ("all welcomed s", welcomed),
+        *ratios("welcomed_s"),
+        ("half s", field("welcome_p50_s", 2)),
+        ("back up s", field("server_listening_s", 2)),
+        ("accept queue", field("accept_queue_peak")),
+        ("server CPU s", field("server_cpu_s", 2)),
+        *ratios("server_cpu_s"),
+        ("p50 ms", field("p50_ms", 1)),
+        ("p99 ms", field("p99_ms", 1)),
+        ("storm msgs", field("storm_messages")),
+        ("lost", lost),
+        ("dup", field("duplicates")),
+        ("frames/member", field("frames_per_member", 1)),
+        ("KiB/member", lambda row: number((row.get("bytes_per_member") or 0) / 1024, 1)),
+        ("joins", per_member("join")),
+        ("leaves", per_member("leave")),
+        ("attempts/member", field("attempts_per_member", 2)),
+        ("client CPU%", field("client_cpu_pct")),
+    ]
+    title = (
+        "storm: every member drops at once (server restart, or the clients' network cut) and reconnects with "
+        "since/epoch; from the drop until every member has its welcome again (frames, KiB, joins, leaves: "
+        "what the server sent per member from the drop to the end of the run)"
+    )
+    return render(title, columns, rows)
+
+
 TABLES: dict[str, Callable[[list[Row]], str]] = {
     "fanout": fanout_table,
     "rooms": rooms_table,
@@ -297,4 +347,5 @@ TABLES: dict[str, Callable[[list[Row]], str]] = {
     "join": join_table,
     "restart": restart_table,
     "history": history_table,
+    "storm": storm_table,
 }

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmark import latency, procfs
 from benchmark.client import V1, WS
@@ -30,6 +30,7 @@ CALL_TIMEOUT = 15.0
 DISCONNECT_TIMEOUT = 15.0
 PER_ADDRESS = 50
 """Connections from each loopback source address (see ``source_address``)."""
+T = TypeVar("T")
 SHORTEST_WINDOW = 0.5
 """Seconds below which CPU shares read from /proc are too coarse to judge the machine's calm."""
 
@@ -179,9 +180,9 @@ def window_figures(start: Snapshot, end: Snapshot) -> Row:
     }
 
 
-def spread(members: list[Member], workers: int, first: int = 0) -> list[list[Member]]:
+def spread(members: list[T], workers: int, first: int = 0) -> list[list[T]]:
     """Deal members to client processes in turn, starting with process ``first``."""
-    shares: list[list[Member]] = [[] for _ in range(workers)]
+    shares: list[list[T]] = [[] for _ in range(workers)]
     for index, member in enumerate(members):
         shares[(first + index) % workers].append(member)
     return shares

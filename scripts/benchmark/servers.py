@@ -6,7 +6,8 @@
 so that they stay the memory baseline whatever the command line's default store; ``chat-delay``
 adds a 10 ms write delay (``--write-delay 0.01``). ``chat-sqlite`` records in a fresh SQLite file,
 ``chat-redis-pg`` in a fresh PostgreSQL database (``stores.py``); ``chat-redis`` and
-``chat-redis-pg`` get their own redis-server, started here without persistence. The CPU of that
+``chat-redis-pg`` get their own redis-server, started here without persistence; ``chat-redis2`` is
+``chat-redis`` with two uvicorn worker processes (``--workers 2``) on that one redis-server. The CPU of that
 redis-server and of the PostgreSQL backends serving the database counts as the server's. ``seed``
 and ``raw`` are the references beside this file. A server is ready once its own process holds the
 socket listening on its port (read from /proc), so no log line is needed and every server can run
@@ -40,6 +41,8 @@ BIND_CLASH = "address already in use"
 PR_SET_PDEATHSIG = 1
 LISTEN_POLL = 0.01
 """Seconds between looks at whether a starting server listens yet (``restart`` times the start)."""
+EXIT_POLL = 0.005
+"""Seconds between looks at whether a stopping server exited (``storm`` times its restart)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ KINDS = {
     "chat": Kind("chat", acks=True, redis=False, chat_args=MEMORY_STORE),  # memory backend, bounded history
     "chat-sqlite": Kind("chat-sqlite", acks=True, redis=False, chat_args=(), store="sqlite", baseline="chat"),
     "chat-redis": Kind("chat-redis", acks=True, redis=True, chat_args=()),
+    "chat-redis2": Kind("chat-redis2", acks=True, redis=True, chat_args=("--workers", "2")),  # two processes
     "chat-redis-pg": Kind(
         "chat-redis-pg", acks=True, redis=True, chat_args=(), store="postgresql", baseline="chat-redis"
     ),
@@ -82,6 +86,20 @@ class ServerOptions:
     workdir: Path = Path("/tmp")
     cpus: frozenset[int] | None = None
     """CPUs the server process may run on (``--pin``); None: any."""
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """A server process stopped and started again on its port (``Server.restart_in_place``)."""
+
+    exited_s: float
+    """From the SIGTERM to the old process's exit."""
+    listening_s: float
+    """From the SIGTERM to the new process listening on the port."""
+    old_cpu: float
+    """CPU seconds the old process and the children it waited for used in all, read at its exit."""
+    complaint: str | None
+    """Said when the old process had to be killed."""
 
 
 class ServerFailed(RuntimeError):
@@ -170,6 +188,30 @@ class Process:
             self.popen.kill()
             self.popen.wait(timeout)
             return f"pid {self.pid} ignored SIGTERM for {timeout:.0f} s and was killed"
+
+    def stop_measured(self, timeout: float = STOP_TIMEOUT) -> tuple[float, str | None]:
+        """``stop``, and the CPU seconds the process and the children it waited for used in all (read at its exit)."""
+        if self.popen.poll() is not None:
+            return 0.0, None
+        self.popen.send_signal(signal.SIGTERM)
+        complaint = None
+        deadline = time.monotonic() + timeout
+        while not exited(self.pid):
+            if complaint is None and time.monotonic() > deadline:
+                self.popen.kill()
+                complaint = f"pid {self.pid} ignored SIGTERM for {timeout:.0f} s and was killed"
+            time.sleep(EXIT_POLL)
+        cpu = procfs.cpu_seconds_with_children(self.pid)
+        self.popen.wait(timeout)
+        return cpu, complaint
+
+
+def exited(pid: int) -> bool:
+    """Whether a child process exited, without reaping it (its /proc entry stays readable)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def start_listening(
@@ -318,6 +360,27 @@ class Server:
         self.starts += 1
         log = Path(f"{self.log_stem}-{self.starts}.log")
         self.process = start_listening(self.argv_for, log, START_TIMEOUT, self.cpus)
+
+    def restart_in_place(self) -> Restarted:
+        """Stop the server's process (SIGTERM) and start it again on the same port, as an operator restarts it.
+
+        Its redis-server and store stay. The new process gets a new log; a start that finds the port
+        still taken tries again until ``START_TIMEOUT``.
+        """
+        started = time.monotonic()
+        old_cpu, complaint = self.process.stop_measured()
+        exited_at = time.monotonic()
+        self.starts += 1
+        log = Path(f"{self.log_stem}-{self.starts}.log")
+        deadline = exited_at + START_TIMEOUT
+        while True:
+            self.process = Process(self.argv_for(self.port), self.port, log, self.cpus)
+            if self.process.wait_listening(max(LISTEN_POLL, deadline - time.monotonic())):
+                break
+            if BIND_CLASH not in self.process.log().lower() or time.monotonic() >= deadline:
+                raise ServerFailed(f"did not start again on port {self.port}:\n{self.process.log()}")
+            time.sleep(LISTEN_POLL)
+        return Restarted(exited_at - started, time.monotonic() - started, old_cpu, complaint)
 
     def stop(self) -> str | None:
         complaint = self.process.stop()
