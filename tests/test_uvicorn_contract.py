@@ -390,3 +390,16 @@ def test_uvicorn_uses_its_queue_and_event_only_through_what_the_standins_offer(a
     assert uses, f"uvicorn {uvicorn.__version__} no longer uses self.{attribute}: the stand-in replaces nothing"
     offered = {name for name in dir(standin) if not name.startswith("_")}
     assert uses <= offered, f"uvicorn {uvicorn.__version__} reaches self.{attribute} through {sorted(uses - offered)}"
+
+
+async def test_every_attribute_of_an_open_connection_is_in_a_slot() -> None:
+    """An open connection's protocol keeps every attribute (uvicorn's and chat's) in slots: no instance dict."""
+    app = EchoApp()
+    async with run_server(app) as running:
+        raw = await RawSocket.upgraded(running.port)
+        try:
+            session = await app.accepted()
+            unslotted = sorted(vars(session.writer))
+        finally:
+            raw.close()
+    assert not unslotted, f"uvicorn {uvicorn.__version__} sets {unslotted}: add them to websocket.UVICORN_STATE"

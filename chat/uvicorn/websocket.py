@@ -5,8 +5,9 @@
   one event-loop turn (or, with a ``write_delay``, within that many seconds of the first) leaves in
   one write (one system call instead of one per frame), and for a member that joined with
   ``batch=1`` in one WebSocket message;
-- lighter per-connection state: a plain list for the app's receive queue, a flag for ``writable``
-  (``chat.uvicorn.standins``), and the handshake's request and response dropped once accepted;
+- lighter per-connection state: every attribute in a slot, a plain list for the app's receive queue,
+  a flag for ``writable`` (``chat.uvicorn.standins``), and the handshake's request and response
+  dropped once accepted;
 - no stuck sockets: uvicorn's own close waits for a send buffer that never drains when the peer
   stopped reading, and its keepalive then closes the transport gracefully, which waits for the same
   buffer. Here a close never waits, a socket that takes nothing for ``stall_timeout`` seconds is
@@ -80,19 +81,63 @@ RELIES_ON_ATTRIBUTES = (
 
 SHUTDOWN_GRACE = 3.0
 """Seconds connections get after the 1012 of a shutdown before they are reset."""
+UVICORN_STATE = (
+    "app",
+    "app_state",
+    "asgi_version",
+    "client",
+    "close_sent",
+    "close_timeout",
+    "close_timer",
+    "config",
+    "conn",
+    "connections",
+    "curr_msg_data_type",
+    "default_headers",
+    "disconnected",
+    "frames",
+    "handshake_complete",
+    "handshake_initiated",
+    "initial_response",
+    "last_ping_rtt",
+    "logger",
+    "loop",
+    "pending_ping_payload",
+    "ping_interval",
+    "ping_sent_at",
+    "ping_timeout",
+    "ping_timer",
+    "pong_timer",
+    "queue",
+    "read_paused",
+    "request",
+    "response",
+    "root_path",
+    "scheme",
+    "scope",
+    "server",
+    "tasks",
+    "transport",
+    "writable",
+)
+"""Every attribute uvicorn's protocol sets, kept in slots: over 30 attributes, an instance dict is not shared and
+takes ~1.5 KiB per connection (``tests/test_uvicorn_contract.py`` checks that the list is complete)."""
 
 
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O websockets protocol with direct writes, releasing sockets whose peer stopped reading."""
 
-    stall_timeout = 30.0
-    batch = False
-    on_stall: Callable[[], None] | None = None
-    """Called when the socket took nothing for ``stall_timeout`` seconds; the app then closes (``direct_close``)."""
-    _pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
-    _pending_size = 0
-    _stall_timer: TimerHandle | None = None
-    _abort_timer: TimerHandle | None = None
+    __slots__ = (
+        *UVICORN_STATE,
+        "_abort_timer",
+        "_flusher",
+        "_pending",
+        "_pending_size",
+        "_stall_timer",
+        "batch",
+        "on_stall",
+        "stall_timeout",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -100,6 +145,14 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
         self._flusher = flusher_for(self.loop)
+        self.stall_timeout = 30.0
+        self.batch = False
+        self.on_stall: Callable[[], None] | None = None
+        """Called when the socket took nothing for ``stall_timeout`` seconds; the app then closes (``direct_close``)."""
+        self._pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
+        self._pending_size = 0
+        self._stall_timer: TimerHandle | None = None
+        self._abort_timer: TimerHandle | None = None
 
     # --- the chat.direct extension ----------------------------------------------------------------
 
