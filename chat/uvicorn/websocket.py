@@ -31,13 +31,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from asyncio import TimerHandle
+from asyncio import TimerHandle, Transport
 from collections.abc import Callable
+from email.utils import formatdate
 from typing import Any
+from urllib.parse import unquote
 
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
 from websockets.frames import CloseCode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
 
 from chat.connection import DIRECT_EXTENSION, STALLED
 from chat.exceptions import SlowConsumer
@@ -50,6 +55,7 @@ RELIES_ON_METHODS = (
     "handle_connect",
     "handle_parser_exception",
     "keepalive_timeout",
+    "on_task_complete",
     "pause_writing",
     "resume_writing",
     "run_asgi",
@@ -59,26 +65,38 @@ RELIES_ON_METHODS = (
 )
 """uvicorn's methods that ``ChatWebSocketProtocol`` overrides or calls (``tests/test_uvicorn_contract.py`` checks)."""
 RELIES_ON_ATTRIBUTES = (
+    "app_state",
+    "asgi_version",
+    "client",
     "close_sent",
     "close_timeout",
     "close_timer",
     "conn",
+    "connections",
     "curr_msg_data_type",
     "disconnected",
     "frames",
     "handshake_complete",
+    "handshake_initiated",
     "initial_response",
+    "logger",
     "loop",
     "queue",
     "read_paused",
     "request",
     "response",
+    "root_path",
+    "scheme",
     "scope",
+    "server",
+    "tasks",
     "transport",
     "writable",
 )
 """uvicorn's per-connection attributes that ``ChatWebSocketProtocol`` reads or replaces (checked the same way)."""
 
+Peers = tuple[tuple[str, int | None] | None, tuple[str, int] | None]
+"""The server's and the client's address, as uvicorn's protocols keep them."""
 SHUTDOWN_GRACE = 3.0
 """Seconds connections get after the 1012 of a shutdown before they are reset."""
 UVICORN_STATE = (
@@ -153,6 +171,55 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._pending_size = 0
         self._stall_timer: TimerHandle | None = None
         self._abort_timer: TimerHandle | None = None
+
+    # --- the handshake httptools parsed -----------------------------------------------------------
+
+    def upgraded(
+        self, transport: Transport, peers: Peers, scheme: str, url: bytes, headers: list[tuple[bytes, bytes]], key: str
+    ) -> None:
+        """Take over a connection whose upgrade request httptools parsed and ``handshake.accept_key`` found acceptable
+        (``peers``: the server's and the client's address; ``key``: the ``Sec-WebSocket-Accept`` value).
+
+        As ``connection_made`` and ``handle_connect`` would once ``websockets`` had parsed the request
+        again, without that parse: the scope has httptools' headers, and the frames that follow go to
+        ``websockets``' frame parser, whose frame then holds no request.
+        """
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client = peers
+        self.scheme = "wss" if scheme == "https" else "ws"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)
+        self.conn.parser = Protocol.parse(self.conn)  # what ServerProtocol.parse goes on with after a request
+        next(self.conn.parser)
+        self.conn.accept_called = True  # as accept() would have: a refusal is logged as "connection rejected"
+        self.request = None  # type: ignore[assignment]
+        # As websockets' accept() builds it: uvicorn's send() replaces the Date with its own, adds its headers.
+        accepted = [("Date", formatdate(usegmt=True)), ("Upgrade", "websocket"), ("Connection", "Upgrade")]
+        self.response = Response(101, "Switching Protocols", Headers([*accepted, ("Sec-WebSocket-Accept", key)]))
+        self.handshake_initiated = True
+        raw_path, _, query_string = url.partition(b"?")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path.decode("ascii")),
+            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}, DIRECT_EXTENSION: {"writer": self}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
 
     # --- the chat.direct extension ----------------------------------------------------------------
 
