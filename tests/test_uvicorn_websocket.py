@@ -126,7 +126,7 @@ class ScopeApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scopes.append(scope)
         await receive()
-        await send({"type": "websocket.accept", "headers": [(b"x-app", b"yes")]})
+        await send({"type": "websocket.accept", "headers": [(b"x-app", b"yes")], "subprotocol": "chat.v1"})
         while (await receive())["type"] != "websocket.disconnect":
             pass
 
@@ -138,6 +138,12 @@ async def answered(port: int, request: str) -> tuple[RawSocket, bytes]:
     return raw, await raw.read_until(b"\r\n\r\n")
 
 
+def handshake_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What was logged about a handshake, without the client's address and port."""
+    lines = [record.getMessage().split(" - ")[-1] for record in caplog.records if record.name == "uvicorn.error"]
+    return [line for line in lines if line[:1] in "<>=" or "WebSocket" in line or "connection" in line]
+
+
 def comparable(scope: dict[str, Any]) -> dict[str, Any]:
     """The scope without what differs between two connections: the client's port, the writer, a body's header."""
     return scope | {
@@ -147,17 +153,27 @@ def comparable(scope: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def test_a_handshake_httptools_parsed_is_answered_as_websockets_would() -> None:
-    """The same request, answered from httptools' parse or parsed again by ``websockets``: same answer, same scope."""
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+async def test_a_handshake_httptools_parsed_is_answered_as_websockets_would(
+    level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same request, answered from httptools' parse or parsed again by ``websockets``: the same answer, scope
+    and log lines (at DEBUG, where ``websockets`` logs every line of both, it parses both)."""
+    caplog.set_level(level, logger="uvicorn.error")
     app = ScopeApp()
+    heads, logs = [], []
     async with run_server(app, root_path="/base", server_header=False, date_header=False) as running:
-        fast, fast_head = await answered(running.port, HANDSHAKE)
-        slow, slow_head = await answered(running.port, HANDSHAKE + "Content-Length: 0\r\n")
-        fast.close()
-        slow.close()
-    assert fast_head == slow_head
-    assert fast_head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
-    assert b"x-app: yes" in fast_head
+        for request in (HANDSHAKE, HANDSHAKE + "Content-Length: 0\r\n"):
+            caplog.clear()
+            raw, head = await answered(running.port, request)
+            raw.close()
+            heads.append(head)
+            logs.append(handshake_lines(caplog))
+    assert heads[0] == heads[1]
+    assert heads[0].startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"x-app: yes\r\nSec-WebSocket-Protocol: chat.v1" in heads[0]
+    assert logs[0] == [line for line in logs[1] if "content-length" not in line]
+    assert "connection open" in logs[0]
     fast_scope, slow_scope = map(comparable, app.scopes)
     assert fast_scope == slow_scope
     assert (fast_scope["path"], fast_scope["query_string"]) == ("/base/chat/room 1", b"name=ann")
@@ -182,8 +198,7 @@ async def test_a_refusal_httptools_parsed_is_answered_and_logged_as_websockets_w
             await raw.read_to_end()
             raw.close()
             heads.append(head)
-            lines = [record.getMessage().split(" - ")[-1] for record in caplog.records]
-            logs.append([line for line in lines if "WebSocket" in line or "connection" in line])
+            logs.append(handshake_lines(caplog))
     assert heads[0] == heads[1]
     assert heads[0].startswith(b"HTTP/1.1 403 ")
     assert logs[0] == logs[1]

@@ -1,8 +1,10 @@
-"""``ChatHttpProtocol``: uvicorn's httptools protocol with a deadline and a size limit for each request head."""
+"""``ChatHttpProtocol``: uvicorn's httptools protocol with a deadline and a size limit for each request head,
+handing a WebSocket upgrade over as httptools parsed it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from asyncio import TimerHandle
 from typing import Any, cast
 
@@ -88,7 +90,9 @@ class ChatHttpProtocol(HttpToolsProtocol):
         otherwise as uvicorn does (the request's bytes, parsed again by ``websockets``)."""
         protocol_class = self.ws_protocol_class
         key = None
-        if isinstance(protocol_class, type) and issubclass(protocol_class, ChatWebSocketProtocol):
+        # At DEBUG, websockets logs the request and the response line by line: it has to see them.
+        chat_protocol = isinstance(protocol_class, type) and issubclass(protocol_class, ChatWebSocketProtocol)
+        if chat_protocol and not self.logger.isEnabledFor(logging.DEBUG):
             key = accept_key(self.scope["method"], self.url, self.headers, self.config.ws_per_message_deflate)
         if key is None or protocol_class is None:
             super().handle_websocket_upgrade()

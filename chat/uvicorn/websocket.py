@@ -1,5 +1,8 @@
 """``ChatWebSocketProtocol``: uvicorn's sans-I/O websockets protocol with these changes.
 
+- the handshake httptools parsed: ``ChatHttpProtocol`` hands over an upgrade request that
+  ``chat.uvicorn.handshake`` finds acceptable as it is, and it is answered without ``websockets``
+  parsing it again (nor keeping it for the connection's life); any other goes uvicorn's way;
 - direct writes: it offers the app the ``chat.direct`` ASGI extension, through which whole frames,
   framed once per broadcast, go into the socket's buffer without an await; everything written in
   one event-loop turn (or, with a ``write_delay``, within that many seconds of the first) leaves in
@@ -29,20 +32,22 @@ tested (``scripts/check-upstream``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 from asyncio import TimerHandle, Transport
 from collections.abc import Callable
-from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
 from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.datastructures import Headers
+from websockets.datastructures import is_valid_header_value
+from websockets.exceptions import InvalidHeaderValue
 from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
-from websockets.protocol import Protocol
+from websockets.http11 import Request
+from websockets.protocol import OPEN, Protocol
 
 from chat.connection import DIRECT_EXTENSION, STALLED
 from chat.exceptions import SlowConsumer
@@ -62,6 +67,7 @@ RELIES_ON_METHODS = (
     "send",
     "send_receive_event_to_app",
     "shutdown",
+    "start_keepalive",
 )
 """uvicorn's methods that ``ChatWebSocketProtocol`` overrides or calls (``tests/test_uvicorn_contract.py`` checks)."""
 RELIES_ON_ATTRIBUTES = (
@@ -74,6 +80,7 @@ RELIES_ON_ATTRIBUTES = (
     "conn",
     "connections",
     "curr_msg_data_type",
+    "default_headers",
     "disconnected",
     "frames",
     "handshake_complete",
@@ -97,6 +104,8 @@ RELIES_ON_ATTRIBUTES = (
 
 Peers = tuple[tuple[str, int | None] | None, tuple[str, int] | None]
 """The server's and the client's address, as uvicorn's protocols keep them."""
+SWITCHING = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+"""How ``websockets`` begins its 101 response (``tests/test_uvicorn_websocket.py`` compares the whole)."""
 SHUTDOWN_GRACE = 3.0
 """Seconds connections get after the 1012 of a shutdown before they are reset."""
 UVICORN_STATE = (
@@ -148,6 +157,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     __slots__ = (
         *UVICORN_STATE,
         "_abort_timer",
+        "_accept_key",
         "_flusher",
         "_pending",
         "_pending_size",
@@ -171,6 +181,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._pending_size = 0
         self._stall_timer: TimerHandle | None = None
         self._abort_timer: TimerHandle | None = None
+        self._accept_key: str | None = None  # the Sec-WebSocket-Accept value of a handshake httptools parsed
 
     # --- the handshake httptools parsed -----------------------------------------------------------
 
@@ -194,10 +205,8 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.parser = Protocol.parse(self.conn)  # what ServerProtocol.parse goes on with after a request
         next(self.conn.parser)
         self.conn.accept_called = True  # as accept() would have: a refusal is logged as "connection rejected"
-        self.request = None  # type: ignore[assignment]
-        # As websockets' accept() builds it: uvicorn's send() replaces the Date with its own, adds its headers.
-        accepted = [("Date", formatdate(usegmt=True)), ("Upgrade", "websocket"), ("Connection", "Upgrade")]
-        self.response = Response(101, "Switching Protocols", Headers([*accepted, ("Sec-WebSocket-Accept", key)]))
+        self.request = self.response = None  # type: ignore[assignment]
+        self._accept_key = key
         self.handshake_initiated = True
         raw_path, _, query_string = url.partition(b"?")
         self.scope = {
@@ -296,6 +305,10 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         """As uvicorn's, except that a close comes after direct writes and never waits for the buffer."""
+        key = self._accept_key
+        if key is not None and message["type"] == "websocket.accept" and not self.handshake_complete:
+            await self._accept(message, key)
+            return
         closing = message["type"] == "websocket.close" and self.handshake_complete and not self.close_sent
         if closing:
             self.flush()
@@ -306,6 +319,36 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             self.request = self.response = None  # type: ignore[assignment]
         if closing:
             self._abort_later(self.close_timeout + 1.0)
+
+    async def _accept(self, message: Any, key: str) -> None:
+        """uvicorn's accept, for a handshake httptools parsed: the same response, written and logged the same way,
+        without building it from ``websockets``' headers (the response to a parsed request, less its Date)."""
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected
+        if self.handshake_complete:  # answered otherwise meanwhile: uvicorn's send() says what is wrong
+            await super().send(message)
+            return
+        if self.logger.isEnabledFor(logging.INFO):
+            client, path = get_client_addr(self.scope), get_path_with_query_string(self.scope)
+            self.logger.info('%s - "WebSocket %s" [accepted]', client, path)
+        own = [*self.default_headers, *message.get("headers", [])]
+        headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in own]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            headers.append(("Sec-WebSocket-Protocol", subprotocol))
+        for name, value in headers:
+            if not is_valid_header_value(str(value)):
+                raise InvalidHeaderValue(name, value)
+        if self.transport.is_closing():
+            return
+        self._accept_key = None
+        self.handshake_complete = True
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        self.transport.write(f"{SWITCHING}Sec-WebSocket-Accept: {key}\r\n{lines}\r\n".encode())
+        self.conn.state = OPEN
+        self.conn.logger.info("connection open")
+        self.start_keepalive()
 
     def pause_writing(self) -> None:
         """The peer is not keeping up: give it ``stall_timeout`` seconds to take something."""
