@@ -16,8 +16,10 @@ import asyncio
 import logging
 import time
 from asyncio import TimerHandle
+from collections.abc import Mapping
 from functools import partial
 from typing import cast
+from urllib.parse import parse_qsl
 
 import anyio
 from anyio.abc import TaskGroup
@@ -106,14 +108,14 @@ class SocketEndpoint(WebSocketEndpoint):
 
     async def on_connect(self, websocket: WebSocket) -> None:
         """Check who connects and what they ask for, admit the connection, start its writer, open it."""
-        chat = self.chat = chat_of(websocket.scope)
+        scope = websocket.scope
+        chat = self.chat = chat_of(scope)
         settings = chat.settings
-        address = client_address(websocket.scope)
+        address = client_address(scope)
+        query = query_of(scope)
         try:
-            identity = self.identity = chat.access.check(
-                address, websocket.scope.get("headers", []), websocket.query_params, anyio.current_time()
-            )
-            room, hello = self.handshake(websocket, chat, identity)
+            identity = self.identity = chat.access.check(address, scope.get("headers", []), query, anyio.current_time())
+            room, hello = self.handshake(websocket, query, chat, identity)
             chat.access.acquire(address)
         except ConnectionRefused as exc:
             log_refusal(chat, address, exc)
@@ -128,6 +130,7 @@ class SocketEndpoint(WebSocketEndpoint):
             return
         self.admitted = address
         chat.metrics.connections.inc()
+        scope["headers"] = []  # all read: kept, they would take ~0.8 KiB for as long as the connection lasts
         await websocket.accept()
         member = Member(new_member_id() if identity is None else identity.member_id, hello.name)
         connection = self.connection = open_connection(websocket, member, room, hello.batch, settings)
@@ -137,10 +140,9 @@ class SocketEndpoint(WebSocketEndpoint):
             self.task_group.start_soon(self._write, chat, connection)
         if identity is not None:
             self.expiry = close_on_expiry(chat, connection, identity)
-        logger.info(
-            "%s",
-            fields(event="connect", room=room or None, member=member.id, name=member.name, address=address),
-        )
+        if logger.isEnabledFor(logging.INFO):
+            line = fields(event="connect", room=room or None, member=member.id, name=member.name, address=address)
+            logger.info("%s", line)
         await self.opened(chat, connection)
 
     async def on_receive(self, websocket: WebSocket, data: str | bytes) -> None:
@@ -180,8 +182,9 @@ class SocketEndpoint(WebSocketEndpoint):
                 code = connection.close_code or close_code
                 if isinstance(connection.closed_by, SlowConsumer):
                     chat.metrics.slow_consumers.inc()
-                line = fields(event="disconnect", room=connection.room or None, member=connection.member.id, code=code)
-                logger.info("%s", line)
+                if logger.isEnabledFor(logging.INFO):
+                    room = connection.room or None
+                    logger.info("%s", fields(event="disconnect", room=room, member=connection.member.id, code=code))
                 await self._leave_all_shielded(chat, connection)
         finally:
             # Even when cancelled while leaving: a place never given back would lock its address out.
@@ -191,9 +194,11 @@ class SocketEndpoint(WebSocketEndpoint):
                 chat.registry.release()
                 chat.metrics.connections.dec()
 
-    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
-        """Validate the handshake: the connection's room ("" for none) and its name and options; or raise
-        ConnectionRefused."""
+    def handshake(
+        self, websocket: WebSocket, query: Mapping[str, str], chat: Chat, identity: Identity | None
+    ) -> tuple[str, Hello]:
+        """Validate the handshake (``query``: its parameters): the connection's room ("" for none) and its name and
+        options; or raise ConnectionRefused."""
         raise NotImplementedError
 
     async def opened(self, chat: Chat, connection: Connection) -> None:
@@ -314,11 +319,11 @@ class ChatEndpoint(SocketEndpoint):
 
     request: JoinRequest
 
-    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
+    def handshake(
+        self, websocket: WebSocket, query: Mapping[str, str], chat: Chat, identity: Identity | None
+    ) -> tuple[str, Hello]:
         request = self.request = parse_join(
-            websocket.path_params.get("room", ""),
-            websocket.query_params,
-            None if identity is None else identity.name,
+            websocket.path_params.get("room", ""), query, None if identity is None else identity.name
         )
         chat.access.authorize(identity, request.room)
         return request.room, Hello(request.name, request.batch)
@@ -377,6 +382,11 @@ def direct_writer(scope: Scope) -> DirectWriter | None:
     """The socket's direct writer, when the server offers one."""
     extension = scope.get("extensions", {}).get(DIRECT_EXTENSION)
     return None if extension is None else cast(DirectWriter, extension["writer"])
+
+
+def query_of(scope: Scope) -> dict[str, str]:
+    """The query's parameters, the last value of each name, as Starlette's ``QueryParams`` reads them (not kept)."""
+    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
 
 
 def client_address(scope: Scope) -> str:
