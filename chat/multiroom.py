@@ -44,12 +44,13 @@ logger = logging.getLogger("chat")
 class MultiRoomEndpoint(SocketEndpoint):
     """Protocol v1.1: many rooms on one connection, ``/ws?name=N&batch=1`` (and ``token=T``), by ``join``/``leave``."""
 
-    _leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
+    __slots__ = ("_leaving", "rooms")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope, receive, send)
         self.rooms: dict[str, Subscription] = {}
         """The rooms joined, each the member's subscription there."""
+        self._leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
 
     def handshake(
         self, websocket: WebSocket, query: Mapping[str, str], chat: Chat, identity: Identity | None

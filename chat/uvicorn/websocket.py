@@ -8,9 +8,9 @@
   one event-loop turn (or, with a ``write_delay``, within that many seconds of the first) leaves in
   one write (one system call instead of one per frame), and for a member that joined with
   ``batch=1`` in one WebSocket message;
-- lighter per-connection state: every attribute in a slot, a plain list for the app's receive queue,
-  a flag for ``writable`` (``chat.uvicorn.standins``), and the handshake's request and response
-  dropped once accepted;
+- lighter per-connection state: every attribute in a slot, a plain list for the app's receive queue
+  (and no coroutine of ``receive``'s own waiting on it), a flag for ``writable``
+  (``chat.uvicorn.standins``), and the handshake's request and response dropped once accepted;
 - no stuck sockets: uvicorn's own close waits for a send buffer that never drains when the peer
   stopped reading, and its keepalive then closes the transport gracefully, which waits for the same
   buffer. Here a close never waits, a socket that takes nothing for ``stall_timeout`` seconds is
@@ -36,8 +36,9 @@ import logging
 import socket
 import struct
 from asyncio import TimerHandle, Transport
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from contextvars import copy_context
+from typing import Any, cast
 from urllib.parse import unquote
 
 from uvicorn.logging import TRACE_LOG_LEVEL
@@ -62,6 +63,7 @@ RELIES_ON_METHODS = (
     "keepalive_timeout",
     "on_task_complete",
     "pause_writing",
+    "receive",
     "resume_writing",
     "run_asgi",
     "send",
@@ -170,7 +172,9 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Lighter stand-ins for uvicorn's per-connection queue and event (memory per idle connection).
-        self.queue = Inbox()  # type: ignore[assignment]
+        inbox = Inbox()
+        inbox.drained = self._drained  # cleared when the connection is lost
+        self.queue = inbox  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
         self._flusher = flusher_for(self.loop)
         self.stall_timeout = 30.0
@@ -226,8 +230,9 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             "extensions": {"websocket.http.response": {}, DIRECT_EXTENSION: {"writer": self}},
         }
         self.queue.put_nowait({"type": "websocket.connect"})
-        task = self.loop.create_task(self.run_asgi())
-        task.add_done_callback(self.on_task_complete)
+        context = copy_context()  # one for the task and its done callback, not a copy each
+        task = self.loop.create_task(self.run_asgi(), context=context)
+        task.add_done_callback(self.on_task_complete, context=context)
         self.tasks.add(task)
 
     # --- the chat.direct extension ----------------------------------------------------------------
@@ -381,6 +386,16 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self.flush()
         self._abort_later(self.close_timeout + 1.0)
 
+    def receive(self) -> Coroutine[Any, Any, Any]:
+        """As uvicorn's, without a coroutine of its own kept awaiting: the inbox resumes reading once drained."""
+        return self.queue.get()
+
+    def _drained(self) -> None:
+        """The app took every event: read again, if reading was paused (what uvicorn's ``receive`` does)."""
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
     def keepalive_timeout(self) -> None:
         """The peer did not answer a ping in time: fail the connection and do not wait for its buffer."""
         self.flush()
@@ -401,6 +416,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._stall_timer = self._abort_timer = None
         self._pending = None
         self.on_stall = None
+        cast(Inbox, self.queue).drained = None
         super().connection_lost(exc)
 
     def _abort_later(self, delay: float) -> None:
