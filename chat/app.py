@@ -67,26 +67,27 @@ class ChatApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and not (self.user_middleware or self.exception_handlers):
-            route, child_scope = self._socket_route(scope)
+            route = self._socket_route(scope)
             if route is not None:
-                scope["app"] = self
-                scope.setdefault("router", self.router)
-                scope["route"] = route
-                scope.update(child_scope)
                 await route.app(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
-    def _socket_route(self, scope: Scope) -> tuple[WebSocketRoute | None, Scope]:
-        """The route the router would pick for a WebSocket, if it leads to a chat endpoint."""
+    def _socket_route(self, scope: Scope) -> WebSocketRoute | None:
+        """The route the router would pick for a WebSocket, if it leads to a chat endpoint; the scope then has what
+        the router would add to it."""
         for route in self.router.routes:
             match, child_scope = route.matches(scope)
             if match is not Match.FULL:
                 continue
             if isinstance(route, WebSocketRoute) and route.app is route.endpoint and _chat_endpoint(route.endpoint):
-                return route, child_scope
+                scope["app"] = self
+                scope.setdefault("router", self.router)
+                scope["route"] = route
+                scope.update(child_scope)
+                return route
             break
-        return None, {}
+        return None
 
 
 def _chat_endpoint(endpoint: object) -> bool:
