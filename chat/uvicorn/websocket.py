@@ -103,6 +103,14 @@ RELIES_ON_ATTRIBUTES = (
     "writable",
 )
 """uvicorn's per-connection attributes that ``ChatWebSocketProtocol`` reads or replaces (checked the same way)."""
+RELIES_ON_WEBSOCKETS = (
+    "Protocol.parse",
+    "ServerProtocol.accept_called",
+    "ServerProtocol.parser",
+    "ServerProtocol.state",
+)
+"""What a handshake httptools parsed uses of ``websockets``' server protocol beyond its documented API (checked the
+same way): where its parser is, the generator that parses frames, and the two attributes ``accept`` would set."""
 
 Peers = tuple[tuple[str, int | None] | None, tuple[str, int] | None]
 """The server's and the client's address, as uvicorn's protocols keep them."""
@@ -326,8 +334,8 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             self._abort_later(self.close_timeout + 1.0)
 
     async def _accept(self, message: Any, key: str) -> None:
-        """uvicorn's accept, for a handshake httptools parsed: the same response, written and logged the same way,
-        without building it from ``websockets``' headers (the response to a parsed request, less its Date)."""
+        """uvicorn's accept, for a handshake httptools parsed: the response ``websockets`` would build, written and
+        logged the same way, without building it from ``websockets``' headers."""
         await self.writable.wait()
         if self.disconnected:
             raise ClientDisconnected
