@@ -9,11 +9,15 @@ favours it). An IPv6 address counts as its /64, the block one subscriber usually
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import OrderedDict
 
 from chat.limits import TokenBucket
 
 MAX_TRACKED_ADDRESSES = 16384
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+"""An IPv4 address as ``ipaddress`` writes it (no leading zeros)."""
 MISCONDUCT_WINDOW = 60.0
 
 
@@ -21,6 +25,8 @@ def address_key(host: str | None) -> str:
     """The key an address is counted under: the IPv4 address, an IPv6 address's /64, else the host as given."""
     if not host:
         return "unknown"
+    if _DOTTED_QUAD.fullmatch(host):  # the usual case, its own key: ipaddress would take ~10 times as long to agree
+        return host
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

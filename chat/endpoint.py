@@ -16,14 +16,16 @@ import asyncio
 import logging
 import time
 from asyncio import TimerHandle
+from collections.abc import Generator, Mapping
 from functools import partial
-from typing import cast
+from typing import Any, cast
+from urllib.parse import parse_qsl
 
 import anyio
 from anyio.abc import TaskGroup
 from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import JSONResponse
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from chat.abuse import Misconduct, address_key
@@ -78,19 +80,47 @@ MAX_PUBLISHING = 64
 
 
 class SocketEndpoint(WebSocketEndpoint):
-    """What every chat connection does, whatever its protocol: the subclasses say how it enters rooms."""
+    """What every chat connection does, whatever its protocol: the subclasses say how it enters rooms.
 
+    One lives as long as its connection: every attribute is in a slot (Starlette's three too), so it
+    has no instance dict.
+    """
+
+    __slots__ = (
+        "_publish_slot",
+        "admitted",
+        "bucket",
+        "chat",
+        "connection",
+        "expiry",
+        "identity",
+        "misconduct",
+        "publishing",
+        "receive",
+        "scope",
+        "send",
+        "task_group",
+    )
     encoding = None
     chat: Chat  # set by on_connect
-    task_group: TaskGroup | None = None
-    connection: Connection | None = None
-    identity: Identity | None = None
-    bucket: TokenBucket
-    admitted: str | None = None  # the client address this connection is counted under
-    expiry: TimerHandle | None = None
-    misconduct: Misconduct | None = None
-    publishing = 0  # messages started and not yet answered
-    _publish_slot: asyncio.Future[None] | None = None
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope, receive, send)
+        self.task_group: TaskGroup | None = None
+        self.connection: Connection | None = None
+        self.identity: Identity | None = None
+        self.bucket: TokenBucket | None = None  # made on the first frame: an idle connection has none
+        self.admitted: str | None = None  # the client address this connection is counted under
+        self.expiry: TimerHandle | None = None
+        self.misconduct: Misconduct | None = None
+        self.publishing = 0  # messages started and not yet answered
+        self._publish_slot: asyncio.Future[None] | None = None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        """Dispatch; under the server's own protocol, the receive loop itself (no coroutine around it to keep)."""
+        if direct_writer(self.scope) is not None:
+            return WebSocketEndpoint.dispatch(self).__await__()
+        return self.dispatch().__await__()
 
     async def dispatch(self) -> None:
         """Run the receive loop; without direct writes, inside a task group that owns the writer."""
@@ -106,14 +136,14 @@ class SocketEndpoint(WebSocketEndpoint):
 
     async def on_connect(self, websocket: WebSocket) -> None:
         """Check who connects and what they ask for, admit the connection, start its writer, open it."""
-        chat = self.chat = chat_of(websocket.scope)
+        scope = websocket.scope
+        chat = self.chat = chat_of(scope)
         settings = chat.settings
-        address = client_address(websocket.scope)
+        address = client_address(scope)
+        query = query_of(scope)
         try:
-            identity = self.identity = chat.access.check(
-                address, websocket.scope.get("headers", []), websocket.query_params, anyio.current_time()
-            )
-            room, hello = self.handshake(websocket, chat, identity)
+            identity = self.identity = chat.access.check(address, scope.get("headers", []), query, anyio.current_time())
+            room, hello = self.handshake(websocket, query, chat, identity)
             chat.access.acquire(address)
         except ConnectionRefused as exc:
             log_refusal(chat, address, exc)
@@ -128,19 +158,18 @@ class SocketEndpoint(WebSocketEndpoint):
             return
         self.admitted = address
         chat.metrics.connections.inc()
+        scope["headers"] = ()  # all read: kept, they would take ~0.8 KiB for as long as the connection lasts
         await websocket.accept()
         member = Member(new_member_id() if identity is None else identity.member_id, hello.name)
         connection = self.connection = open_connection(websocket, member, room, hello.batch, settings)
-        self.bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, anyio.current_time())
         if isinstance(connection, QueuedConnection):
             assert self.task_group is not None, "on_connect runs inside dispatch (or a test's task group)"
             self.task_group.start_soon(self._write, chat, connection)
         if identity is not None:
             self.expiry = close_on_expiry(chat, connection, identity)
-        logger.info(
-            "%s",
-            fields(event="connect", room=room or None, member=member.id, name=member.name, address=address),
-        )
+        if logger.isEnabledFor(logging.INFO):
+            line = fields(event="connect", room=room or None, member=member.id, name=member.name, address=address)
+            logger.info("%s", line)
         await self.opened(chat, connection)
 
     async def on_receive(self, websocket: WebSocket, data: str | bytes) -> None:
@@ -155,7 +184,11 @@ class SocketEndpoint(WebSocketEndpoint):
             return
         try:
             request = self.parse_frame(data, settings.max_text)
-            if not self.bucket.allow(anyio.current_time()):
+            now = anyio.current_time()
+            bucket = self.bucket
+            if bucket is None:  # full, as one made at the connect would be by now
+                bucket = self.bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, now)
+            if not bucket.allow(now):
                 self._rate_limited(chat, connection, request)
                 return
             await self.answer(chat, connection, request)
@@ -180,8 +213,9 @@ class SocketEndpoint(WebSocketEndpoint):
                 code = connection.close_code or close_code
                 if isinstance(connection.closed_by, SlowConsumer):
                     chat.metrics.slow_consumers.inc()
-                line = fields(event="disconnect", room=connection.room or None, member=connection.member.id, code=code)
-                logger.info("%s", line)
+                if logger.isEnabledFor(logging.INFO):
+                    room = connection.room or None
+                    logger.info("%s", fields(event="disconnect", room=room, member=connection.member.id, code=code))
                 await self._leave_all_shielded(chat, connection)
         finally:
             # Even when cancelled while leaving: a place never given back would lock its address out.
@@ -191,9 +225,11 @@ class SocketEndpoint(WebSocketEndpoint):
                 chat.registry.release()
                 chat.metrics.connections.dec()
 
-    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
-        """Validate the handshake: the connection's room ("" for none) and its name and options; or raise
-        ConnectionRefused."""
+    def handshake(
+        self, websocket: WebSocket, query: Mapping[str, str], chat: Chat, identity: Identity | None
+    ) -> tuple[str, Hello]:
+        """Validate the handshake (``query``: its parameters): the connection's room ("" for none) and its name and
+        options; or raise ConnectionRefused."""
         raise NotImplementedError
 
     async def opened(self, chat: Chat, connection: Connection) -> None:
@@ -312,22 +348,25 @@ class SocketEndpoint(WebSocketEndpoint):
 class ChatEndpoint(SocketEndpoint):
     """Protocol v1: one member in one room, ``/ws/{room}?name=N&since=S&epoch=E&batch=1`` (and ``token=T``)."""
 
-    request: JoinRequest
+    __slots__ = ("request",)
+    request: JoinRequest | None  # the handshake's, until the join
 
-    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
+    def handshake(
+        self, websocket: WebSocket, query: Mapping[str, str], chat: Chat, identity: Identity | None
+    ) -> tuple[str, Hello]:
         request = self.request = parse_join(
-            websocket.path_params.get("room", ""),
-            websocket.query_params,
-            None if identity is None else identity.name,
+            websocket.path_params.get("room", ""), query, None if identity is None else identity.name
         )
         chat.access.authorize(identity, request.room)
         return request.room, Hello(request.name, request.batch)
 
     async def opened(self, chat: Chat, connection: Connection) -> None:
         """Join the room the address names."""
-        connection.presence = self.request.presence
+        request, self.request = self.request, None
+        assert request is not None, "handshake() ran first"
+        connection.presence = request.presence
         try:
-            await chat.join(connection, self.request)
+            await chat.join(connection, request)
         except Unavailable as exc:
             connection.close(ServerBusy(f"unavailable: {exc.detail}", reason="unavailable"))
 
@@ -377,6 +416,15 @@ def direct_writer(scope: Scope) -> DirectWriter | None:
     """The socket's direct writer, when the server offers one."""
     extension = scope.get("extensions", {}).get(DIRECT_EXTENSION)
     return None if extension is None else cast(DirectWriter, extension["writer"])
+
+
+def query_of(scope: Scope) -> dict[str, str]:
+    """The query's parameters, the last value of each name, as Starlette's ``QueryParams`` reads them (not kept)."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    if "%" in query or "+" in query:
+        return dict(parse_qsl(query, keep_blank_values=True))
+    pairs = (pair.partition("=") for pair in query.split("&") if pair)  # nothing to unquote: parse_qsl's result
+    return {name: value for name, _, value in pairs}
 
 
 def client_address(scope: Scope) -> str:

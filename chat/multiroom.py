@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -43,15 +44,18 @@ logger = logging.getLogger("chat")
 class MultiRoomEndpoint(SocketEndpoint):
     """Protocol v1.1: many rooms on one connection, ``/ws?name=N&batch=1`` (and ``token=T``), by ``join``/``leave``."""
 
-    _leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
+    __slots__ = ("_leaving", "rooms")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope, receive, send)
         self.rooms: dict[str, Subscription] = {}
         """The rooms joined, each the member's subscription there."""
+        self._leaving: set[asyncio.Task[None]] | None = None  # the leaves of rooms the server took the member out of
 
-    def handshake(self, websocket: WebSocket, chat: Chat, identity: Identity | None) -> tuple[str, Hello]:
-        return "", parse_hello(websocket.query_params, None if identity is None else identity.name)
+    def handshake(
+        self, websocket: WebSocket, query: Mapping[str, str], chat: Chat, identity: Identity | None
+    ) -> tuple[str, Hello]:
+        return "", parse_hello(query, None if identity is None else identity.name)
 
     async def opened(self, chat: Chat, connection: Connection) -> None:
         """Say hello: who the connection is; rooms come one ``join`` at a time."""
@@ -95,7 +99,8 @@ class MultiRoomEndpoint(SocketEndpoint):
             with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
                 await chat.leave(subscription)
             return
-        logger.info("%s", fields(event="join", room=room, member=connection.member.id))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s", fields(event="join", room=room, member=connection.member.id))
 
     def check_join(self, chat: Chat, connection: Connection, request: Join) -> None:
         """Raise the RequestError that refuses a join, if one does."""
@@ -125,7 +130,8 @@ class MultiRoomEndpoint(SocketEndpoint):
             await chat.leave(subscription)
         del self.rooms[subscription.room]
         connection.send(encode_left(subscription.room, ref))
-        logger.info("%s", fields(event="left", room=subscription.room, member=connection.member.id))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s", fields(event="left", room=subscription.room, member=connection.member.id))
 
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
         rooms = self.rooms

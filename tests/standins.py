@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import urlencode
 
 import anyio
 from prometheus_client.parser import text_string_to_metric_families
@@ -222,13 +223,14 @@ class StandInWriter:
 
 
 class StandInWebSocket(RecordingSender):
-    """What ``ChatEndpoint``'s hooks use of a Starlette ``WebSocket``: scope, params, accept/close/send."""
+    """What ``ChatEndpoint``'s hooks use of a Starlette ``WebSocket``: scope (the query in its ``query_string``),
+    params, accept/close/send."""
 
     def __init__(self, scope: Scope, room: str, query: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.scope = scope
         self.path_params = {"room": room}
-        self.query_params = dict(query or {})
+        scope["query_string"] = urlencode(query or {}).encode()
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         self.recorder.record(Accepted())

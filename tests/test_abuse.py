@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from chat.abuse import MISCONDUCT_WINDOW, AddressLimits, Misconduct, address_key
@@ -22,6 +24,29 @@ from chat.abuse import MISCONDUCT_WINDOW, AddressLimits, Misconduct, address_key
 def test_address_key(host: str | None, key: str) -> None:
     """IPv4 as is, IPv6 by its /64 (one subscriber), mapped IPv4 as IPv4, anything else as given."""
     assert address_key(host) == key
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.0.9",
+        "256.1.1.1",
+        "01.2.3.4",
+        "1.2.3",
+        "1.2.3.4.5",
+        "1.2.3.4 ",
+        "\u0661.2.3.4",
+    ],
+)
+def test_an_ipv4_address_is_keyed_as_ipaddress_writes_it(host: str) -> None:
+    """A dotted quad is its own key exactly when ``ipaddress`` writes it that way; anything else is keyed as given."""
+    try:
+        written = str(ipaddress.IPv4Address(host))
+    except ValueError:
+        written = host
+    assert address_key(host) == written
 
 
 def test_connections_per_address_are_capped() -> None:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, ClassVar
 
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient, WebSocketDenialResponse, WebSocketTestSession
-from starlette.websockets import WebSocketDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from chat.app import create_app
+from chat.app import ChatApp, create_app
 from chat.backends.memory import MemoryBackend
 from chat.chat import Chat, chat_of
+from chat.endpoint import SocketEndpoint
 from chat.settings import Settings
 from tests import standins
 from tests.standins import barrier, link_up, receive, receive_type, serve, until
@@ -666,3 +672,98 @@ def test_an_app_whose_settings_name_a_sqlite_file_records_there(tmp_path: Path) 
         assert again["recovered"] is True
         assert [message["text"] for message in again["history"]] == ["m2"]
         assert stored(client) == ["m1", "m2"]
+
+
+# --- the way to the endpoint ------------------------------------------------------------------------
+
+
+class Probe(SocketEndpoint):
+    """A chat endpoint that records its scope and the coroutines awaiting it, then closes."""
+
+    seen: ClassVar[list[tuple[dict[str, Any], list[str]]]] = []
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        frame: FrameType | None = sys._getframe()
+        callers = []
+        while frame is not None:
+            callers.append(frame.f_code.co_qualname)
+            frame = frame.f_back
+        self.seen.append((dict(websocket.scope), callers))
+        await websocket.close()
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        pass
+
+
+class Passing:
+    """A pure ASGI middleware that counts the WebSockets passing through it."""
+
+    sockets = 0
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        Passing.sockets += scope["type"] == "websocket"
+        await self.app(scope, receive, send)
+
+
+async def ignore(websocket: WebSocket, error: Exception) -> None:
+    """An exception handler that does nothing."""
+
+
+def probed(app: Starlette, path: str = "/ws/lobby") -> tuple[dict[str, Any], list[str]]:
+    """The scope and the awaiting coroutines ``Probe`` saw for one connection to ``path``."""
+    Probe.seen = []
+    with TestClient(app) as client, pytest.raises(WebSocketDisconnect), client.websocket_connect(path):
+        pass
+    [seen] = Probe.seen
+    return seen
+
+
+def test_a_chat_socket_reaches_its_endpoint_without_starlettes_middleware() -> None:
+    """No coroutine frame of Starlette's middleware and router stays between the server and a chat endpoint."""
+    _, callers = probed(ChatApp(routes=[WebSocketRoute("/ws/{room}", Probe)]))
+    assert "ChatApp.__call__" in callers
+    assert not {"ExceptionMiddleware.__call__", "ServerErrorMiddleware.__call__", "Router.app"} & set(callers)
+
+
+def test_a_chat_socket_gets_the_scope_the_router_would_give_it() -> None:
+    """The endpoint sees the app, router, route, endpoint and path parameters Starlette's router sets."""
+    routes = [WebSocketRoute("/ws/{room}", Probe)]
+    direct, _ = probed(ChatApp(routes=routes))
+    routed, _ = probed(Starlette(routes=routes))
+    for key in ("router", "route", "endpoint", "path_params", "path", "query_string", "headers"):
+        assert direct[key] == routed[key], key
+    assert direct["path_params"] == {"room": "lobby"}
+
+
+@pytest.mark.parametrize("added", ["middleware", "exception handler"])
+def test_an_app_given_middleware_or_handlers_routes_sockets_the_usual_way(added: str) -> None:
+    """With a middleware or an exception handler added, a chat socket goes through Starlette's stack (and them)."""
+    app = ChatApp(routes=[WebSocketRoute("/ws/{room}", Probe)])
+    if added == "middleware":
+        app.add_middleware(Passing)
+    else:
+        app.add_exception_handler(KeyError, ignore)
+    Passing.sockets = 0
+    _, callers = probed(app)
+    assert "ExceptionMiddleware.__call__" in callers
+    assert Passing.sockets == (1 if added == "middleware" else 0)
+
+
+def test_a_socket_to_another_kind_of_route_is_routed_the_usual_way() -> None:
+    """A WebSocket route that is not a chat endpoint, or one listed after a route that matches first, goes the
+    usual way."""
+    seen: list[str] = []
+
+    async def other(websocket: WebSocket) -> None:
+        seen.append(websocket.url.path)
+        await websocket.close()
+
+    app = ChatApp(routes=[WebSocketRoute("/ws/other", other), WebSocketRoute("/ws/{room}", Probe)])
+    with TestClient(app) as client, pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws/other"):
+        pass
+    assert seen == ["/ws/other"]
+    _, callers = probed(app, "/ws/lobby")
+    assert "ExceptionMiddleware.__call__" not in callers

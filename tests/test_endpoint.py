@@ -13,6 +13,7 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.types import Message as ASGIMessage
 from starlette.types import Scope
 from starlette.websockets import WebSocket
@@ -22,7 +23,7 @@ from chat.backends import Deliver, PublishDone, Snapshot
 from chat.backends.memory import MemoryBackend
 from chat.chat import Chat, chat_of
 from chat.connection import DIRECT_EXTENSION, Connection, DirectConnection, QueuedConnection, Subscription
-from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, open_connection
+from chat.endpoint import DENIAL_EXTENSION, MAX_PUBLISHING, ChatEndpoint, open_connection, query_of
 from chat.exceptions import SlowConsumer, Unavailable
 from chat.multiroom import MultiRoomEndpoint
 from chat.protocol import Member, Message, Restart
@@ -173,6 +174,32 @@ class FailingJoins(MemoryBackend):
         return await super().snapshot(room, since, epoch)
 
 
+# --- the handshake's query -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "name=ann",
+        "name=ann&since=3&epoch=e1",
+        "a=1&a=2",
+        "a",
+        "a=&b",
+        "&&a=1&",
+        "x=1=2",
+        "name=ann%20lee",
+        "name=a+b",
+        "name=\xe9",
+        ";a=1",
+    ],
+)
+def test_the_query_reads_as_starlettes_query_params(query: str) -> None:
+    """The handshake's query gives each name its last value, unquoted, as Starlette's ``QueryParams`` reads it."""
+    raw = query.encode("latin-1")
+    assert query_of({"query_string": raw}) == dict(QueryParams(raw))
+
+
 # --- on_connect ----------------------------------------------------------------------------------
 
 
@@ -184,6 +211,15 @@ async def test_connect_accepts_and_sends_the_welcome_first(app: Starlette, task_
     assert welcome["you"]["name"] == "alice"
     assert welcome["members"] == [welcome["you"]]
     assert (welcome["seq"], welcome["recovered"], welcome["history"]) == (0, False, [])
+
+
+async def test_an_open_connections_endpoint_has_no_instance_dict(app: Starlette, task_group: TaskGroup) -> None:
+    """Both endpoints keep every attribute in a slot (an idle connection's memory), and no rate bucket until a frame."""
+    for room in (ROOM, None):
+        client = Client(app, room)
+        await client.connect(task_group)
+        assert vars(client.endpoint) == {}
+        assert client.endpoint.bucket is None
 
 
 async def test_connect_registers_and_counts_the_connection(app: Starlette, task_group: TaskGroup) -> None:

@@ -28,6 +28,9 @@ import uvicorn
 from uvicorn import Config, Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import OPEN, Protocol
+from websockets.server import ServerProtocol
+from websockets.version import version as websockets_version
 
 from chat.connection import DIRECT_EXTENSION
 from chat.frames import text_frame
@@ -390,3 +393,31 @@ def test_uvicorn_uses_its_queue_and_event_only_through_what_the_standins_offer(a
     assert uses, f"uvicorn {uvicorn.__version__} no longer uses self.{attribute}: the stand-in replaces nothing"
     offered = {name for name in dir(standin) if not name.startswith("_")}
     assert uses <= offered, f"uvicorn {uvicorn.__version__} reaches self.{attribute} through {sorted(uses - offered)}"
+
+
+async def test_every_attribute_of_an_open_connection_is_in_a_slot() -> None:
+    """An open connection's protocol keeps every attribute (uvicorn's and chat's) in slots: no instance dict."""
+    app = EchoApp()
+    async with run_server(app) as running:
+        raw = await RawSocket.upgraded(running.port)
+        try:
+            session = await app.accepted()
+            unslotted = sorted(vars(session.writer))
+        finally:
+            raw.close()
+    assert not unslotted, f"uvicorn {uvicorn.__version__} sets {unslotted}: add them to websocket.UVICORN_STATE"
+
+
+def test_websockets_has_what_a_handshake_httptools_parsed_relies_on() -> None:
+    """``websockets``' server protocol still has every name the fast handshake relies on: its parser where the
+    handshake replaces it, ``Protocol.parse`` to parse frames, the attributes ``accept`` would set."""
+    conn = ServerProtocol()
+    owners: dict[str, object] = {"Protocol": Protocol, "ServerProtocol": conn}
+    missing = [
+        name for name in websocket.RELIES_ON_WEBSOCKETS if not hasattr(owners[name.split(".")[0]], name.split(".")[1])
+    ]
+    assert not missing, f"websockets {websockets_version} has no {missing}"
+    assert inspect.isgenerator(conn.parser)
+    assert inspect.isgeneratorfunction(Protocol.parse)
+    conn.state = OPEN
+    assert conn.state is OPEN

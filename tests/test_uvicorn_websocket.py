@@ -20,6 +20,7 @@ import anyio.lowlevel
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
 
 from chat.frames import text_frame
 from chat.uvicorn.websocket import ChatWebSocketProtocol
@@ -105,6 +106,117 @@ class TransportSpy:
     async def wait_aborted(self) -> None:
         with anyio.fail_after(WAIT):
             await self.aborted.wait()
+
+
+# --- the handshake httptools parsed ----------------------------------------------------------------
+
+HANDSHAKE = (
+    "GET /chat/room%201?name=ann HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1\r\n"
+)
+"""An upgrade request answered from httptools' parse; with ``Content-Length: 0``, ``websockets`` parses it again."""
+
+
+class ScopeApp:
+    """Keeps each connection's scope, accepts it with a header of its own, and waits for the disconnect."""
+
+    def __init__(self) -> None:
+        self.scopes: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scopes.append(scope)
+        await receive()
+        await send({"type": "websocket.accept", "headers": [(b"x-app", b"yes")], "subprotocol": "chat.v1"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+
+async def answered(port: int, request: str) -> tuple[RawSocket, bytes]:
+    """An open connection and the head of the server's answer to its upgrade ``request``."""
+    raw = await RawSocket.connect(port)
+    await raw.send(request.encode() + b"\r\n")
+    return raw, await raw.read_until(b"\r\n\r\n")
+
+
+def handshake_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What was logged about a handshake, without the client's address and port."""
+    lines = [record.getMessage().split(" - ")[-1] for record in caplog.records if record.name == "uvicorn.error"]
+    return [line for line in lines if line[:1] in "<>=" or "WebSocket" in line or "connection" in line]
+
+
+def comparable(scope: dict[str, Any]) -> dict[str, Any]:
+    """The scope without what differs between two connections: the client's port, the writer, a body's header."""
+    return scope | {
+        "client": scope["client"][0],
+        "extensions": sorted(scope["extensions"]),
+        "headers": [header for header in scope["headers"] if header[0] != b"content-length"],
+    }
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+async def test_a_handshake_httptools_parsed_is_answered_as_websockets_would(
+    level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same request, answered from httptools' parse or parsed again by ``websockets``: the same answer, scope
+    and log lines (at DEBUG, where ``websockets`` logs every line of both, it parses both)."""
+    caplog.set_level(level, logger="uvicorn.error")
+    app = ScopeApp()
+    heads, logs = [], []
+    async with run_server(app, root_path="/base", server_header=False, date_header=False) as running:
+        for request in (HANDSHAKE, HANDSHAKE + "Content-Length: 0\r\n"):
+            caplog.clear()
+            raw, head = await answered(running.port, request)
+            raw.close()
+            heads.append(head)
+            logs.append(handshake_lines(caplog))
+    assert heads[0] == heads[1]
+    assert heads[0].startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"x-app: yes\r\nSec-WebSocket-Protocol: chat.v1" in heads[0]
+    assert logs[0] == [line for line in logs[1] if "content-length" not in line]
+    assert "connection open" in logs[0]
+    fast_scope, slow_scope = map(comparable, app.scopes)
+    assert fast_scope == slow_scope
+    assert (fast_scope["path"], fast_scope["query_string"]) == ("/base/chat/room 1", b"name=ann")
+
+
+async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Refuse every connection before accepting it."""
+    await receive()
+    await send({"type": "websocket.close"})
+
+
+async def test_a_refusal_httptools_parsed_is_answered_and_logged_as_websockets_would(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request refused before its accept: the same 403 and the same log lines, whichever parse it had."""
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    heads, logs = [], []
+    async with run_server(refuse, server_header=False, date_header=False) as running:
+        for request in (HANDSHAKE, HANDSHAKE + "Content-Length: 0\r\n"):
+            caplog.clear()
+            raw, head = await answered(running.port, request)
+            await raw.read_to_end()
+            raw.close()
+            heads.append(head)
+            logs.append(handshake_lines(caplog))
+    assert heads[0] == heads[1]
+    assert heads[0].startswith(b"HTTP/1.1 403 ")
+    assert logs[0] == logs[1]
+    assert logs[0] == ['"WebSocket /chat/room%201?name=ann" 403', "connection rejected (403 Forbidden)"]
+
+
+async def test_an_open_connection_keeps_nothing_of_its_handshake_request() -> None:
+    """Once open, a connection holds no parsed copy of its upgrade request (only the scope's headers)."""
+    app = ScopeApp()
+    async with run_server(app) as running:
+        raw, head = await answered(running.port, HANDSHAKE)
+        try:
+            assert head.startswith(b"HTTP/1.1 101 ")
+            gc.collect()
+            kept = [item for item in gc.get_objects() if isinstance(item, Request) and "room%201" in item.path]
+        finally:
+            raw.close()
+    assert kept == []
 
 
 # --- direct writes -------------------------------------------------------------------------------

@@ -1,12 +1,18 @@
-"""``ChatHttpProtocol``: uvicorn's httptools protocol with a deadline and a size limit for each request head."""
+"""``ChatHttpProtocol``: uvicorn's httptools protocol with a deadline and a size limit for each request head,
+handing a WebSocket upgrade over as httptools parsed it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from asyncio import TimerHandle
-from typing import Any
+from typing import Any, cast
 
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from chat.uvicorn.handshake import accept_key
+from chat.uvicorn.websocket import ChatWebSocketProtocol
 
 MAX_REQUEST_HEAD = 32768
 """Bytes a request head may take while incomplete (uvicorn's httptools protocol sets no limit of its own).
@@ -14,9 +20,31 @@ MAX_REQUEST_HEAD = 32768
 Counted per read: a head that completes within the read that brings it (up to 256 KiB) is not refused.
 """
 
-RELIES_ON_METHODS = ("connection_lost", "connection_made", "data_received", "on_headers_complete", "on_message_begin")
+RELIES_ON_METHODS = (
+    "connection_lost",
+    "connection_made",
+    "data_received",
+    "handle_websocket_upgrade",
+    "on_headers_complete",
+    "on_message_begin",
+)
 """uvicorn's methods that ``ChatHttpProtocol`` overrides (checked by ``tests/test_uvicorn_contract.py``)."""
-RELIES_ON_ATTRIBUTES = ("loop", "transport")
+RELIES_ON_ATTRIBUTES = (
+    "app_state",
+    "client",
+    "config",
+    "connections",
+    "headers",
+    "logger",
+    "loop",
+    "scheme",
+    "scope",
+    "server",
+    "server_state",
+    "transport",
+    "url",
+    "ws_protocol_class",
+)
 """uvicorn's per-connection attributes that ``ChatHttpProtocol`` uses (checked the same way)."""
 
 
@@ -56,6 +84,30 @@ class ChatHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        """Hand a chat WebSocket protocol the request as httptools parsed it, when it can accept it as it is;
+        otherwise as uvicorn does (the request's bytes, parsed again by ``websockets``)."""
+        protocol_class = self.ws_protocol_class
+        key = None
+        # At DEBUG, websockets logs the request and the response line by line: it has to see them.
+        chat_protocol = isinstance(protocol_class, type) and issubclass(protocol_class, ChatWebSocketProtocol)
+        if chat_protocol and not self.logger.isEnabledFor(logging.DEBUG):
+            key = accept_key(self.scope["method"], self.url, self.headers, self.config.ws_per_message_deflate)
+        if key is None or protocol_class is None:
+            super().handle_websocket_upgrade()
+            return
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sUpgrading to WebSocket", prefix)
+        self.connections.discard(self)
+        protocol = cast(
+            ChatWebSocketProtocol,
+            protocol_class(config=self.config, server_state=self.server_state, app_state=self.app_state),  # type: ignore[call-arg]
+        )
+        self.transport.set_protocol(protocol)
+        peers = (self.server, self.client)
+        protocol.upgraded(self.transport, peers, self.scheme or "http", self.url, self.headers, key)
 
     def _expect_head(self) -> None:
         if self._head_timer is None:

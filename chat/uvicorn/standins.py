@@ -7,20 +7,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 
 class Inbox:
-    """The app's receive queue: one consumer, no put waiters; a fraction of an ``asyncio.Queue``'s memory."""
+    """The app's receive queue: one consumer, no put waiters; a fraction of an ``asyncio.Queue``'s memory.
 
-    __slots__ = ("_items", "_waiter")
+    ``drained``, when set, is called as the consumer takes the last item (the protocol resumes reading
+    there, so that its ``receive`` needs no coroutine of its own).
+    """
+
+    __slots__ = ("_items", "_waiter", "drained")
 
     def __init__(self) -> None:
-        self._items: list[Any] = []
+        self._items: list[Any] | None = None  # none while empty: an idle connection holds no list
         self._waiter: asyncio.Future[None] | None = None
+        self.drained: Callable[[], None] | None = None
 
     def put_nowait(self, item: Any) -> None:
-        self._items.append(item)
+        if self._items is None:
+            self._items = [item]
+        else:
+            self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -34,7 +43,12 @@ class Inbox:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._items.pop(0)
+        item = self._items.pop(0)
+        if not self._items:
+            self._items = None
+            if self.drained is not None:
+                self.drained()
+        return item
 
 
 class Flag:

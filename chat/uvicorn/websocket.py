@@ -1,11 +1,15 @@
 """``ChatWebSocketProtocol``: uvicorn's sans-I/O websockets protocol with these changes.
 
+- the handshake httptools parsed: ``ChatHttpProtocol`` hands over an upgrade request that
+  ``chat.uvicorn.handshake`` finds acceptable as it is, and it is answered without ``websockets``
+  parsing it again (nor keeping it for the connection's life); any other goes uvicorn's way;
 - direct writes: it offers the app the ``chat.direct`` ASGI extension, through which whole frames,
   framed once per broadcast, go into the socket's buffer without an await; everything written in
   one event-loop turn (or, with a ``write_delay``, within that many seconds of the first) leaves in
   one write (one system call instead of one per frame), and for a member that joined with
   ``batch=1`` in one WebSocket message;
-- lighter per-connection state: a plain list for the app's receive queue, a flag for ``writable``
+- lighter per-connection state: every attribute in a slot, a plain list for the app's receive queue
+  (and no coroutine of ``receive``'s own waiting on it), a flag for ``writable``
   (``chat.uvicorn.standins``), and the handshake's request and response dropped once accepted;
 - no stuck sockets: uvicorn's own close waits for a send buffer that never drains when the peer
   stopped reading, and its keepalive then closes the transport gracefully, which waits for the same
@@ -28,15 +32,23 @@ tested (``scripts/check-upstream``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
-from asyncio import TimerHandle
-from collections.abc import Callable, Sequence
-from typing import Any
+from asyncio import TimerHandle, Transport
+from collections.abc import Callable, Coroutine, Sequence
+from contextvars import copy_context
+from typing import Any, cast
+from urllib.parse import unquote
 
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import is_valid_header_value
+from websockets.exceptions import InvalidHeaderValue
 from websockets.frames import CloseCode
 from websockets.http11 import Request
+from websockets.protocol import OPEN, Protocol
 
 from chat.connection import DIRECT_EXTENSION, STALLED
 from chat.exceptions import SlowConsumer
@@ -49,57 +61,187 @@ RELIES_ON_METHODS = (
     "handle_connect",
     "handle_parser_exception",
     "keepalive_timeout",
+    "on_task_complete",
     "pause_writing",
+    "receive",
     "resume_writing",
     "run_asgi",
     "send",
     "send_receive_event_to_app",
     "shutdown",
+    "start_keepalive",
 )
 """uvicorn's methods that ``ChatWebSocketProtocol`` overrides or calls (``tests/test_uvicorn_contract.py`` checks)."""
 RELIES_ON_ATTRIBUTES = (
+    "app_state",
+    "asgi_version",
+    "client",
     "close_sent",
     "close_timeout",
     "close_timer",
     "conn",
+    "connections",
     "curr_msg_data_type",
+    "default_headers",
     "disconnected",
     "frames",
     "handshake_complete",
+    "handshake_initiated",
     "initial_response",
+    "logger",
     "loop",
     "queue",
     "read_paused",
     "request",
     "response",
+    "root_path",
+    "scheme",
     "scope",
+    "server",
+    "tasks",
     "transport",
     "writable",
 )
 """uvicorn's per-connection attributes that ``ChatWebSocketProtocol`` reads or replaces (checked the same way)."""
+RELIES_ON_WEBSOCKETS = (
+    "Protocol.parse",
+    "ServerProtocol.accept_called",
+    "ServerProtocol.parser",
+    "ServerProtocol.state",
+)
+"""What a handshake httptools parsed uses of ``websockets``' server protocol beyond its documented API (checked the
+same way): where its parser is, the generator that parses frames, and the two attributes ``accept`` would set."""
 
+Peers = tuple[tuple[str, int | None] | None, tuple[str, int] | None]
+"""The server's and the client's address, as uvicorn's protocols keep them."""
+SWITCHING = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+"""How ``websockets`` begins its 101 response (``tests/test_uvicorn_websocket.py`` compares the whole)."""
 SHUTDOWN_GRACE = 3.0
 """Seconds connections get after the 1012 of a shutdown before they are reset."""
+UVICORN_STATE = (
+    "app",
+    "app_state",
+    "asgi_version",
+    "client",
+    "close_sent",
+    "close_timeout",
+    "close_timer",
+    "config",
+    "conn",
+    "connections",
+    "curr_msg_data_type",
+    "default_headers",
+    "disconnected",
+    "frames",
+    "handshake_complete",
+    "handshake_initiated",
+    "initial_response",
+    "last_ping_rtt",
+    "logger",
+    "loop",
+    "pending_ping_payload",
+    "ping_interval",
+    "ping_sent_at",
+    "ping_timeout",
+    "ping_timer",
+    "pong_timer",
+    "queue",
+    "read_paused",
+    "request",
+    "response",
+    "root_path",
+    "scheme",
+    "scope",
+    "server",
+    "tasks",
+    "transport",
+    "writable",
+)
+"""Every attribute uvicorn's protocol sets, kept in slots: over 30 attributes, an instance dict is not shared and
+takes ~1.5 KiB per connection (``tests/test_uvicorn_contract.py`` checks that the list is complete)."""
 
 
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O websockets protocol with direct writes, releasing sockets whose peer stopped reading."""
 
-    stall_timeout = 30.0
-    batch = False
-    on_stall: Callable[[], None] | None = None
-    """Called when the socket took nothing for ``stall_timeout`` seconds; the app then closes (``direct_close``)."""
-    _pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
-    _pending_size = 0
-    _stall_timer: TimerHandle | None = None
-    _abort_timer: TimerHandle | None = None
+    __slots__ = (
+        *UVICORN_STATE,
+        "_abort_timer",
+        "_accept_key",
+        "_flusher",
+        "_pending",
+        "_pending_size",
+        "_stall_timer",
+        "batch",
+        "on_stall",
+        "stall_timeout",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Lighter stand-ins for uvicorn's per-connection queue and event (memory per idle connection).
-        self.queue = Inbox()  # type: ignore[assignment]
+        inbox = Inbox()
+        inbox.drained = self._drained  # cleared when the connection is lost
+        self.queue = inbox  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
         self._flusher = flusher_for(self.loop)
+        self.stall_timeout = 30.0
+        self.batch = False
+        self.on_stall: Callable[[], None] | None = None
+        """Called when the socket took nothing for ``stall_timeout`` seconds; the app then closes (``direct_close``)."""
+        self._pending: list[Any] | None = None  # this turn's frames: text with ``batch``, else WebSocket bytes
+        self._pending_size = 0
+        self._stall_timer: TimerHandle | None = None
+        self._abort_timer: TimerHandle | None = None
+        self._accept_key: str | None = None  # the Sec-WebSocket-Accept value of a handshake httptools parsed
+
+    # --- the handshake httptools parsed -----------------------------------------------------------
+
+    def upgraded(
+        self, transport: Transport, peers: Peers, scheme: str, url: bytes, headers: list[tuple[bytes, bytes]], key: str
+    ) -> None:
+        """Take over a connection whose upgrade request httptools parsed and ``handshake.accept_key`` found acceptable
+        (``peers``: the server's and the client's address; ``key``: the ``Sec-WebSocket-Accept`` value).
+
+        As ``connection_made`` and ``handle_connect`` would once ``websockets`` had parsed the request
+        again, without that parse: the scope has httptools' headers, and the frames that follow go to
+        ``websockets``' frame parser, whose frame then holds no request.
+        """
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client = peers
+        self.scheme = "wss" if scheme == "https" else "ws"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)
+        self.conn.parser = Protocol.parse(self.conn)  # what ServerProtocol.parse goes on with after a request
+        next(self.conn.parser)
+        self.conn.accept_called = True  # as accept() would have: a refusal is logged as "connection rejected"
+        self.request = self.response = None  # type: ignore[assignment]
+        self._accept_key = key
+        self.handshake_initiated = True
+        raw_path, _, query_string = url.partition(b"?")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path.decode("ascii")),
+            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}, DIRECT_EXTENSION: {"writer": self}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        context = copy_context()  # one for the task and its done callback, not a copy each
+        task = self.loop.create_task(self.run_asgi(), context=context)
+        task.add_done_callback(self.on_task_complete, context=context)
+        self.tasks.add(task)
 
     # --- the chat.direct extension ----------------------------------------------------------------
 
@@ -185,6 +327,10 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         """As uvicorn's, except that a close comes after direct writes and never waits for the buffer."""
+        key = self._accept_key
+        if key is not None and message["type"] == "websocket.accept" and not self.handshake_complete:
+            await self._accept(message, key)
+            return
         closing = message["type"] == "websocket.close" and self.handshake_complete and not self.close_sent
         if closing:
             self.flush()
@@ -195,6 +341,36 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             self.request = self.response = None  # type: ignore[assignment]
         if closing:
             self._abort_later(self.close_timeout + 1.0)
+
+    async def _accept(self, message: Any, key: str) -> None:
+        """uvicorn's accept, for a handshake httptools parsed: the response ``websockets`` would build, written and
+        logged the same way, without building it from ``websockets``' headers."""
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected
+        if self.handshake_complete:  # answered otherwise meanwhile: uvicorn's send() says what is wrong
+            await super().send(message)
+            return
+        if self.logger.isEnabledFor(logging.INFO):
+            client, path = get_client_addr(self.scope), get_path_with_query_string(self.scope)
+            self.logger.info('%s - "WebSocket %s" [accepted]', client, path)
+        own = [*self.default_headers, *message.get("headers", [])]
+        headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in own]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            headers.append(("Sec-WebSocket-Protocol", subprotocol))
+        for name, value in headers:
+            if not is_valid_header_value(str(value)):
+                raise InvalidHeaderValue(name, value)
+        if self.transport.is_closing():
+            return
+        self._accept_key = None
+        self.handshake_complete = True
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        self.transport.write(f"{SWITCHING}Sec-WebSocket-Accept: {key}\r\n{lines}\r\n".encode())
+        self.conn.state = OPEN
+        self.conn.logger.info("connection open")
+        self.start_keepalive()
 
     def pause_writing(self) -> None:
         """The peer is not keeping up: give it ``stall_timeout`` seconds to take something."""
@@ -227,6 +403,16 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self.flush()
         self._abort_later(self.close_timeout + 1.0)
 
+    def receive(self) -> Coroutine[Any, Any, Any]:
+        """As uvicorn's, without a coroutine of its own kept awaiting: the inbox resumes reading once drained."""
+        return self.queue.get()
+
+    def _drained(self) -> None:
+        """The app took every event: read again, if reading was paused (what uvicorn's ``receive`` does)."""
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
     def keepalive_timeout(self) -> None:
         """The peer did not answer a ping in time: fail the connection and do not wait for its buffer."""
         self.flush()
@@ -247,6 +433,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         self._stall_timer = self._abort_timer = None
         self._pending = None
         self.on_stall = None
+        cast(Inbox, self.queue).drained = None
         super().connection_lost(exc)
 
     def _abort_later(self, delay: float) -> None:
