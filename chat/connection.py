@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -54,6 +54,22 @@ class Sender(Protocol):
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
+class FrameBatch(Protocol):
+    """Several text frames sent together (``chat.presence.Announcement``)."""
+
+    @property
+    def wire(self) -> bytes:
+        """Their unmasked WebSocket bytes, one message each."""
+
+    @property
+    def text(self) -> str:
+        """Their texts separated by newlines: one ``batch=1`` message."""
+
+    @property
+    def texts(self) -> list[str]:
+        """Their texts."""
+
+
 class DirectWriter(Protocol):
     """A socket that takes whole frames synchronously (``chat.uvicorn.ChatWebSocketProtocol``)."""
 
@@ -66,8 +82,8 @@ class DirectWriter(Protocol):
     def direct_write(self, frame: str, wire: bytes) -> None:
         """Send the text frame ``frame``, whose unmasked WebSocket bytes are ``wire``."""
 
-    def direct_write_many(self, frames: Sequence[str], joined: str, wire: bytes) -> None:
-        """Send several text frames, ``joined`` by newlines, whose unmasked WebSocket bytes together are ``wire``."""
+    def direct_write_many(self, frames: FrameBatch) -> None:
+        """Send several text frames (``chat.presence.Announcement``)."""
 
     def direct_buffered(self) -> int:
         """Bytes written but not yet taken by the peer."""
@@ -260,7 +276,7 @@ class DirectConnection(Connection):
             if writer.direct_buffered() + len(wire) > self._limit:
                 self.close(SlowConsumer(BUFFER_FULL))
             else:
-                writer.direct_write_many(announcement.texts, announcement.text, wire)
+                writer.direct_write_many(announcement)
 
     def stalled(self) -> None:
         """The socket took nothing for ``send_timeout`` seconds (the writer's ``on_stall``)."""

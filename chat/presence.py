@@ -25,16 +25,26 @@ Change = tuple[str, Member | None]
 class Announcement:
     """The ``join`` and ``leave`` frames for a member of the room, all in one write."""
 
-    __slots__ = ("_subjects", "frames", "text", "texts", "wire")
+    __slots__ = ("_subjects", "_text", "frames", "wire")
 
     def __init__(self, frames: list[Signal]) -> None:
         self.frames = frames
-        self.texts = [signal.frame for signal in frames]
-        self.text = "\n".join(self.texts)
-        """The frames as a ``batch=1`` message: JSON objects separated by newlines."""
-        self.wire = b"".join(signal.wire for signal in frames)
+        self.wire = b"".join([signal.wire for signal in frames])
         """The frames as WebSocket bytes: one text message each."""
+        self._text: str | None = None
         self._subjects = {signal.member.id for signal in frames}
+
+    @property
+    def texts(self) -> list[str]:
+        """The frames' texts."""
+        return [signal.frame for signal in self.frames]
+
+    @property
+    def text(self) -> str:
+        """The frames as a ``batch=1`` message: JSON objects separated by newlines."""
+        if self._text is None:
+            self._text = "\n".join(self.texts)
+        return self._text
 
     def for_member(self, member_id: str) -> Announcement | None:
         """What the member gets: these frames without the ones about itself (None if that leaves nothing)."""
@@ -47,37 +57,52 @@ class Announcement:
 class Window:
     """One window's changes, as announced: to the members welcomed before it, and to each newcomer."""
 
-    __slots__ = ("_log", "_room", "_since", "_told", "everyone")
+    __slots__ = ("_changes", "_room", "_signals", "_since", "_told", "everyone")
 
     def __init__(self, room: str, told: dict[str, Member], log: list[Change]) -> None:
         self._room = room
         self._told = told  # the list before the window
-        self._log = log
+        self._changes: dict[str, list[tuple[int, Member | None]]] = {}  # member id -> (position, state), in order
+        for position, (member_id, member) in enumerate(log):
+            self._changes.setdefault(member_id, []).append((position, member))
+        self._signals: dict[tuple[Member | None, Member | None], tuple[Signal, ...]] = {}
         self._since: dict[int, Announcement | None] = {}
         self.everyone = self.since(0)
         """What the members welcomed before the window are told (None: nothing)."""
 
     def since(self, position: int) -> Announcement | None:
-        """What a member welcomed after the window's first ``position`` changes is told."""
+        """What a member welcomed after the window's first ``position`` changes is told.
+
+        A newcomer of a storm gets its own announcement: each costs one step per member that changed in the
+        window, and each distinct change is encoded once.
+        """
         if position in self._since:
             return self._since[position]
-        before: dict[str, Member | None] = {}
-        for member_id, member in self._log[:position]:
-            before[member_id] = member
-        after: dict[str, Member | None] = {}
-        for member_id, member in self._log[position:]:
-            after[member_id] = member
         frames: list[Signal] = []
-        for member_id, member in after.items():
-            was = before[member_id] if member_id in before else self._told.get(member_id)
-            if was == member:
-                continue
-            if was is not None:
-                frames.append(Signal("leave", self._room, was))
-            if member is not None:
-                frames.append(Signal("join", self._room, member))
+        for member_id, changes in self._changes.items():
+            if changes[-1][0] < position:
+                continue  # the newcomer's welcome listed it as it ends
+            was = self._told.get(member_id)
+            for at, state in changes:
+                if at >= position:
+                    break
+                was = state
+            frames.extend(self._frames(was, changes[-1][1]))
         announcement = self._since[position] = Announcement(frames) if frames else None
         return announcement
+
+    def _frames(self, was: Member | None, now: Member | None) -> tuple[Signal, ...]:
+        """The frames that take a member from ``was`` to ``now`` (a leave, then a join), made once per window."""
+        key = (was, now)
+        signals = self._signals.get(key)
+        if signals is None:
+            if was == now:
+                signals = ()
+            else:
+                leave = () if was is None else (Signal("leave", self._room, was),)
+                signals = leave + (() if now is None else (Signal("join", self._room, now),))
+            self._signals[key] = signals
+        return signals
 
 
 class RoomPresence:

@@ -4,7 +4,7 @@ TestClient helpers, and /metrics parsing (which the e2e tests share too)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -19,6 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 from chat.app import create_app
 from chat.backends.base import Backend, Deliver, RoomSummary, Snapshot
 from chat.chat import chat_of
+from chat.connection import FrameBatch
 from chat.protocol import Event, Member, Message, Signal
 from chat.settings import Settings
 
@@ -209,11 +210,11 @@ class StandInWriter:
         self.wires.append(wire)
         self.buffered += len(wire)
 
-    def direct_write_many(self, frames: Sequence[str], joined: str, wire: bytes) -> None:
-        for frame in frames:
+    def direct_write_many(self, frames: FrameBatch) -> None:
+        for frame in frames.texts:
             self.recorder.record(Sent(frame))
-        self.wires.append(wire)
-        self.buffered += len(wire)
+        self.wires.append(frames.wire)
+        self.buffered += len(frames.wire)
 
     def direct_buffered(self) -> int:
         return self.buffered

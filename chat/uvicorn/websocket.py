@@ -36,7 +36,7 @@ import logging
 import socket
 import struct
 from asyncio import TimerHandle, Transport
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from contextvars import copy_context
 from typing import Any, cast
 from urllib.parse import unquote
@@ -50,7 +50,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
 
-from chat.connection import DIRECT_EXTENSION, STALLED
+from chat.connection import DIRECT_EXTENSION, STALLED, FrameBatch
 from chat.exceptions import SlowConsumer
 from chat.frames import text_frame
 from chat.uvicorn.flusher import flusher_for
@@ -279,14 +279,15 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
         pending.append(wire)
         self._pending_size += len(wire)
 
-    def direct_write_many(self, frames: Sequence[str], joined: str, wire: bytes) -> None:
-        """Send several text frames in the next flush: ``wire`` as is, ``joined`` under ``batch``, one by one
-        under an extension."""
-        if self.conn.extensions and not self.batch:
-            for frame in frames:
-                self.direct_write(frame, wire)
+    def direct_write_many(self, frames: FrameBatch) -> None:
+        """Send several text frames in the next flush: one message under ``batch``, else one each (their ``wire``)."""
+        if self.batch:
+            self.direct_write(frames.text, frames.wire)
+        elif self.conn.extensions:
+            for frame in frames.texts:
+                self.direct_write(frame, b"")  # encoded again, with the extension
         else:
-            self.direct_write(joined, wire)
+            self.direct_write("", frames.wire)  # without batch or an extension only the wire bytes are sent
 
     def direct_buffered(self) -> int:
         """Bytes written but not yet taken by the peer (this turn's and the transport's)."""

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.standins import Changes
 from tests.tokens import SECRET, token
 
-from .clients import wait_health
+from .clients import joined, parse, wait_health, wait_join
 from .server_process import ServerProcess, StartServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -136,3 +136,28 @@ async def test_clients_reconnecting_at_once_all_end_with_the_servers_member_list
         for client in clients + late:
             client.cut()
         readers.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+async def test_a_windows_joins_reach_each_member_as_messages_of_their_own_or_one_batch(
+    start_server: StartServer, deflate: bool
+) -> None:
+    """Three joins within one window: a plain member gets three ``join`` messages, a ``batch=1`` member one
+    message holding the three; with per-message deflate too."""
+    server = start_server(ws_per_message_deflate=deflate, presence_window=1.0)
+    async with (
+        joined(server, "window", "plain") as (plain, _),
+        joined(server, "window", "batched", batch=1) as (batched, batched_welcome),
+    ):
+        await wait_join(plain, {batched_welcome["you"]["id"]})
+        async with (
+            joined(server, "window", "a") as (_, a),
+            joined(server, "window", "b") as (_, b),
+            joined(server, "window", "c") as (_, c),
+        ):
+            newcomers = [welcome["you"] for welcome in (a, b, c)]
+            told = [parse(await plain.recv()) for _ in range(3)]
+            assert told == [{"type": "join", "room": "window", "member": member} for member in newcomers]
+            message = await batched.recv()
+            assert isinstance(message, str)
+            assert [json.loads(line) for line in message.split("\n")] == told
