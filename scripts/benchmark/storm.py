@@ -47,6 +47,8 @@ DROPS = (RESTART, CUT)
 QUIET = 1.0
 """Seconds without a new acceptance or receipt after which the members are checked as they are."""
 SETTLE_POLL = 0.25
+WELCOME_BIN = 0.5
+"""Seconds per bin of the welcomes' timeline (``welcomes_per_bin`` in the JSON)."""
 CHECK_TIMEOUT = 60.0
 """The most checking every member of a client process may take."""
 
@@ -71,6 +73,14 @@ class StormParams:
     drain: float = 10.0
     """The most the last messages may take to be acknowledged and delivered after publishing stops."""
     poll: float = 0.05
+
+
+def binned(times: list[float], width: float) -> list[int]:
+    """How many of ``times`` (seconds, ascending) fall in each ``width``-second bin from 0 to the last one."""
+    counts = [0] * (int(times[-1] // width) + 1 if times else 0)
+    for value in times:
+        counts[max(0, int(value // width))] += 1
+    return counts
 
 
 def storm_rooms(members: int, room_size: int) -> int:
@@ -299,6 +309,7 @@ def storm_row(
         "welcomed_s": times[-1] if times and len(times) >= members else None,
         "welcome_p50_s": latency.nearest_rank(times, 0.5),
         "welcome_p90_s": latency.nearest_rank(times, 0.9),
+        "welcomes_per_bin": binned(times, WELCOME_BIN),
         "last_welcome_s": times[-1] if times else None,
         "dropped_p50_s": latency.nearest_rank(drops, 0.5),
         "dropped_last_s": drops[-1] if drops else None,
