@@ -100,6 +100,8 @@ class Restarted:
     """CPU seconds the old process and the children it waited for used in all, read at its exit."""
     complaint: str | None
     """Said when the old process had to be killed."""
+    refused_starts: list[str]
+    """The last log line of each new process that exited at once (the port still taken) before one listened."""
 
 
 class ServerFailed(RuntimeError):
@@ -373,14 +375,17 @@ class Server:
         self.starts += 1
         log = Path(f"{self.log_stem}-{self.starts}.log")
         deadline = exited_at + START_TIMEOUT
+        refused: list[str] = []
         while True:
             self.process = Process(self.argv_for(self.port), self.port, log, self.cpus)
             if self.process.wait_listening(max(LISTEN_POLL, deadline - time.monotonic())):
                 break
-            if BIND_CLASH not in self.process.log().lower() or time.monotonic() >= deadline:
-                raise ServerFailed(f"did not start again on port {self.port}:\n{self.process.log()}")
+            output = self.process.log()
+            if BIND_CLASH not in output.lower() or time.monotonic() >= deadline:
+                raise ServerFailed(f"did not start again on port {self.port}:\n{output}")
+            refused.append(output.splitlines()[-1] if output else "")
             time.sleep(LISTEN_POLL)
-        return Restarted(exited_at - started, time.monotonic() - started, old_cpu, complaint)
+        return Restarted(exited_at - started, time.monotonic() - started, old_cpu, complaint, refused)
 
     def stop(self) -> str | None:
         complaint = self.process.stop()

@@ -248,6 +248,11 @@ def run_storm(pool: WorkerPool, server: Server, common: Common, params: StormPar
         )
     if restarted is not None and restarted.complaint:
         notes.append(restarted.complaint)
+    if restarted is not None and restarted.refused_starts:
+        notes.append(
+            f"the new process found the port taken {len(restarted.refused_starts)} times before it listened "
+            f"({restarted.refused_starts[0][:120]})"
+        )
     if notes:
         row["note"] = "; ".join(notes)
     return row
@@ -315,6 +320,7 @@ def storm_row(
         "dropped_last_s": drops[-1] if drops else None,
         "server_exited_s": restarted.exited_s if restarted else None,
         "server_listening_s": restarted.listening_s if restarted else None,
+        "refused_starts": len(restarted.refused_starts) if restarted else None,
         "storm_seconds": round(elapsed, 3),
         "server_cpu_s": server_cpu + redis_cpu + store_cpu,
         "redis_cpu_s": redis_cpu,
