@@ -192,20 +192,38 @@ class Process:
             return f"pid {self.pid} ignored SIGTERM for {timeout:.0f} s and was killed"
 
     def stop_measured(self, timeout: float = STOP_TIMEOUT) -> tuple[float, str | None]:
-        """``stop``, and the CPU seconds the process and the children it waited for used in all (read at its exit)."""
+        """``stop``, waiting for its worker processes too; the CPU seconds the whole tree used in all.
+
+        The process's own time and that of the children it waited for are read from its exit
+        status's /proc entry before it is reaped; a worker it did not wait for counts with the last
+        time read while it ran (every ``EXIT_POLL`` s). A complaint if anything had to be killed.
+        """
         if self.popen.poll() is not None:
             return 0.0, None
+        workers: dict[int, float] = {}
         self.popen.send_signal(signal.SIGTERM)
         complaint = None
         deadline = time.monotonic() + timeout
         while not exited(self.pid):
+            for pid in procfs.tree(self.pid)[1:]:
+                workers[pid] = max(workers.get(pid, 0.0), procfs.cpu_seconds(pid))
             if complaint is None and time.monotonic() > deadline:
                 self.popen.kill()
                 complaint = f"pid {self.pid} ignored SIGTERM for {timeout:.0f} s and was killed"
             time.sleep(EXIT_POLL)
-        cpu = procfs.cpu_seconds_with_children(self.pid)
+        own, waited = procfs.cpu_seconds(self.pid), procfs.cpu_seconds_with_children(self.pid)
         self.popen.wait(timeout)
-        return cpu, complaint
+        while any(procfs.running(pid) for pid in workers):  # workers the process left behind
+            for pid in workers:
+                workers[pid] = max(workers[pid], procfs.cpu_seconds(pid))
+            if time.monotonic() > deadline + timeout:
+                for pid in workers:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                complaint = complaint or f"workers of pid {self.pid} outlived it for {timeout:.0f} s and were killed"
+                break
+            time.sleep(EXIT_POLL)
+        return max(waited, own + sum(workers.values())), complaint
 
 
 def exited(pid: int) -> bool:

@@ -230,6 +230,7 @@ def run_storm(pool: WorkerPool, server: Server, common: Common, params: StormPar
     check_alive(server)
     row = storm_row(params, room_size, rooms, drop, reports, checks, start, end, restarted, since_ns)
     row.update(
+        connect_retries=totals(replies, "retries"),
         accept_queue_peak=queue,
         connect_seconds=round(connect_seconds, 3),
         handshakes_per_s=params.members / max(connect_seconds, 1e-9),
