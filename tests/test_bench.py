@@ -777,6 +777,8 @@ def test_storm_members_rooms_and_what_each_room_must_deliver() -> None:
     (chat), or what the reference echoed since it last started."""
     storm = importlib.import_module("benchmark.storm")
     assert storm.storm_rooms(10000, 150) == 67
+    assert storm.binned([0.1, 0.4, 0.6, 1.7], 0.5) == [2, 1, 0, 1]
+    assert storm.binned([], 0.5) == []
     members = storm.storm_members(7, 3)
     assert members[:3] == [("storm0", "s0", True), ("storm1", "s1", True), ("storm0", "s2", False)]
     assert sum(1 for _, _, publisher in members if publisher) == 2

@@ -32,6 +32,15 @@ def cpu_seconds_with_children(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
 
 
+def running(pid: int) -> bool:
+    """Whether a process exists and has not exited (an exited one not yet reaped is a zombie: not running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+
+
 def title(pid: int) -> str:
     """A process's command line as ``ps`` shows it (a title it set itself included); "" if it is gone."""
     try:

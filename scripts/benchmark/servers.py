@@ -100,6 +100,8 @@ class Restarted:
     """CPU seconds the old process and the children it waited for used in all, read at its exit."""
     complaint: str | None
     """Said when the old process had to be killed."""
+    refused_starts: list[str]
+    """The last log line of each new process that exited at once (the port still taken) before one listened."""
 
 
 class ServerFailed(RuntimeError):
@@ -190,20 +192,38 @@ class Process:
             return f"pid {self.pid} ignored SIGTERM for {timeout:.0f} s and was killed"
 
     def stop_measured(self, timeout: float = STOP_TIMEOUT) -> tuple[float, str | None]:
-        """``stop``, and the CPU seconds the process and the children it waited for used in all (read at its exit)."""
+        """``stop``, waiting for its worker processes too; the CPU seconds the whole tree used in all.
+
+        The process's own time and that of the children it waited for are read from its exit
+        status's /proc entry before it is reaped; a worker it did not wait for counts with the last
+        time read while it ran (every ``EXIT_POLL`` s). A complaint if anything had to be killed.
+        """
         if self.popen.poll() is not None:
             return 0.0, None
+        workers: dict[int, float] = {}
         self.popen.send_signal(signal.SIGTERM)
         complaint = None
         deadline = time.monotonic() + timeout
         while not exited(self.pid):
+            for pid in procfs.tree(self.pid)[1:]:
+                workers[pid] = max(workers.get(pid, 0.0), procfs.cpu_seconds(pid))
             if complaint is None and time.monotonic() > deadline:
                 self.popen.kill()
                 complaint = f"pid {self.pid} ignored SIGTERM for {timeout:.0f} s and was killed"
             time.sleep(EXIT_POLL)
-        cpu = procfs.cpu_seconds_with_children(self.pid)
+        own, waited = procfs.cpu_seconds(self.pid), procfs.cpu_seconds_with_children(self.pid)
         self.popen.wait(timeout)
-        return cpu, complaint
+        while any(procfs.running(pid) for pid in workers):  # workers the process left behind
+            for pid in workers:
+                workers[pid] = max(workers[pid], procfs.cpu_seconds(pid))
+            if time.monotonic() > deadline + timeout:
+                for pid in workers:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                complaint = complaint or f"workers of pid {self.pid} outlived it for {timeout:.0f} s and were killed"
+                break
+            time.sleep(EXIT_POLL)
+        return max(waited, own + sum(workers.values())), complaint
 
 
 def exited(pid: int) -> bool:
@@ -373,14 +393,17 @@ class Server:
         self.starts += 1
         log = Path(f"{self.log_stem}-{self.starts}.log")
         deadline = exited_at + START_TIMEOUT
+        refused: list[str] = []
         while True:
             self.process = Process(self.argv_for(self.port), self.port, log, self.cpus)
             if self.process.wait_listening(max(LISTEN_POLL, deadline - time.monotonic())):
                 break
-            if BIND_CLASH not in self.process.log().lower() or time.monotonic() >= deadline:
-                raise ServerFailed(f"did not start again on port {self.port}:\n{self.process.log()}")
+            output = self.process.log()
+            if BIND_CLASH not in output.lower() or time.monotonic() >= deadline:
+                raise ServerFailed(f"did not start again on port {self.port}:\n{output}")
+            refused.append(output.splitlines()[-1] if output else "")
             time.sleep(LISTEN_POLL)
-        return Restarted(exited_at - started, time.monotonic() - started, old_cpu, complaint)
+        return Restarted(exited_at - started, time.monotonic() - started, old_cpu, complaint, refused)
 
     def stop(self) -> str | None:
         complaint = self.process.stop()

@@ -47,6 +47,8 @@ DROPS = (RESTART, CUT)
 QUIET = 1.0
 """Seconds without a new acceptance or receipt after which the members are checked as they are."""
 SETTLE_POLL = 0.25
+WELCOME_BIN = 0.5
+"""Seconds per bin of the welcomes' timeline (``welcomes_per_bin`` in the JSON)."""
 CHECK_TIMEOUT = 60.0
 """The most checking every member of a client process may take."""
 
@@ -71,6 +73,14 @@ class StormParams:
     drain: float = 10.0
     """The most the last messages may take to be acknowledged and delivered after publishing stops."""
     poll: float = 0.05
+
+
+def binned(times: list[float], width: float) -> list[int]:
+    """How many of ``times`` (seconds, ascending) fall in each ``width``-second bin from 0 to the last one."""
+    counts = [0] * (int(times[-1] // width) + 1 if times else 0)
+    for value in times:
+        counts[max(0, int(value // width))] += 1
+    return counts
 
 
 def storm_rooms(members: int, room_size: int) -> int:
@@ -220,6 +230,7 @@ def run_storm(pool: WorkerPool, server: Server, common: Common, params: StormPar
     check_alive(server)
     row = storm_row(params, room_size, rooms, drop, reports, checks, start, end, restarted, since_ns)
     row.update(
+        connect_retries=totals(replies, "retries"),
         accept_queue_peak=queue,
         connect_seconds=round(connect_seconds, 3),
         handshakes_per_s=params.members / max(connect_seconds, 1e-9),
@@ -238,6 +249,11 @@ def run_storm(pool: WorkerPool, server: Server, common: Common, params: StormPar
         )
     if restarted is not None and restarted.complaint:
         notes.append(restarted.complaint)
+    if restarted is not None and restarted.refused_starts:
+        notes.append(
+            f"the new process found the port taken {len(restarted.refused_starts)} times before it listened "
+            f"({restarted.refused_starts[0][:120]})"
+        )
     if notes:
         row["note"] = "; ".join(notes)
     return row
@@ -299,11 +315,13 @@ def storm_row(
         "welcomed_s": times[-1] if times and len(times) >= members else None,
         "welcome_p50_s": latency.nearest_rank(times, 0.5),
         "welcome_p90_s": latency.nearest_rank(times, 0.9),
+        "welcomes_per_bin": binned(times, WELCOME_BIN),
         "last_welcome_s": times[-1] if times else None,
         "dropped_p50_s": latency.nearest_rank(drops, 0.5),
         "dropped_last_s": drops[-1] if drops else None,
         "server_exited_s": restarted.exited_s if restarted else None,
         "server_listening_s": restarted.listening_s if restarted else None,
+        "refused_starts": len(restarted.refused_starts) if restarted else None,
         "storm_seconds": round(elapsed, 3),
         "server_cpu_s": server_cpu + redis_cpu + store_cpu,
         "redis_cpu_s": redis_cpu,

@@ -71,6 +71,8 @@ TRY_AGAIN_LATER = 1013
 MAX_LAG = 0.5
 """A publisher's tick this late (its process was busy) is skipped rather than sent in a burst."""
 ERROR_SAMPLES = 5
+CONNECT_ATTEMPTS = 3
+"""Attempts of each member to join before the drop (a refusal then, 1013 say, is retried with the backoff)."""
 
 _TEXT = WSMsgType.TEXT
 _CONTINUATION = WSMsgType.CONTINUATION
@@ -348,13 +350,23 @@ class Storm:
         """Open ``(room, name, publisher, source address)`` members, ``concurrency`` at a time, up to each welcome."""
         gate = asyncio.Semaphore(max(1, concurrency))
         failures: list[str] = []
+        retries = 0
 
         async def open_one(member: Member) -> None:
-            async with gate:
-                try:
-                    await self.open(Link(self, member))
-                except Exception as exc:
-                    failures.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            nonlocal retries
+            for attempt in range(CONNECT_ATTEMPTS):
+                async with gate:
+                    link = Link(self, member)
+                    try:
+                        await self.open(link)
+                        return
+                    except Exception as exc:
+                        if attempt + 1 == CONNECT_ATTEMPTS:
+                            failures.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                            return
+                        _, code, soon = classify(exc, link.code)
+                retries += 1
+                await asyncio.sleep(retry_delay(attempt + 1, code, soon, self.random.random))
 
         added = [Member(room, name, source, publisher) for room, name, publisher, source in members]
         self.members += added
@@ -364,6 +376,7 @@ class Storm:
         return {
             "failed": len(failures),
             "failures": failures[:ERROR_SAMPLES],
+            "retries": retries,
             "started": started,
             "finished": time.monotonic(),
         }
