@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any
 
+import anyio
 import pytest
 
 from chat.uvicorn.http import MAX_REQUEST_HEAD, ChatHttpProtocol
 from tests.test_uvicorn_contract import (
+    WAIT,
     RawSocket,
+    accept_and_wait,
     anyio_backend,  # noqa: F401 - the fixture: every test on both loops
     run_server,
 )
+from tests.test_uvicorn_websocket import HANDSHAKE, no_collector  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -64,3 +70,29 @@ async def test_a_request_head_that_never_ends_gets_431() -> None:
     async with run_server(hello) as running:
         response = await answer(running.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Filler: " + filler)
     assert response == b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class WatchedHttp(ChatHttpProtocol):
+    """``ChatHttpProtocol`` that tells when an instance is freed."""
+
+    freed: anyio.Event
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        weakref.finalize(self, WatchedHttp.freed.set)
+
+
+@pytest.mark.usefixtures("no_collector")
+@pytest.mark.parametrize("extra", ["", "Content-Length: 0\r\n"], ids=["parsed once", "parsed again by websockets"])
+async def test_once_upgraded_the_http_protocol_is_freed_without_the_collector(extra: str) -> None:
+    """The HTTP protocol that handed a connection over to the WebSocket protocol is freed at once (no cycle)."""
+    WatchedHttp.freed = anyio.Event()
+    async with run_server(accept_and_wait, http=WatchedHttp) as running:
+        raw = await RawSocket.connect(running.port)
+        try:
+            await raw.send(HANDSHAKE.encode() + extra.encode() + b"\r\n")
+            assert (await raw.read_until(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+            with anyio.fail_after(WAIT):
+                await WatchedHttp.freed.wait()
+        finally:
+            raw.close()
