@@ -27,8 +27,8 @@ class Access:
         self.origins = OriginPolicy(settings.allowed_origins)
         self.verifier = Verifier.from_settings(settings)
 
-    def check(self, address: str, headers: Headers, query: Mapping[str, str], now: float) -> Identity | None:
-        """The identity a handshake proves (None when auth is off); raises ConnectionRefused."""
+    def screen(self, address: str, headers: Headers, now: float) -> None:
+        """The checks before anyone's identity: the address's handshake rate, the Origin; raises ConnectionRefused."""
         if not self.limits.allow_handshake(address, now):
             raise TooManyConnections("too many handshakes from your address: slow down", "handshake_rate")
         origin = host = None
@@ -39,6 +39,9 @@ class Access:
                 host = value.decode("latin-1")
         if not self.origins.allows(origin, host):
             raise InvalidJoin("origin not allowed", "origin")
+
+    def verify(self, headers: Headers, query: Mapping[str, str]) -> Identity | None:
+        """The identity the handshake's token proves (None when token auth is off); raises InvalidToken."""
         if self.verifier is None:
             return None
         return self.verifier.verify(bearer_token(headers, query))

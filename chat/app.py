@@ -29,9 +29,13 @@ CLIENT_HEADERS = {
 }
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """A complete chat app; mount it anywhere (``Mount("/chat", app=create_app())``)."""
-    chat = Chat(settings)
+def create_app(settings: Settings | None = None, hooks: object = None) -> Starlette:
+    """A complete chat app; mount it anywhere (``Mount("/chat", app=create_app())``).
+
+    ``hooks``: a ``chat.Hooks``, or any object with some of its methods (``authenticate``, ``can_join``,
+    ``on_message``, ``joined``, ``left``, ``published``): see ``chat.hooks``.
+    """
+    chat = Chat(settings, hooks=hooks)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -9,10 +9,11 @@ HS256 tokens are checked with a shared secret; RS256, ES256 or EdDSA tokens with
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,19 @@ class InvalidToken(InvalidJoin):
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """What a verified token says: who connects, under which name, where, and until when."""
+    """Who connects, under which name, where, and until when: what a verified token says, or a host's
+    ``authenticate`` hook.
+
+    ``name`` defaults to ``member_id``; ``expires`` (UNIX seconds) closes the connection with 1008 at that
+    moment; ``rooms`` are the patterns of the rooms it may join (None: any); ``user`` is the host's own
+    object for this user, untouched, for its other hooks.
+    """
 
     member_id: str
-    name: str
-    expires: float
+    name: str = ""
+    expires: float = math.inf
     rooms: tuple[str, ...] | None = None
+    user: Any = field(default=None, compare=False)
 
     def may_join(self, room: str) -> bool:
         """Whether the token's ``rooms`` claim (absent: every room) lets it into ``room``."""
@@ -102,20 +110,36 @@ class Verifier:
 def identity_of(claims: Mapping[str, Any]) -> Identity:
     """The identity in verified claims; raises InvalidToken when ``sub``, ``name`` or ``rooms`` cannot be used."""
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT or not _printable(subject):
+    if not isinstance(subject, str):
         raise InvalidToken(f"invalid token: sub must be 1-{MAX_SUBJECT} printable characters")
-    if subject == SYSTEM_ID:
-        raise InvalidToken(f"invalid token: sub {SYSTEM_ID!r} is reserved")
     name = claims.get("name", subject)
     if not isinstance(name, str):
         raise InvalidToken("invalid token: name must be a string")
-    name = name.strip()[:MAX_NAME].strip()
-    if not name or not _printable(name):
-        raise InvalidToken("invalid token: name must have printable characters and no control characters")
     expires = claims.get("exp")
     if not isinstance(expires, int | float) or isinstance(expires, bool):
         raise InvalidToken("invalid token: exp must be a number")
-    return Identity(subject, name, float(expires), _rooms(claims.get("rooms")))
+    try:
+        return valid_identity(Identity(subject, name, float(expires), _rooms(claims.get("rooms"))))
+    except InvalidToken as exc:
+        raise InvalidToken(f"invalid token: {exc.detail}") from None
+
+
+def valid_identity(identity: Identity) -> Identity:
+    """The identity with its name trimmed (``member_id`` when empty); raises InvalidToken (the detail says which
+    field) when its member id, name or rooms cannot be used."""
+    subject, name, rooms = identity.member_id, identity.name, identity.rooms
+    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT or not _printable(subject):
+        raise InvalidToken(f"the member id (sub) must be 1-{MAX_SUBJECT} printable characters")
+    if subject == SYSTEM_ID:
+        raise InvalidToken(f"the member id (sub) {SYSTEM_ID!r} is reserved")
+    if not isinstance(name, str):
+        raise InvalidToken("name must be a string")
+    name = (name or subject).strip()[:MAX_NAME].strip()
+    if not name or not _printable(name):
+        raise InvalidToken("name must have printable characters and no control characters")
+    if rooms is not None and (not isinstance(rooms, tuple) or not all(isinstance(room, str) for room in rooms)):
+        raise InvalidToken("rooms must be a tuple of room names or patterns")
+    return identity if name == identity.name else replace(identity, name=name)
 
 
 def _rooms(claim: object) -> tuple[str, ...] | None:

@@ -19,6 +19,7 @@ from chat.backends import Backend, PublishDone, open_backend
 from chat.backends.stored import StoredBackend
 from chat.connection import Connection
 from chat.exceptions import GoingAway, Unavailable
+from chat.hooks import HookRunner, Hooks
 from chat.logs import Throttle, fields
 from chat.metrics import Metrics
 from chat.protocol import JoinRequest, Member, Message, Ref, Signal, encode_welcome
@@ -35,7 +36,7 @@ REFUSAL_LOG_RATE = 10.0
 class Chat:
     """One per app: what every connection of the app shares."""
 
-    def __init__(self, settings: Settings | None = None, backend: Backend | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, backend: Backend | None = None, hooks: object = None) -> None:
         self.settings = settings or Settings.from_env()
         self.backend = backend or open_backend(self.settings)
         self.store: Store | None = None
@@ -47,6 +48,7 @@ class Chat:
         self.store_name = self.store.name if self.store is not None else relay.name
         self.access = Access(self.settings)
         self.metrics = Metrics(self.settings)
+        self.hooks = HookRunner(Hooks.of(hooks), self.settings.hook_timeout, self.metrics)
         self.registry = RoomRegistry(
             self.backend,
             self.settings.max_connections,
@@ -79,6 +81,7 @@ class Chat:
         for connections in self.registry.rooms().values():
             for connection in connections:
                 connection.close(GoingAway("server shutting down"))
+        await self.hooks.stop()
         if self._started:
             self._started = False
             await self.backend.stop()
@@ -97,8 +100,10 @@ class Chat:
         try:
             snapshot = await self.backend.enter(connection.room, connection.member, first, request.since, request.epoch)
         except Unavailable:
-            await self.leave(connection)
+            await self.leave(connection, joined=False)
             raise
+        if first and self.hooks.watches_rooms:
+            self.hooks.joined(connection.member, connection.room)
         frame = encode_welcome(
             connection.room,
             connection.member,
@@ -111,10 +116,15 @@ class Chat:
         )
         connection.welcome(frame, snapshot.seq)
 
-    async def leave(self, connection: Connection) -> None:
-        """Unregister the connection, announce the leave (its member's last connection there); safe to call again."""
+    async def leave(self, connection: Connection, joined: bool = True) -> None:
+        """Unregister the connection, announce the leave (its member's last connection there); safe to call again.
+
+        ``joined``: False for a join that failed, which the host's ``left`` hook is not told of.
+        """
         try:
             if await self.registry.remove(connection):
+                if joined and self.hooks.watches_rooms:
+                    self.hooks.left(connection.member, connection.room)
                 await self.backend.leave(connection.room, connection.member)
         except Unavailable as exc:
             logger.warning("leave of %s from %s not announced: %s", connection.member.id, connection.room, exc.detail)
@@ -124,7 +134,7 @@ class Chat:
         await self.start()
         started = time.perf_counter()
         message = await self.backend.publish(room, sender, text)
-        self.published(started, source)
+        self.published(started, message, source)
         return message
 
     def start_publish(
@@ -138,10 +148,11 @@ class Chat:
         """
         return self.backend.start_publish(room, sender, text, done)
 
-    def published(self, started: float, source: str = "member") -> None:
-        """Count a published message, and how long it took since ``started`` (``time.perf_counter``)."""
+    def published(self, started: float, message: Message, source: str = "member") -> None:
+        """Count a published message, and how long it took since ``started`` (``time.perf_counter``); tell the host."""
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
         (self._received if source == "member" else self.metrics.received.labels(source)).inc()
+        self.hooks.published(message)
 
     async def typing(self, room: str, member: Member) -> None:
         """Tell the room's other members that ``member`` is typing."""

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from asyncio import TimerHandle
 from collections.abc import Generator, Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -29,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from chat.abuse import Misconduct, address_key
+from chat.access import Headers
 from chat.auth import Identity
 from chat.chat import Chat, chat_of
 from chat.connection import (
@@ -40,14 +43,20 @@ from chat.connection import (
 )
 from chat.exceptions import (
     ConnectionRefused,
+    Forbidden,
     FrameTooLarge,
+    HookFailed,
+    HookUnavailable,
+    InvalidJoin,
     PolicyViolation,
     RateLimited,
+    Refuse,
     RequestError,
     ServerBusy,
     SlowConsumer,
     Unavailable,
 )
+from chat.hooks import guest_identity
 from chat.limits import TokenBucket
 from chat.logs import fields
 from chat.protocol import (
@@ -142,8 +151,18 @@ class SocketEndpoint(WebSocketEndpoint):
         address = client_address(scope)
         query = query_of(scope)
         try:
-            identity = self.identity = chat.access.check(address, scope.get("headers", []), query, anyio.current_time())
+            headers = scope.get("headers", [])
+            chat.access.screen(address, headers, anyio.current_time())
+            if chat.hooks.authenticates:
+                identity = await self.authenticate(websocket, chat, headers, query)
+            else:
+                identity = chat.access.verify(headers, query)
             room, hello = self.handshake(websocket, query, chat, identity)
+            if chat.hooks.decides and identity is None:
+                identity = guest_identity(new_member_id(), hello.name)
+            self.identity = identity
+            if room and identity is not None:
+                await self.may_join(chat, identity, room)
             chat.access.acquire(address)
         except ConnectionRefused as exc:
             log_refusal(chat, address, exc)
@@ -165,7 +184,7 @@ class SocketEndpoint(WebSocketEndpoint):
         if isinstance(connection, QueuedConnection):
             assert self.task_group is not None, "on_connect runs inside dispatch (or a test's task group)"
             self.task_group.start_soon(self._write, chat, connection)
-        if identity is not None:
+        if identity is not None and identity.expires != math.inf:
             self.expiry = close_on_expiry(chat, connection, identity)
         if logger.isEnabledFor(logging.INFO):
             line = fields(event="connect", room=room or None, member=member.id, name=member.name, address=address)
@@ -225,6 +244,32 @@ class SocketEndpoint(WebSocketEndpoint):
                 chat.registry.release()
                 chat.metrics.connections.dec()
 
+    async def authenticate(
+        self, websocket: WebSocket, chat: Chat, headers: Headers, query: Mapping[str, str]
+    ) -> Identity | None:
+        """Who the host's ``authenticate`` hook says connects; failing that, who a token says (token auth on); or
+        raise ConnectionRefused."""
+        try:
+            identity = await chat.hooks.authenticate(websocket)
+        except Refuse as exc:
+            raise InvalidJoin(exc.detail, "hook") from None
+        except HookFailed as exc:
+            raise HookUnavailable(exc.detail) from None
+        if identity is not None:
+            return identity
+        if chat.access.verifier is None:
+            raise InvalidJoin("not signed in", "hook")
+        return chat.access.verify(headers, query)
+
+    async def may_join(self, chat: Chat, identity: Identity, room: str) -> None:
+        """Raise ConnectionRefused when the host's ``can_join`` hook keeps the member out of the handshake's room."""
+        try:
+            await chat.hooks.can_join(identity, room)
+        except Refuse as exc:
+            raise InvalidJoin(exc.detail, "hook") from None
+        except HookFailed as exc:
+            raise HookUnavailable(exc.detail) from None
+
     def handshake(
         self, websocket: WebSocket, query: Mapping[str, str], chat: Chat, identity: Identity | None
     ) -> tuple[str, Hello]:
@@ -253,6 +298,8 @@ class SocketEndpoint(WebSocketEndpoint):
     ) -> None:
         """Answer a request about ``room``, a room the connection is in."""
         if isinstance(request, SendText):
+            if chat.hooks.decides:
+                request = await self.moderate(chat, room, request)
             slot = self.publish(chat, connection, room, request)
             if slot is not None:  # too many of the member's messages on their way: wait for one
                 await slot
@@ -260,6 +307,17 @@ class SocketEndpoint(WebSocketEndpoint):
             await chat.typing(room, connection.member)
         else:
             await self.history(chat, connection, room, request)
+
+    async def moderate(self, chat: Chat, room: str, request: SendText) -> SendText:
+        """The message as the host's ``on_message`` hook lets it out; or raise the RequestError that refuses it."""
+        assert self.identity is not None, "a guest gets an identity when there are hooks"
+        try:
+            text = await chat.hooks.on_message(self.identity, room, request.text, chat.settings.max_text)
+        except Refuse as exc:
+            raise Forbidden(exc.detail, request.ref, request.room or None) from None
+        except HookFailed as exc:
+            raise Unavailable(exc.detail, request.ref, request.room or None) from None
+        return request if text is request.text else replace(request, text=text)
 
     def publish(self, chat: Chat, connection: Connection, room: str, request: SendText) -> asyncio.Future[None] | None:
         """Start publishing a member's message; a future to await when too many are on their way already.
@@ -322,7 +380,7 @@ class SocketEndpoint(WebSocketEndpoint):
         error = future.exception()
         ref = request.ref
         if error is None:
-            chat.published(started)
+            chat.published(started, future.result())
             if ref is not None:
                 connection.send(encode_ack(ref, future.result().seq, room))
             return

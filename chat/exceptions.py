@@ -3,6 +3,8 @@
 ChatError
  ├── ConfigError               settings that cannot work (raised at startup)
  ├── ApiError                  an operator's API request answered with HTTP ``status`` and a JSON error
+ ├── Refuse                    raised by a host's hook to refuse, with the detail the member sees (``chat.hooks``)
+ ├── HookFailed                a host's hook raised or took too long (the member gets ``unavailable``)
  ├── RequestError              answered with an ``error`` frame (with the ``room`` it named); the connection stays open
  │    ├── BadRequest           bad_request
  │    ├── Forbidden            forbidden (``/ws``: a join the room name or the token's ``rooms`` do not allow)
@@ -23,6 +25,7 @@ ChatError
            │    └── InvalidToken    (chat.auth) missing, expired, badly signed or unusable token
            ├── FrameTooLarge        1009
            ├── ServerBusy           1013 (server full, or the backend could not take the join)
+           │    └── HookUnavailable 1013, or HTTP 503 before accept (a host's hook failed)
            └── TooManyConnections   1013, or HTTP 429 before accept (per-address limits)
 
 Every close code the server sends is one of websockets' ``CloseCode`` members, named here once.
@@ -58,6 +61,19 @@ class ApiError(ChatError):
         super().__init__(detail)
         self.status = status
         self.code = code
+
+
+class Refuse(ChatError):
+    """Raise it in a host's hook (``authenticate``, ``can_join``, ``on_message``) to refuse, saying why: the member
+    gets ``forbidden`` with this detail."""
+
+
+class HookFailed(ChatError):
+    """A host's hook raised (anything but ``Refuse``) or took longer than ``hook_timeout``: already logged."""
+
+    def __init__(self, hook: str) -> None:
+        super().__init__(f"{hook} failed: try again later")
+        self.hook = hook
 
 
 class RequestError(ChatError):
@@ -167,6 +183,13 @@ class ServerBusy(ConnectionRefused):
     close_code = CloseCode.TRY_AGAIN_LATER
     http_status = 503
     reason = "server_full"
+
+
+class HookUnavailable(ServerBusy):
+    """A host's hook failed while the connection was being opened."""
+
+    code = "unavailable"
+    reason = "hook_failed"
 
 
 class TooManyConnections(ConnectionRefused):

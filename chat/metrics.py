@@ -37,6 +37,8 @@ REFUSALS = (
     "room_not_allowed",
     "invalid_join",
     "server_full",
+    "hook",
+    "hook_failed",
 )
 POLICY_CLOSES = ("bad_frames", "rate_limited", "token_expired", "removed")
 PUBLISH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -82,6 +84,14 @@ class Metrics:
         )
         self.policy_closes = Counter(
             "chat_policy_closes", "Members closed with 1008, by reason", ["reason"], registry=registry
+        )
+        self.hook_failures = Counter(
+            "chat_hook_failures", "Host hooks that raised or took too long, by hook", ["hook"], registry=registry
+        )
+        self.hook_events_dropped = Counter(
+            "chat_hook_events_dropped",
+            "Events not given to the host's event hooks because too many were waiting",
+            registry=registry,
         )
         self.publish_seconds = Histogram(
             "chat_publish_seconds",

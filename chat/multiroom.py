@@ -21,7 +21,16 @@ from chat.auth import Identity
 from chat.chat import Chat
 from chat.connection import Connection, Subscription
 from chat.endpoint import LEAVE_TIMEOUT, SocketEndpoint
-from chat.exceptions import BadRequest, Forbidden, InvalidJoin, RateLimited, TooManyRooms, Unavailable
+from chat.exceptions import (
+    BadRequest,
+    Forbidden,
+    HookFailed,
+    InvalidJoin,
+    RateLimited,
+    Refuse,
+    TooManyRooms,
+    Unavailable,
+)
 from chat.logs import fields
 from chat.protocol import (
     Hello,
@@ -84,6 +93,10 @@ class MultiRoomEndpoint(SocketEndpoint):
         """Join a room: its welcome (with the join's ref), or an error frame and nothing else changed."""
         room, ref = request.room, request.ref
         self.check_join(chat, connection, request)
+        if self.identity is not None and chat.hooks.decides:
+            await self.may_enter(chat, room, ref)
+            if not connection.is_open or room in self.rooms:
+                return
         subscription = self.rooms[room] = Subscription(connection, room, self._taken_out)
         subscription.presence = request.presence
         try:
@@ -122,6 +135,16 @@ class MultiRoomEndpoint(SocketEndpoint):
             raise RateLimited("earlier welcomes are still on their way to you: join again in a moment", ref, room)
         if self.admitted is not None and not chat.access.limits.allow_handshake(self.admitted, anyio.current_time()):
             raise RateLimited("too many joins and handshakes from your address: slow down", ref, room)
+
+    async def may_enter(self, chat: Chat, room: str, ref: Ref) -> None:
+        """Raise the RequestError that refuses a join when the host's ``can_join`` hook keeps the member out."""
+        assert self.identity is not None
+        try:
+            await chat.hooks.can_join(self.identity, room)
+        except Refuse as exc:
+            raise Forbidden(exc.detail, ref, room) from None
+        except HookFailed as exc:
+            raise Unavailable(exc.detail, ref, room) from None
 
     async def leave(self, chat: Chat, connection: Connection, subscription: Subscription, ref: Ref) -> None:
         """Leave a room: the others learn it, then the member gets ``left``."""

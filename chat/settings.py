@@ -82,6 +82,8 @@ class Settings:
     api_key: str = _field(default="", repr=False)
     metrics: bool = True
     metrics_dir: str = ""
+    # A host app's hooks (``create_app(hooks=...)``): how long a decision may take.
+    hook_timeout: float = 5.0
 
     @property
     def auth(self) -> bool:
@@ -105,6 +107,7 @@ class Settings:
             "presence_ttl",
             "handshake_burst_per_ip",
             "handshake_timeout",
+            "hook_timeout",
         )
         for name in positive:
             if not getattr(self, name) > 0:  # "not >" also refuses NaN
