@@ -1,0 +1,1 @@
+"""Apps built on chat, each one file that a test runs."""
