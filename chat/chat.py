@@ -19,7 +19,7 @@ from chat.backends import Backend, PublishDone, open_backend
 from chat.backends.stored import StoredBackend
 from chat.connection import Connection
 from chat.exceptions import GoingAway, Unavailable
-from chat.hooks import HookRunner, Hooks
+from chat.hooks import HookRunner, Hooks, load_hooks
 from chat.logs import Throttle, fields
 from chat.metrics import Metrics
 from chat.protocol import JoinRequest, Member, Message, Ref, Signal, encode_welcome
@@ -48,6 +48,8 @@ class Chat:
         self.store_name = self.store.name if self.store is not None else relay.name
         self.access = Access(self.settings)
         self.metrics = Metrics(self.settings)
+        if hooks is None:
+            hooks = load_hooks(self.settings.hooks)
         self.hooks = HookRunner(Hooks.of(hooks), self.settings.hook_timeout, self.metrics)
         self.registry = RoomRegistry(
             self.backend,

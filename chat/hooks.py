@@ -23,23 +23,26 @@ everyone else carries on, and the failure is logged once, naming the hook.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import anyio
 from starlette.websockets import WebSocket
 
 from chat.auth import Identity, InvalidToken, valid_identity
-from chat.exceptions import HookFailed, Refuse
+from chat.exceptions import ConfigError, HookFailed, Refuse
 from chat.logs import Throttle
 from chat.logs import fields as log_fields
-from chat.metrics import Metrics
 from chat.protocol import Member, Message
+
+if TYPE_CHECKING:
+    from chat.metrics import Metrics
 
 logger = logging.getLogger("chat")
 
@@ -205,6 +208,23 @@ class HookRunner:
                 pass
             finally:
                 events.task_done()
+
+
+def load_hooks(path: str) -> object:
+    """The hooks ``module:attribute`` names (a class is instantiated); None for ""; raises ConfigError."""
+    if not path:
+        return None
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"hooks must be module:attribute (myapp.chat_hooks:Hooks), got {path!r}")
+    try:
+        hooks = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"hooks {path!r} cannot be loaded: {exc}") from None
+    try:
+        return Hooks.of(hooks() if isinstance(hooks, type) else hooks)
+    except TypeError as exc:
+        raise ConfigError(f"hooks {path!r}: {exc}") from None
 
 
 def guest_identity(member_id: str, name: str) -> Identity:

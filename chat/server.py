@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from uvicorn.config import LOGGING_CONFIG
 
 from chat.exceptions import ConfigError
+from chat.hooks import load_hooks
 from chat.settings import Settings
 from chat.stores import DURABLE_STORES, open_store
 from chat.uvicorn import ChatHttpProtocol, ChatWebSocketProtocol
@@ -70,6 +71,7 @@ def run(settings: Settings) -> None:
     if settings.metrics_dir:
         prepare_metrics_dir(settings.metrics_dir)
     os.environ.update(settings.to_env())
+    load_hooks(settings.hooks)  # a hooks path that cannot work stops the server with one line, before any worker
     try:
         uvicorn.run(
             "chat.server:serve_app",

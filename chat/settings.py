@@ -82,7 +82,8 @@ class Settings:
     api_key: str = _field(default="", repr=False)
     metrics: bool = True
     metrics_dir: str = ""
-    # A host app's hooks (``create_app(hooks=...)``): how long a decision may take.
+    # A host app's hooks (``create_app(hooks=...)``, or ``module:attribute`` here): how long one may take.
+    hooks: str = ""
     hook_timeout: float = 5.0
 
     @property
