@@ -72,6 +72,7 @@ class Chat:
         async with self._start_lock:
             if not self._started:
                 await self.backend.start(self.registry.deliver)
+                self.hooks.restart()
                 self._started = True
                 if self.store is not None:
                     logger.info("%s", fields(event="store", store=self.store.name, location=self.store.location))

@@ -99,6 +99,7 @@ class HookRunner:
         self._events: asyncio.Queue[tuple[str, Callable[..., Maybe[None]], tuple[Any, ...]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._log = Throttle(FAILURE_LOG_RATE)
+        self._stopped = False
 
     async def authenticate(self, websocket: WebSocket) -> Identity | None:
         """Who the host says the handshake's user is, checked like a token's claims; None: nobody it knows."""
@@ -135,6 +136,10 @@ class HookRunner:
             raise self._failed("on_message", f"returned {problem}: it must return 1-{max_text} characters or None")
         return result
 
+    def restart(self) -> None:
+        """Take events again (the app started again after ``stop``)."""
+        self._stopped = False
+
     def joined(self, member: Member, room: str) -> None:
         if self.hooks.joined is not None:
             self._queue("joined", self.hooks.joined, (member, room))
@@ -151,6 +156,7 @@ class HookRunner:
         """Give the events waiting a last ``timeout`` to run, then stop the task that runs them."""
         worker, events = self._worker, self._events
         self._worker = self._events = None
+        self._stopped = True  # an event after this (a connection closing late) has no task left to run it
         if worker is None or events is None or worker.done():
             return
         if worker.get_loop() is asyncio.get_running_loop():
@@ -189,6 +195,9 @@ class HookRunner:
 
     def _queue(self, name: str, hook: Callable[..., Maybe[None]], args: tuple[Any, ...]) -> None:
         """Hand an event to the events task (started on first use, on the running loop)."""
+        if self._stopped:
+            self.metrics.hook_events_dropped.inc()
+            return
         loop = asyncio.get_running_loop()
         if self._worker is None or self._events is None or self._worker.get_loop() is not loop:
             self._events = asyncio.Queue(EVENT_BACKLOG)

@@ -16,7 +16,8 @@ from starlette.websockets import WebSocket
 
 import chat
 from chat.app import create_app
-from chat.hooks import Hooks
+from chat.hooks import HookRunner, Hooks
+from chat.metrics import Metrics
 from chat.protocol import Member, Message
 from chat.settings import Settings
 from tests import tokens
@@ -431,3 +432,48 @@ def test_a_hook_that_is_not_callable_is_refused_at_once() -> None:
 
     with pytest.raises(TypeError, match="can_join must be callable"):
         create_app(QUICK, hooks=Wrong())
+
+
+# --- the runner ------------------------------------------------------------------------------------
+
+
+def runner_with(hooks: Hooks, timeout: float = WAIT) -> HookRunner:
+    return HookRunner(hooks, timeout, Metrics(Settings()))
+
+
+def dropped(runner: HookRunner) -> float:
+    return runner.metrics.hook_events_dropped._value.get()  # type: ignore[no-any-return]
+
+
+@pytest.mark.anyio
+async def test_events_past_the_backlog_are_dropped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hook that cannot keep up costs events, counted, never memory without bound."""
+    monkeypatch.setattr("chat.hooks.EVENT_BACKLOG", 2)
+    release, seen = anyio.Event(), []
+
+    async def slow(message: Message) -> None:
+        seen.append(message.seq)
+        await release.wait()
+
+    runner = runner_with(Hooks(published=slow))
+    member = Member("u-1", "ann")
+    for seq in range(1, 5):  # the task takes the first only once this test awaits: 2 wait, 2 are dropped
+        runner.published(Message(ROOM, seq, member, "hi", 0))
+    assert dropped(runner) == 2
+    release.set()
+    await runner.stop()
+    assert seen == [1, 2]
+
+
+@pytest.mark.anyio
+async def test_events_after_stop_are_dropped_until_the_app_starts_again() -> None:
+    seen: list[str] = []
+    runner = runner_with(Hooks(joined=lambda member, room: seen.append(room)))
+    runner.joined(Member("u-1", "ann"), "a")
+    await runner.stop()
+    runner.joined(Member("u-1", "ann"), "b")
+    assert dropped(runner) == 1
+    runner.restart()
+    runner.joined(Member("u-1", "ann"), "c")
+    await runner.stop()
+    assert seen == ["a", "c"]
