@@ -61,6 +61,8 @@ class Chat:
         self.backend.on_state = self._backend_state
         self._backend_up: bool | None = None
         self.refusal_log = Throttle(REFUSAL_LOG_RATE)
+        self.multiroom: set[Connection] = set()
+        """The open ``/ws`` connections: the registry knows them only by the rooms they are in, if any."""
         self._received = self.metrics.received.labels("member")
         self._started = False
         self._start_lock = anyio.Lock()
@@ -81,9 +83,12 @@ class Chat:
 
     async def stop(self) -> None:
         """Close every connection with 1001 and disconnect the backend."""
+        going_away = GoingAway("server shutting down")
         for connections in self.registry.rooms().values():
             for connection in connections:
-                connection.close(GoingAway("server shutting down"))
+                connection.close(going_away)
+        for connection in list(self.multiroom):
+            connection.close(going_away)
         await self.hooks.stop()
         if self._started:
             self._started = False

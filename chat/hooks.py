@@ -169,16 +169,17 @@ class HookRunner:
 
     async def _decide(self, name: str, hook: Callable[..., Any], *args: Any) -> Any:
         """The hook's answer within ``timeout``; Refuse passes through, anything else is a HookFailed."""
-        try:
-            with anyio.fail_after(self.timeout):
+        with anyio.move_on_after(self.timeout):
+            try:
                 result = hook(*args)
                 if inspect.isawaitable(result):
                     result = await result
+            except Refuse:
+                raise
+            except Exception as exc:  # the hook's own, a TimeoutError of its own included
+                raise self._failed(name, exc) from None
             return result
-        except Refuse:
-            raise
-        except Exception as exc:
-            raise self._failed(name, exc) from None
+        raise self._failed(name, f"took longer than hook_timeout ({self.timeout:g} s)")
 
     def _failed(self, name: str, error: Exception | str) -> HookFailed:
         """Count and log a hook's failure (once, naming it: with its traceback when it raised, else what was wrong);
@@ -186,8 +187,6 @@ class HookRunner:
         self.metrics.hook_failures.labels(name).inc()
         unlogged = self._log.allow(time.monotonic())
         if unlogged is not None:
-            if isinstance(error, TimeoutError):
-                error = f"took longer than hook_timeout ({self.timeout:g} s)"
             detail = error if isinstance(error, str) else None
             line = log_fields(event="hook_failed", hook=name, detail=detail, unlogged=unlogged or None)
             logger.error("%s", line, exc_info=None if isinstance(error, str) else error)

@@ -68,6 +68,7 @@ class MultiRoomEndpoint(SocketEndpoint):
 
     async def opened(self, chat: Chat, connection: Connection) -> None:
         """Say hello: who the connection is; rooms come one ``join`` at a time."""
+        chat.multiroom.add(connection)
         connection.welcome(encode_hello(connection.member), 0)
 
     def parse_frame(self, data: str | bytes, max_text: int) -> RoomRequest:
@@ -157,6 +158,7 @@ class MultiRoomEndpoint(SocketEndpoint):
             logger.info("%s", fields(event="left", room=subscription.room, member=connection.member.id))
 
     async def leave_all(self, chat: Chat, connection: Connection) -> None:
+        chat.multiroom.discard(connection)
         rooms = self.rooms
         while rooms:
             _, subscription = rooms.popitem()
