@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any
@@ -194,7 +194,7 @@ class Room:
         if isinstance(self.link, MultiRoomLink) and self.link.live and not self.stopped and not self.state.joined:
             self.link.spawn(self.link.join(self))
 
-    def stop(self, error: Refused | None = None) -> None:
+    def stop(self, error: ClientError | None = None) -> None:
         """No more of this room: fail what waits (with ``error`` if refused), end the iteration, forget it."""
         if self.stopped:
             return
@@ -269,7 +269,7 @@ class Client:
     def __init__(
         self,
         options: Options,
-        tasks: asyncio.TaskGroup,
+        tasks: Tasks,
         *,
         multiroom: bool | None = None,
         max_outbox: int = 1000,
@@ -352,6 +352,32 @@ class Client:
             del self._rooms[room.name]
 
 
+class Tasks:
+    """The client's background tasks: each ends with the client, and the first to fail is raised at its close."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+
+    def create_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (failure := task.exception()) is not None and self.failure is None:
+            self.failure = failure
+
+    async def aclose(self) -> None:
+        """Cancel every task still running and wait for them all."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def base_url(url: str) -> str:
     """The server's base WebSocket address: ``http(s)`` becomes ``ws(s)``, no trailing slash."""
     for plain, secure in (("http://", "ws://"), ("https://", "wss://")):
@@ -381,10 +407,13 @@ async def connect(
     On exit every room is left and every connection closed.
     """
     options = Options(base_url(url), name, token, max_size=max_size)
-    async with asyncio.TaskGroup() as tasks:
-        client = Client(options, tasks, multiroom=multiroom, max_outbox=max_outbox, max_events=max_events)
-        try:
-            await client.start()
-            yield client
-        finally:
-            await client.aclose()
+    tasks = Tasks()
+    client = Client(options, tasks, multiroom=multiroom, max_outbox=max_outbox, max_events=max_events)
+    try:
+        await client.start()
+        yield client
+    finally:
+        await client.aclose()
+        await tasks.aclose()
+    if tasks.failure is not None:
+        raise ClientError("the client failed in the background") from tasks.failure

@@ -21,10 +21,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .backoff import ABNORMAL, BUSY, retry_delay
 from .events import Frame
-from .exceptions import Refused
+from .exceptions import ClientError, Refused
 
 if TYPE_CHECKING:
-    from .client import Room
+    from .client import Room, Tasks
 
 HELLO_TIMEOUT = 10.0
 """Seconds a new ``/ws`` connection may take to say hello before it is given up."""
@@ -109,7 +109,7 @@ def frames(data: str | bytes) -> Iterator[Frame]:
 class Link(ABC):
     """Carries rooms: connects, reconnects after a backoff, and stops when refused or closed."""
 
-    def __init__(self, options: Options, tasks: asyncio.TaskGroup) -> None:
+    def __init__(self, options: Options, tasks: Tasks) -> None:
         self.options = options
         self.tasks = tasks
         self.ws: ClientConnection | None = None
@@ -147,6 +147,14 @@ class Link(ABC):
 
     async def run(self, ws: ClientConnection | None) -> None:
         """Serve ``ws`` (or connect), then reconnect each time it goes, until closed or refused."""
+        try:
+            await self._serve(ws)
+        except Exception:
+            for room in self.rooms():
+                room.stop(ClientError("the connection failed"))
+            raise
+
+    async def _serve(self, ws: ClientConnection | None) -> None:
         attempt = 0
         while not self.closing:
             code = ABNORMAL
@@ -203,7 +211,7 @@ class Link(ABC):
 class MultiRoomLink(Link):
     """Every room on one ``/ws`` connection (protocol v1.1): hello, then a ``join`` per room."""
 
-    def __init__(self, options: Options, tasks: asyncio.TaskGroup) -> None:
+    def __init__(self, options: Options, tasks: Tasks) -> None:
         super().__init__(options, tasks)
         self.by_name: dict[str, Room] = {}
         self.live = False
@@ -279,7 +287,7 @@ class MultiRoomLink(Link):
 class SingleRoomLink(Link):
     """One room on a ``/ws/{room}`` connection of its own (protocol v1): the welcome comes first."""
 
-    def __init__(self, options: Options, tasks: asyncio.TaskGroup, room: Room) -> None:
+    def __init__(self, options: Options, tasks: Tasks, room: Room) -> None:
         super().__init__(options, tasks)
         self.room = room
 
