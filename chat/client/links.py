@@ -70,12 +70,12 @@ class Options:
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in REFUSED_STATUSES:
-                code, detail = _refusal(exc.response.body)
+                code, detail = refusal_reason(exc.response.body)
                 raise Refused(code, detail, status) from exc
             raise
 
 
-def _refusal(body: bytes | bytearray | None) -> tuple[str, str]:
+def refusal_reason(body: bytes | bytearray | None) -> tuple[str, str]:
     """The code and detail of a refused handshake's JSON body (``{"code","detail"}``), when it has one."""
     try:
         error = json.loads(body or b"")
