@@ -283,3 +283,23 @@ def test_a_message_too_large_for_a_frame_is_refused_before_it_is_queued() -> Non
     with pytest.raises(MessageTooLarge):
         state.queue("x" * MAX_FRAME_BYTES)
     assert state.outbox == []
+
+
+def test_a_message_refused_as_rate_limited_waits_and_later_ones_wait_behind_it() -> None:
+    """rate_limited: the message stays in the outbox, the next sends queue behind it, flush sends all in order."""
+    state = joined()
+    first, _ = state.queue("one")
+    out = state.receive({"type": "error", "code": "rate_limited", "detail": "slow", "ref": first.ref, "room": ROOM})
+    assert out.resend_later
+    assert out.failed == []
+    second, frame = state.queue("two")
+    assert frame is None
+    assert [frame["ref"] for frame in state.flush()] == [first.ref, second.ref]
+    assert state.flush() == []
+
+
+def test_nothing_is_flushed_while_not_joined() -> None:
+    """Messages queued while away wait for the welcome."""
+    state = RoomState(ROOM)
+    state.queue("one")
+    assert state.flush() == []

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any
 
-from .backoff import BUSY, retry_delay
+from .backoff import ABNORMAL, BUSY, retry_delay
 from .events import Frame, Member, Message, RoomEvent
 from .exceptions import ClientError, Refused, RoomClosed, ServerError
 from .links import Link, MultiRoomLink, Options, SingleRoomLink
@@ -43,6 +43,8 @@ class Room:
         self._joined: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._join_attempts = 0
         self._retry: asyncio.TimerHandle | None = None
+        self._resend: asyncio.TimerHandle | None = None
+        self._resend_attempts = 0
         self._stop_error: ClientError = RoomClosed(f"room {name} is closed")
         self._on_stop = on_stop
 
@@ -87,8 +89,9 @@ class Room:
 
     async def send(self, text: str) -> int:
         """Say ``text``; returns its seq once the server acknowledged it. While disconnected it waits in the
-        outbox and goes out after the rejoin. Raises ``OutboxFull``, ``MessageTooLarge``, ``ServerError``
-        (refused: ``too_large``, ``rate_limited``...) or ``RoomClosed``."""
+        outbox and goes out after the rejoin; refused as ``rate_limited`` it waits there too, and goes out again
+        after a pause. Raises ``OutboxFull``, ``MessageTooLarge``, ``ServerError`` (refused: ``too_large``...)
+        or ``RoomClosed``."""
         if self.stopped:
             raise self._stop_error
         pending, frame = self.state.queue(text)
@@ -157,6 +160,8 @@ class Room:
             self._answer_history(ref, frame)
             return
         out = self.state.receive(frame)
+        if out.acked:
+            self._resend_attempts = 0
         for ref, seq in out.acked:
             self._settle(self._sends, ref, seq)
         for ref, error in out.failed:
@@ -177,6 +182,10 @@ class Room:
             self._joined.set_result(None)
 
     async def _act(self, out: Outcome) -> None:
+        if out.resend_later and self._resend is None:
+            delay = retry_delay(self._resend_attempts, ABNORMAL)
+            self._resend_attempts += 1
+            self._resend = asyncio.get_running_loop().call_later(delay, self._send_again)
         if out.action == "rejoin" and isinstance(self.link, MultiRoomLink):
             await self.link.join(self)
         elif out.action == "retry_join":
@@ -188,6 +197,14 @@ class Room:
             self.stop()
         elif out.action == "refused":
             self.stop(out.refusal)
+
+    def _send_again(self) -> None:
+        self._resend = None
+        if self.live and self.link is not None:
+            self.link.spawn(self._flush())
+
+    async def _flush(self) -> None:
+        await self._write(self.state.flush())  # taken when it can go out, so later sends stay behind it
 
     def _join_again(self) -> None:
         self._retry = None
@@ -220,9 +237,10 @@ class Room:
             await self.link.write(frames)
 
     def _cancel_retry(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        for handle in (self._retry, self._resend):
+            if handle is not None:
+                handle.cancel()
+        self._retry = self._resend = None
 
     def _answer_history(self, ref: str, frame: Frame) -> None:
         if frame.get("type") == "error":

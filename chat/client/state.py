@@ -20,7 +20,8 @@ from .exceptions import ClientError, MessageTooLarge, OutboxFull, Refused, RoomC
 
 MAX_FRAME_BYTES = 60000
 """Below the server's 64 KiB frame limit, past which it closes the connection (so a resend would loop)."""
-RETRY_JOIN_CODES = frozenset({"unavailable", "rate_limited"})
+RATE_LIMITED = "rate_limited"
+RETRY_JOIN_CODES = frozenset({"unavailable", RATE_LIMITED})
 """A join refused with one of these is asked again later; any other refusal is final."""
 
 Action = Literal["rejoin", "retry_join", "removed", "refused"]
@@ -57,6 +58,8 @@ class Outcome:
     """Frames to send now, in order."""
     action: Action | None = None
     refusal: Refused | None = None
+    resend_later: bool = False
+    """Messages were refused as ``rate_limited``: they wait in the outbox, to go out again after a pause."""
 
 
 def message_frame(room: str, pending: Pending) -> dict[str, Any]:
@@ -160,9 +163,18 @@ class RoomState:
         self._own_unacked.clear()
         acked = {ref for ref, _ in out.acked}
         self.outbox = [p for p in self.outbox if p.ref not in acked]
+        out.send.extend(self.flush())
+
+    def flush(self) -> list[dict[str, Any]]:
+        """The frames of every message waiting in the outbox, in order (nothing unless joined)."""
+        if not self.joined:
+            return []
+        frames = []
         for pending in self.outbox:
-            pending.sent = True
-            out.send.append(message_frame(self.room, pending))
+            if not pending.sent:
+                pending.sent = True
+                frames.append(message_frame(self.room, pending))
+        return frames
 
     # --- frames while joined ---------------------------------------------------------------------
 
@@ -232,6 +244,12 @@ class RoomState:
                 out.action = "refused"
                 out.refusal = Refused(code, detail or "the server refused to let us join this room")
             return out
+        if code == RATE_LIMITED:
+            waiting = next((p for p in self.outbox if p.ref == ref), None)
+            if waiting is not None:  # not lost, only early: it goes out again, in its place
+                waiting.sent = False
+                out.resend_later = True
+                return out
         pending = self._take(ref)
         if pending is not None:
             out.failed.append((pending.ref, ServerError(code, detail)))
@@ -254,7 +272,8 @@ class RoomState:
     # --- sending ---------------------------------------------------------------------------------
 
     def queue(self, text: str) -> tuple[Pending, dict[str, Any] | None]:
-        """Put a message in the outbox: with its frame when it can go out now (joined), else None.
+        """Put a message in the outbox: with its frame when it can go out now (joined, nothing waiting before
+        it), else None.
 
         Raises ``MessageTooLarge`` for a message that could never be sent, ``OutboxFull`` past ``max_outbox``.
         """
@@ -264,9 +283,10 @@ class RoomState:
             raise MessageTooLarge(f"a message frame may not pass {MAX_FRAME_BYTES} bytes")
         if len(self.outbox) >= self.max_outbox:
             raise OutboxFull(f"{len(self.outbox)} messages to {self.room} already wait to be sent")
+        waiting = any(not p.sent for p in self.outbox)
         self.outbox.append(pending)
-        if not self.joined:
-            return pending, None
+        if not self.joined or waiting:
+            return pending, None  # after those waiting already
         pending.sent = True
         return pending, frame
 

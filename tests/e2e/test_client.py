@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -302,6 +303,19 @@ async def test_a_cut_connection_reconnects_and_recovers_what_was_missed(start_se
         assert mine.recovered
 
 
+async def test_an_outbox_past_the_servers_rate_drains_at_its_pace_in_order(server: ServerProcess) -> None:
+    """60 messages sent while cut off, to a server that takes bursts of 20 then 10 a second: after the rejoin
+    those refused as rate_limited go out again, and every send resolves, in the order sent."""
+    async with Proxy(server.port) as proxy, member(proxy, "ann") as ann:
+        room = await ann.join("lobby")
+        proxy.cut()
+        sends = [asyncio.create_task(room.send(f"queued {index}")) for index in range(60)]
+        with anyio.fail_after(30):
+            assert await asyncio.gather(*sends) == list(range(1, 61))
+        events = await read_until(room, until_text("queued 59"))
+        assert texts(events) == [f"queued {index}" for index in range(60)]
+
+
 # --- a slow consumer -------------------------------------------------------------------------------
 
 
@@ -492,6 +506,30 @@ async def test_the_terminal_chat_through_a_pipe(server: ServerProcess) -> None:
             assert status == 0, errors
             assert errors == ""
             await read_until(room, lambda events: Leave("lobby", term) in events)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_the_terminal_chat_ends_with_status_0_on_ctrl_c(server: ServerProcess) -> None:
+    """SIGINT (Ctrl-C) while it waits for input: it leaves, with status 0 and nothing on stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "chat.client", address(server), "lobby", "--name", "term"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment(),
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        await read_line_with(process.stdout, "* joined lobby as term")
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(WAIT):
+            status = await process.wait()
+        assert (status, (await process.stderr.read()).decode()) == (0, "")
     finally:
         if process.returncode is None:
             process.kill()
