@@ -114,6 +114,8 @@ class Link(ABC):
         self.tasks = tasks
         self.ws: ClientConnection | None = None
         self.closing = False
+        self.refusal: Refused | None = None
+        """Why the server refused us, once it did: the link does not connect again."""
         self.task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
 
@@ -227,7 +229,10 @@ class MultiRoomLink(Link):
         return await self.options.dial("/ws")
 
     async def add(self, room: Room) -> None:
-        """Carry ``room``: it joins now if the connection is live, else once it is."""
+        """Carry ``room``: it joins now if the connection is live, else once it is (``Refused`` if the server
+        refused the connection for good)."""
+        if self.refusal is not None:
+            raise self.refusal
         self.by_name[room.name] = room
         if self.live:
             await self.join(room)
@@ -243,6 +248,7 @@ class MultiRoomLink(Link):
         await self.write([room.state.join_frame()])
 
     def refused(self, refusal: Refused) -> None:
+        self.refusal = refusal
         for room in self.rooms():
             room.stop(refusal)
 
@@ -272,7 +278,7 @@ class MultiRoomLink(Link):
         if ws.close_code == POLICY and not greeted:
             self.refused(Refused("forbidden", ws.close_reason or "the server refused the connection"))
             return False
-        return bool(self.by_name)
+        return True  # with no room left too: a room joined later needs the connection
 
     async def route(self, frame: Frame) -> None:
         """A frame to the room it names (or, naming none, whose request it answers)."""

@@ -435,6 +435,8 @@ async def test_a_handshake_refused_on_reconnect_ends_the_room_with_refused(serve
                 pass
         with pytest.raises(Refused):
             await room.send("too late")
+        with pytest.raises(Refused):
+            await ann.join("another")
 
 
 @pytest.mark.parametrize("multiroom", [True, False])
