@@ -176,6 +176,8 @@ class Room:
 
     def _welcomed(self, out: Outcome) -> None:
         self.welcomes += 1
+        if self.link is not None:
+            self.link.worked = True
         self._join_attempts = 0
         out.send.extend(frame for frame, _ in self._histories.values())  # asked while away
         if not self._joined.done():

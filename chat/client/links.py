@@ -117,6 +117,8 @@ class Link(ABC):
         self.refusal: Refused | None = None
         """Why the server refused us, once it did: the link does not connect again."""
         self.task: asyncio.Task[None] | None = None
+        self.worked = False
+        """A room was welcomed on the current connection."""
         self._write_lock = asyncio.Lock()
 
     @abstractmethod
@@ -144,7 +146,7 @@ class Link(ABC):
         await self.aclose()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` in the client's task group (it ends with the client)."""
+        """Run ``work`` among the client's tasks (it ends with the client at the latest)."""
         self.tasks.create_task(work)
 
     async def run(self, ws: ClientConnection | None) -> None:
@@ -169,12 +171,12 @@ class Link(ABC):
                 except (OSError, TimeoutError, InvalidHandshake) as exc:
                     code = failure_code(exc)
             if ws is not None:
-                welcomed_before = [room.welcomes for room in self.rooms()]
+                self.worked = False
                 if not await self.session(ws):
                     return
                 code = ws.close_code or ABNORMAL
-                if [room.welcomes for room in self.rooms()] != welcomed_before:
-                    attempt = 0  # a room joined: the connection worked, the backoff starts over
+                if self.worked:
+                    attempt = 0  # a room was welcomed: the connection worked, the backoff starts over
                 ws = None
             if self.closing:
                 return
