@@ -1,7 +1,8 @@
 """``python -m chat.client ws://127.0.0.1:8000 lobby --name ann``: a terminal chat in one room.
 
-Each line read from stdin is sent; the room (messages, joins, leaves, reconnects) is printed. EOF or Ctrl-C
-ends it with status 0, once every line sent was acknowledged.
+Each line read from stdin is sent; the room (messages, joins, leaves, reconnects) is printed. EOF ends it
+once every line read was acknowledged, Ctrl-C at once, both with status 0; a refusal or the operator's
+removal with status 1.
 """
 
 from __future__ import annotations
