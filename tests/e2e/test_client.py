@@ -17,6 +17,7 @@ import pytest
 
 import chat.client
 from chat.client import Client, Leave, Message, Refused, Rejoined, Removed, Room, RoomClosed, RoomEvent
+from tests.redis_server import RedisServer
 
 from .server_process import ServerProcess, StartServer, environment, servers_on, stop_and_check
 
@@ -272,6 +273,32 @@ async def test_a_restart_on_a_durable_store_loses_nothing_and_repeats_nothing(
     assert_gap_free(events)
     assert seqs == [message.seq for message in messages(events)]
     assert [e for e in events if isinstance(e, Rejoined)] == [Rejoined("lobby", True, heard.epoch or "")]
+
+
+@pytest.fixture
+def start_node(redis_server: RedisServer) -> Iterator[StartServer]:
+    """Servers on the test's own Redis, which it may restart empty."""
+    yield from servers_on(redis_server.url, {"rate_per_second": 0})
+
+
+@pytest.mark.parametrize("multiroom", [True, False])
+async def test_a_room_whose_sequence_restarted_rejoins_by_itself(
+    start_node: StartServer, redis_server: RedisServer, multiroom: bool
+) -> None:
+    """Redis restarted empty: the room (``left`` restart on /ws, 1012 on v1) rejoins by itself and says
+    ``recovered: false``, under the new epoch; sending goes on from seq 1."""
+    server = start_node()
+    async with member(server, "ann", multiroom=multiroom) as ann:
+        room = await ann.join("alpha")
+        assert await room.send("before") == 1
+        await read_until(room, until_text("before"))
+        epoch = room.epoch
+        await anyio.to_thread.run_sync(redis_server.restart)
+        events = await read_until(room, lambda events: Rejoined in map(type, events))
+        assert events[-1] == Rejoined("alpha", False, room.epoch or "")
+        assert room.epoch != epoch
+        with anyio.fail_after(WAIT):
+            assert await room.send("after") == 1
 
 
 # --- a cut connection --------------------------------------------------------------------------------
