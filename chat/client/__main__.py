@@ -77,11 +77,14 @@ async def chat(url: str, room_name: str, name: str | None, token: str | None, mu
 
 
 def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m chat.client", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m chat.client",
+        description="A terminal chat in one room: each line read from stdin is sent, the room is printed.",
+    )
     parser.add_argument("url", help="the server's base address, e.g. ws://127.0.0.1:8000")
     parser.add_argument("room", help="the room to join")
     parser.add_argument("--name", help="your display name (the server picks one if not given)")
-    parser.add_argument("--token", default=os.environ.get("CHAT_TOKEN"), help="a signed token (or CHAT_TOKEN)")
+    parser.add_argument("--token", help="a signed token, when the server's auth is on")
     protocol = parser.add_mutually_exclusive_group()
     protocol.add_argument("--v1", dest="multiroom", action="store_const", const=False, help="use /ws/{room}")
     protocol.add_argument("--v11", dest="multiroom", action="store_const", const=True, help="use /ws")
