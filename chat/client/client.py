@@ -96,12 +96,13 @@ class Room:
             raise self._stop_error
         pending, frame = self.state.queue(text)
         future = self._future(self._sends, pending.ref)
-        if frame is not None:
-            await self._write([frame])
         try:
+            if frame is not None:
+                await self._write([frame])
             return await future
         finally:
             self._sends.pop(pending.ref, None)
+            future.cancel()  # a send cancelled while writing: nobody will wait for its outcome
 
     async def history(self, before: int | None = None, limit: int = 50) -> list[Message]:
         """Up to ``limit`` (1-100) messages with seq below ``before`` (default: the latest), oldest first."""
@@ -115,12 +116,13 @@ class Room:
             frame["before"] = before
         future: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
         self._histories[ref] = (frame, future)
-        if self.live:
-            await self._write([frame])  # else it goes out after the rejoin
         try:
+            if self.live:
+                await self._write([frame])  # else it goes out after the rejoin
             return await future
         finally:
             self._histories.pop(ref, None)
+            future.cancel()
 
     async def typing(self) -> None:
         """Tell the others we are typing (call it at most every 2 s); nothing while disconnected."""
@@ -227,6 +229,7 @@ class Room:
             self._settle_history(ref, self._stop_error)
         if not self._joined.done():
             self._joined.set_exception(self._stop_error)
+            self._joined.exception()  # retrieved: a join given up before it waited must not warn
         self._events.close(error)
         if self.link is not None:
             self.link.forget(self)
