@@ -317,3 +317,94 @@ async def test_a_failing_event_hook_does_not_stop_the_next(
         await ann.send({"type": "message", "text": "after"})
         await changes.wait_until(lambda: seen == ["after"])
     assert len(hook_failures(caplog, "published")) == 1
+
+
+async def test_joined_and_left_count_members_not_connections(delivery: Delivery) -> None:
+    """A member on two connections in a room is joined once, at the first, and left once, at the last."""
+    recorded = Recorded()
+    hooks = SessionHooks()
+    both = Hooks(
+        authenticate=hooks.authenticate, joined=recorded.joined, left=recorded.left, published=recorded.published
+    )
+    async with ChatTest(hooks=both, delivery=delivery) as chat_test:
+        async with chat_test.member("lobby", session={"user": "ann"}) as first:
+            async with chat_test.member("lobby", session={"user": "ann"}) as second:
+                assert first.you == second.you
+                await second.send({"type": "message", "text": "from the second", "ref": 1})
+                await second.receive_until("ack")
+            await first.send({"type": "message", "text": "from the first", "ref": 2})
+            await first.receive_until("ack")
+            await recorded.wait_for(3)
+        await recorded.wait_for(4)
+    assert recorded.events == [
+        ("joined", "ann!", "lobby"),
+        ("published", "ann!", "from the second"),
+        ("published", "ann!", "from the first"),
+        ("left", "ann!", "lobby"),
+    ]
+
+
+async def test_a_hanging_authenticate_is_503(delivery: Delivery, caplog: pytest.LogCaptureFixture) -> None:
+    """An authenticate that does not answer within hook_timeout refuses the handshake with 503, logged once."""
+
+    async def authenticate(websocket: WebSocket) -> Identity:
+        await anyio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+    caplog.set_level(logging.ERROR, logger="chat")
+    async with ChatTest(Settings(hook_timeout=0.05), Hooks(authenticate=authenticate), delivery=delivery) as chat_test:
+        with pytest.raises(Refused) as refused:
+            async with chat_test.member("lobby"):
+                pytest.fail("let in")
+    assert (refused.value.status, refused.value.detail) == (503, "authenticate failed: try again later")
+    (line,) = hook_failures(caplog, "authenticate")
+    assert "took longer than hook_timeout" in line
+
+
+@pytest.mark.parametrize("answer", ["", 42, "x" * 11])
+async def test_on_message_answering_what_cannot_be_published_is_a_failure(
+    delivery: Delivery, caplog: pytest.LogCaptureFixture, answer: object
+) -> None:
+    """An on_message answer that is not 1-max_text characters is the hook's failure: unavailable, logged once
+    saying what was wrong; nothing is published."""
+
+    def on_message(identity: Identity, room: str, text: str) -> object:
+        return answer
+
+    caplog.set_level(logging.ERROR, logger="chat")
+    settings = Settings(max_text=10)
+    async with (
+        ChatTest(settings, Hooks(on_message=on_message), delivery=delivery) as chat_test,
+        chat_test.member("lobby") as ann,
+    ):
+        await ann.send({"type": "message", "text": "hi", "ref": 1})
+        error = await ann.receive()
+        assert (error["code"], error["ref"]) == ("unavailable", 1)
+        assert await chat_test.chat.backend.history("lobby", None, 10) == []
+    (line,) = hook_failures(caplog, "on_message")
+    assert "it must return 1-10 characters or None" in line
+
+
+async def test_an_event_outlasting_hook_timeout_does_not_hold_up_the_next(
+    delivery: Delivery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event hook that hangs is given up after hook_timeout, logged, and the next events run."""
+    seen: list[str] = []
+    changes = Changes()
+
+    async def published(message: Message) -> None:
+        if message.text == "hang":
+            await anyio.Event().wait()
+        seen.append(message.text)
+        changes.changed()
+
+    caplog.set_level(logging.ERROR, logger="chat")
+    async with (
+        ChatTest(Settings(hook_timeout=0.05), Hooks(published=published), delivery=delivery) as chat_test,
+        chat_test.member("lobby") as ann,
+    ):
+        await ann.send({"type": "message", "text": "hang"})
+        await ann.send({"type": "message", "text": "after"})
+        await changes.wait_until(lambda: seen == ["after"])
+    (line,) = hook_failures(caplog, "published")
+    assert "took longer than hook_timeout" in line
