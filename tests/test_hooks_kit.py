@@ -368,7 +368,7 @@ async def test_on_message_answering_what_cannot_be_published_is_a_failure(
     """An on_message answer that is not 1-max_text characters is the hook's failure: unavailable, logged once
     saying what was wrong; nothing is published."""
 
-    def on_message(identity: Identity, room: str, text: str) -> object:
+    def on_message(identity: Identity, room: str, text: str) -> Any:
         return answer
 
     caplog.set_level(logging.ERROR, logger="chat")
