@@ -56,6 +56,7 @@ from chat.settings import Settings
 
 __all__ = [
     "WAIT",
+    "Changes",
     "ChatTest",
     "Closed",
     "Delivery",
@@ -116,7 +117,8 @@ class Closed:
 
 
 class Changes:
-    """Something that changes now and then (its owner calls ``changed``), and bounded waits for a condition on it."""
+    """Something that changes now and then (its owner calls ``changed``), and bounded waits for a condition on it:
+    how a test waits for a host's event hooks without sleeping."""
 
     def __init__(self) -> None:
         self._event = anyio.Event()
@@ -231,7 +233,10 @@ class Member:
             code, reason = (self.closed.code, self.closed.reason) if self.closed else (1000, "")
             raise WebSocketDisconnect(code, reason)
         number = self._give(message)
-        await self._changes.wait_until(lambda: self._asked > number + 1 or self._done, self.timeout)
+        try:
+            await self._changes.wait_until(lambda: self._asked > number + 1 or self._done, self.timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{self.path}: the endpoint took more than {self.timeout:g} s over a frame") from None
 
     async def receive(self, within: float | None = None) -> dict[str, Any]:
         """The next frame not read yet; raises ``WebSocketDisconnect`` if the server closed the socket and sent
@@ -307,6 +312,8 @@ class Member:
         if kind == "websocket.accept":
             self.accepted = True
         elif kind == "websocket.send":
+            if self._client_gone:
+                raise OSError("the client disconnected")  # what a server raises; Starlette makes it a disconnect
             text = message.get("text")
             if text is None:
                 raise AssertionError(f"the server sent a binary frame: {message.get('bytes')!r}")
@@ -320,11 +327,13 @@ class Member:
             self._denial[1].extend(message.get("body", b""))
             if not message.get("more_body", False):
                 status, body = self._denial
-                self._refusal = Refused(status, json.loads(body) if body else {})
+                self._refusal = Refused(status, _json_body(bytes(body)))
                 self._give({"type": "websocket.disconnect", "code": 1006, "reason": ""})
         self._changes.changed()
 
     def _text(self, text: str) -> None:
+        if self._client_gone:
+            return  # sent after the client went: nobody reads it
         self.texts.append(text)
         for line in text.split("\n"):  # JSON escapes newlines: only batch=1 messages hold several frames
             self._frames.append(json.loads(line))
@@ -574,6 +583,15 @@ def _endpoint_for(app: ASGIApp, scope: Scope, member: Member) -> SocketEndpoint 
         return None
     endpoint = route.endpoint(scope, member._receive, member._send)
     return endpoint if isinstance(endpoint, SocketEndpoint) else None
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    """A denial's body: chat's JSON error, or any other body as its ``detail``."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    return data if isinstance(data, dict) else {"detail": body.decode("utf-8", "replace")}
 
 
 def _chats_of(app: ASGIApp) -> list[Chat]:

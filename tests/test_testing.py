@@ -13,8 +13,9 @@ from typing import Any
 import anyio
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import Mount
-from starlette.websockets import WebSocketDisconnect
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chat.app import create_app
 from chat.settings import Settings
@@ -273,3 +274,17 @@ async def test_the_readme_examples_pass(number: int) -> None:
                 await test(delivery)
         else:
             await test()
+
+
+async def test_a_host_apps_own_denial_is_refused_with_its_text(delivery: Delivery) -> None:
+    """A denial that is not chat's JSON (a host's own route) still raises Refused: its text is the detail."""
+
+    async def members_only(websocket: WebSocket) -> None:
+        await websocket.send_denial_response(PlainTextResponse("members only", status_code=401))
+
+    host = Starlette(routes=[WebSocketRoute("/ws/{room}", members_only)])
+    async with ChatTest(app=host, delivery=delivery) as chat_test:
+        with pytest.raises(Refused) as refused:
+            async with chat_test.member("lobby"):
+                pytest.fail("let in")
+    assert (refused.value.status, refused.value.detail) == (401, "members only")
