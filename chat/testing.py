@@ -433,15 +433,16 @@ class ChatTest:
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> bool | None:
+    ) -> None:
+        """Stop everything; the test's own exception, if any, propagates as it was raised (not in a group): the
+        task group is only told of its tasks' failures."""
         try:
             with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout * 2):
                 await self.close()
         finally:
             if self._task_group is not None:
                 self._task_group.cancel_scope.cancel()
-            result = await self._stack.__aexit__(kind, error, traceback)
-        return result
+            await self._stack.aclose()
 
     async def close(self) -> None:
         """Disconnect every member still connected, run the app's shutdown and stop its chat."""

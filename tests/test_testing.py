@@ -288,3 +288,12 @@ async def test_a_host_apps_own_denial_is_refused_with_its_text(delivery: Deliver
             async with chat_test.member("lobby"):
                 pytest.fail("let in")
     assert (refused.value.status, refused.value.detail) == (401, "members only")
+
+
+async def test_the_tests_own_exception_comes_out_as_it_was_raised(delivery: Delivery) -> None:
+    """An exception raised inside ChatTest leaves it unwrapped (no exception group), after the clean stop."""
+    before = other_tasks()
+    with pytest.raises(LookupError, match="mine"):
+        async with ChatTest(delivery=delivery) as chat_test, chat_test.member("lobby"):
+            raise LookupError("mine")
+    assert other_tasks() == before
