@@ -17,7 +17,8 @@ and the endpoint's own ``dispatch`` runs its receive loop (``on_connect``, ``on_
 hand-built object means the host's hooks get a real ``starlette.websockets.WebSocket``:
 ``websocket.session``, ``.cookies``, ``.headers``, ``.query_params`` and ``.path_params`` are
 what a server would give them, and the routing, the handshake's HTTP denial and the closing
-handshake are the real ones.
+handshake are the real ones. For a ``create_app`` app the kit makes the endpoint itself, as
+``ChatApp`` does, so that ``Member.endpoint`` shows its state to a test of the chat's internals.
 
 Two delivery paths, as in production (``chat.connection``): ``delivery="direct"`` offers the
 ``chat.direct`` ASGI extension with a ``RecordingWriter`` (what ``scripts/serve`` does: frames
@@ -26,7 +27,8 @@ task, which sends frame by frame (any other ASGI server).
 
 Every wait is bounded (``timeout``, 5 seconds unless given): a frame that does not come raises
 ``NothingReceived`` listing the frames that did. ``Member.send`` returns once the endpoint has
-handled the frame (it asks for the next one), so a test needs no sleep.
+handled the frame (it asks for the next one), so a test needs no sleep. No pytest inside: it runs
+under pytest's anyio plugin or ``anyio.run``, on asyncio (the chat's event loop).
 """
 
 from __future__ import annotations
