@@ -22,12 +22,12 @@ from chat.chat import chat_of
 from chat.connection import FrameBatch
 from chat.protocol import Event, Member, Message, Signal
 from chat.settings import Settings
+from chat.testing import WAIT as WAIT  # the kit's bounded waits, shared
+from chat.testing import Changes as Changes
 
 if TYPE_CHECKING:  # importing starlette.testclient warns about httpx; only the app tests need it
     from starlette.testclient import TestClient, WebSocketTestSession
 
-WAIT = 5.0
-"""The most any test waits for something that should happen at once."""
 ROOM = "lobby"
 """The room the TestClient tests join unless they need another."""
 
@@ -63,24 +63,6 @@ class Inbox(Generic[T]):
         items = self.items[self._read :]
         self._read = len(self.items)
         return items
-
-
-class Changes:
-    """Something that changes now and then (its owner calls ``changed``), and bounded waits for a condition on it."""
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def changed(self) -> None:
-        """Wake every waiter, which checks its condition again."""
-        self._event.set()
-        self._event = anyio.Event()
-
-    async def wait_until(self, condition: Callable[[], bool], within: float = WAIT) -> None:
-        """Return once ``condition()`` holds, checked now and after each change; fail after ``within`` seconds."""
-        with anyio.fail_after(within):
-            while not condition():
-                await self._event.wait()
 
 
 # --- what a socket did -------------------------------------------------------------------------

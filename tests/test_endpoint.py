@@ -1,5 +1,6 @@
-"""The endpoints' hooks called directly (v1's ``ChatEndpoint``, v1.1's ``MultiRoomEndpoint``), with a stand-in
-websocket and the app's real Chat."""
+"""The endpoints (v1's ``ChatEndpoint``, v1.1's ``MultiRoomEndpoint``) with the app's real Chat: driven through
+``chat.testing`` on both delivery paths, or, where a test needs to step in between them, their hooks called
+directly with a stand-in websocket (``Client``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 
+import chat.testing as testing
 from chat.app import create_app
 from chat.backends import Deliver, PublishDone, Snapshot
 from chat.backends.memory import MemoryBackend
@@ -28,7 +30,8 @@ from chat.exceptions import SlowConsumer, Unavailable
 from chat.multiroom import MultiRoomEndpoint
 from chat.protocol import Member, Message, Restart
 from chat.settings import Settings
-from tests.standins import Accepted, Closed, Denied, Gate, StandInWebSocket, StandInWriter
+from chat.testing import ChatTest, Delivery
+from tests.standins import Accepted, Closed, Gate, StandInWebSocket, StandInWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -163,6 +166,46 @@ def chat(app: Starlette) -> Chat:
     return chat_of({"app": app})
 
 
+@pytest.fixture(params=["direct", "queued"])
+def delivery(request: pytest.FixtureRequest) -> Delivery:
+    """Both ways an endpoint's frames reach its socket: the chat.direct extension, and a writer task."""
+    value: Delivery = request.param
+    return value
+
+
+def kit_of(app: Starlette, delivery: Delivery) -> ChatTest:
+    """The app run by chat.testing: members connect through the endpoints' own receive loop."""
+    return ChatTest(app=app, delivery=delivery)
+
+
+@pytest.fixture
+async def kit(app: Starlette, delivery: Delivery) -> AsyncIterator[ChatTest]:
+    """The app on the backend under test, run by chat.testing on the delivery path under test."""
+    async with kit_of(app, delivery) as running:
+        yield running
+
+
+def connection_of(member: testing.Member) -> Connection:
+    """The member's connection, as its endpoint holds it."""
+    assert member.endpoint is not None
+    assert member.endpoint.connection is not None
+    return member.endpoint.connection
+
+
+def rooms_of(member: testing.Member) -> dict[str, Subscription]:
+    """A /ws member's joined rooms, as its endpoint holds them."""
+    assert isinstance(member.endpoint, MultiRoomEndpoint)
+    return member.endpoint.rooms
+
+
+async def until(member: testing.Member, kind: str) -> list[dict[str, Any]]:
+    """Frames up to and including the next one of type ``kind``."""
+    frames = [await member.receive()]
+    while frames[-1]["type"] != kind:
+        frames.append(await member.receive())
+    return frames
+
+
 class FailingJoins(MemoryBackend):
     """A memory backend that cannot take joins to the rooms in ``failing``."""
 
@@ -203,57 +246,56 @@ def test_the_query_reads_as_starlettes_query_params(query: str) -> None:
 # --- on_connect ----------------------------------------------------------------------------------
 
 
-async def test_connect_accepts_and_sends_the_welcome_first(app: Starlette, task_group: TaskGroup) -> None:
+async def test_connect_accepts_and_sends_the_welcome_first(kit: ChatTest) -> None:
     """on_connect accepts, then the welcome is the first frame, naming the member and the room."""
-    client = Client(app, query={"name": "alice"})
-    welcome = await client.join(task_group)
-    assert welcome["room"] == ROOM
-    assert welcome["you"]["name"] == "alice"
-    assert welcome["members"] == [welcome["you"]]
-    assert (welcome["seq"], welcome["recovered"], welcome["history"]) == (0, False, [])
+    async with kit.member(ROOM, name="alice") as alice:
+        assert alice.accepted
+        welcome = alice.frames[0]
+        assert welcome["type"] == "welcome"
+        assert welcome["room"] == ROOM
+        assert welcome["you"]["name"] == "alice"
+        assert welcome["members"] == [welcome["you"]]
+        assert (welcome["seq"], welcome["recovered"], welcome["history"]) == (0, False, [])
 
 
-async def test_an_open_connections_endpoint_has_no_instance_dict(app: Starlette, task_group: TaskGroup) -> None:
+async def test_an_open_connections_endpoint_has_no_instance_dict(kit: ChatTest) -> None:
     """Both endpoints keep every attribute in a slot (an idle connection's memory), and no rate bucket until a frame."""
     for room in (ROOM, None):
-        client = Client(app, room)
-        await client.connect(task_group)
-        assert vars(client.endpoint) == {}
-        assert client.endpoint.bucket is None
+        async with kit.member(room) as member:
+            assert member.endpoint is not None
+            assert vars(member.endpoint) == {}
+            assert member.endpoint.bucket is None
 
 
-async def test_connect_registers_and_counts_the_connection(app: Starlette, task_group: TaskGroup) -> None:
+async def test_connect_registers_and_counts_the_connection(kit: ChatTest) -> None:
     """After on_connect the connection is in the registry and counted."""
-    client = Client(app)
-    await client.join(task_group)
-    registry = chat(app).registry
-    assert registry.rooms() == {ROOM: [client.endpoint.connection]}
-    assert registry.connections == 1
+    async with kit.member(ROOM) as client:
+        registry = kit.chat.registry
+        assert registry.rooms() == {ROOM: [connection_of(client)]}
+        assert registry.connections == 1
 
 
-async def test_second_member_sees_the_first_and_the_first_sees_the_join(app: Starlette, task_group: TaskGroup) -> None:
+async def test_second_member_sees_the_first_and_the_first_sees_the_join(kit: ChatTest) -> None:
     """The newcomer's welcome lists both members; the earlier member gets a join frame."""
-    alice, bob = Client(app, query={"name": "alice"}), Client(app, query={"name": "bob"})
-    first = await alice.join(task_group)
-    second = await bob.join(task_group)
-    names = {member["name"] for member in second["members"]}
-    assert names == {"alice", "bob"}
-    assert await alice.next() == {"type": "join", "room": ROOM, "member": second["you"]}
-    assert first["epoch"] == second["epoch"]
+    async with kit.member(ROOM, name="alice") as alice, kit.member(ROOM, name="bob") as bob:
+        names = {member["name"] for member in bob.welcome["members"]}
+        assert names == {"alice", "bob"}
+        assert await alice.receive() == {"type": "join", "room": ROOM, "member": bob.you}
+        assert alice.welcome["epoch"] == bob.welcome["epoch"]
 
 
-async def test_invalid_join_is_denied_with_403_before_accept(app: Starlette, task_group: TaskGroup) -> None:
+async def test_invalid_join_is_denied_with_403_before_accept(kit: ChatTest) -> None:
     """An invalid room gets an HTTP 403 JSON denial; nothing is accepted, registered or counted."""
-    client = Client(app, room="-bad")
-    await client.connect(task_group)
-    denial = await client.ws.recorder.next()
-    assert isinstance(denial, Denied)
-    assert denial.status == 403
-    body = denial.json()
+    with pytest.raises(testing.Refused) as refused:
+        async with kit.member("-bad"):
+            pytest.fail("the handshake was accepted")
+    assert refused.value.status == 403
+    body = refused.value.body
     assert (body["type"], body["code"]) == ("error", "forbidden")
     assert "room" in body["detail"]
-    assert client.ws.recorder.pending() == []
-    assert (chat(app).registry.rooms(), chat(app).registry.connections) == ({}, 0)
+    client = kit.members[-1]
+    assert (client.accepted, client.texts, client.closed) == (False, [], None)
+    assert (kit.chat.registry.rooms(), kit.chat.registry.connections) == ({}, 0)
 
 
 async def test_invalid_join_without_denial_support_closes_with_1008(app: Starlette, task_group: TaskGroup) -> None:
@@ -268,22 +310,22 @@ async def test_invalid_join_without_denial_support_closes_with_1008(app: Starlet
     assert Accepted() not in client.ws.recorder.actions
 
 
-async def test_connection_over_the_cap_is_accepted_then_closed_with_1013(
-    make_app: MakeApp, task_group: TaskGroup
-) -> None:
+async def test_connection_over_the_cap_is_accepted_then_closed_with_1013(make_app: MakeApp, delivery: Delivery) -> None:
     """Beyond max_connections the socket is accepted and closed with 1013, never registered."""
-    app = make_app(max_connections=1)
-    first, second = Client(app), Client(app)
-    await first.join(task_group)
-    await second.connect(task_group)
-    assert second.ws.recorder.actions == [Accepted(), Closed(1013, "server full")]
-    assert chat(app).registry.connections == 1
-    assert chat(app).registry.rooms() == {ROOM: [first.endpoint.connection]}
-    await second.disconnect()
-    assert chat(app).registry.connections == 1
+    async with kit_of(make_app(max_connections=1), delivery) as kit, kit.member(ROOM) as first:
+        with pytest.raises(testing.Refused) as refused:
+            async with kit.member(ROOM):
+                pytest.fail("the second member was let in")
+        second = kit.members[-1]
+        assert (second.accepted, second.texts, second.closed) == (True, [], testing.Closed(1013, "server full"))
+        assert refused.value.status is None
+        assert kit.chat.registry.connections == 1
+        assert kit.chat.registry.rooms() == {ROOM: [connection_of(first)]}
+        assert second.done  # its on_disconnect ran
+        assert kit.chat.registry.connections == 1
 
 
-async def test_join_failing_on_the_backend_closes_with_1013(task_group: TaskGroup) -> None:
+async def test_join_failing_on_the_backend_closes_with_1013(delivery: Delivery) -> None:
     """When the backend is unavailable during the join, the socket is closed with 1013 and unregistered; its join
     and leave, within one presence window, are announced to nobody."""
 
@@ -291,16 +333,18 @@ async def test_join_failing_on_the_backend_closes_with_1013(task_group: TaskGrou
     backend = FailingJoins("memory://", settings)
     app = create_app(settings)
     app.state.chat = Chat(settings, backend)
-    bystander, client = Client(app), Client(app)
-    await bystander.join(task_group)
-    backend.failing = frozenset({ROOM})
-    await client.connect(task_group)
-    assert await client.ws.recorder.next() == Accepted()
-    assert await client.ws.recorder.next() == Closed(1013, "unavailable: backend unavailable")
-    assert chat(app).registry.rooms() == {ROOM: [bystander.endpoint.connection]}
-    chat(app).registry.announce_pending()
-    await anyio.wait_all_tasks_blocked()
-    assert bystander.ws.recorder.pending() == []
+    async with kit_of(app, delivery) as kit, kit.member(ROOM) as bystander:
+        backend.failing = frozenset({ROOM})
+        with pytest.raises(testing.Refused):
+            async with kit.member(ROOM):
+                pytest.fail("the join succeeded")
+        client = kit.members[-1]
+        assert (client.accepted, client.texts) == (True, [])
+        assert client.closed == testing.Closed(1013, "unavailable: backend unavailable")
+        assert chat(app).registry.rooms() == {ROOM: [connection_of(bystander)]}
+        chat(app).registry.announce_pending()
+        await anyio.wait_all_tasks_blocked()
+        assert bystander.unread() == []
 
 
 def test_chat_of_refuses_an_app_without_chat() -> None:
@@ -312,50 +356,44 @@ def test_chat_of_refuses_an_app_without_chat() -> None:
 # --- on_receive ----------------------------------------------------------------------------------
 
 
-async def test_message_reaches_everyone_and_the_sender_gets_an_ack(app: Starlette, task_group: TaskGroup) -> None:
+async def test_message_reaches_everyone_and_the_sender_gets_an_ack(kit: ChatTest) -> None:
     """A message frame is delivered to every member, sender included; the sender gets an ack with the seq."""
-    alice, bob = Client(app, query={"name": "alice"}), Client(app)
-    await alice.join(task_group)
-    await bob.join(task_group)
-    await alice.until("join")
-    await alice.send_json(type="message", text="hello", ref="r1")
-    got = {frame["type"]: frame for frame in [await alice.next(), await alice.next()]}
-    assert got["ack"] == {"type": "ack", "ref": "r1", "seq": 1, "room": ROOM}
-    assert got["message"]["text"] == "hello"
-    assert got["message"]["from"] == {"id": alice.member.id, "name": "alice"}
-    assert await bob.next() == got["message"]
+    async with kit.member(ROOM, name="alice") as alice, kit.member(ROOM) as bob:
+        await until(alice, "join")
+        await alice.send({"type": "message", "text": "hello", "ref": "r1"})
+        got = {frame["type"]: frame for frame in [await alice.receive(), await alice.receive()]}
+        assert got["ack"] == {"type": "ack", "ref": "r1", "seq": 1, "room": ROOM}
+        assert got["message"]["text"] == "hello"
+        assert got["message"]["from"] == {"id": alice.you["id"], "name": "alice"}
+        assert await bob.receive() == got["message"]
 
 
-async def test_plain_text_frame_is_published(app: Starlette, task_group: TaskGroup) -> None:
+async def test_plain_text_frame_is_published(kit: ChatTest) -> None:
     """A text frame that is not JSON is published as a message, without an ack."""
-    alice = Client(app)
-    await alice.join(task_group)
-    await alice.send("just text")
-    (message,) = await alice.until("message")
-    assert message["text"] == "just text"
-    assert await alice.ping() == []
+    async with kit.member(ROOM) as alice:
+        await alice.send("just text")
+        (message,) = await until(alice, "message")
+        assert message["text"] == "just text"
+        assert await alice.ping() == []
 
 
-async def test_binary_frame_is_answered_unsupported(app: Starlette, task_group: TaskGroup) -> None:
+async def test_binary_frame_is_answered_unsupported(kit: ChatTest) -> None:
     """A binary frame gets an 'unsupported' error and the connection stays open."""
-    client = Client(app)
-    await client.join(task_group)
-    await client.send(b"\x00\x01")
-    frame = await client.next()
-    assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unsupported", None)
-    assert await client.ping() == []
+    async with kit.member(ROOM) as client:
+        await client.send(b"\x00\x01")
+        frame = await client.receive()
+        assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unsupported", None)
+        assert await client.ping() == []
 
 
-async def test_bad_request_keeps_the_connection(app: Starlette, task_group: TaskGroup) -> None:
+async def test_bad_request_keeps_the_connection(kit: ChatTest) -> None:
     """A malformed frame gets bad_request; the connection stays registered and answering."""
-    client = Client(app)
-    await client.join(task_group)
-    await client.send('{"type": "message", "text": ')
-    frame = await client.next()
-    assert (frame["code"], frame["ref"]) == ("bad_request", None)
-    assert await client.ping() == []
-    assert client.endpoint.connection is not None
-    assert client.endpoint.connection.is_open
+    async with kit.member(ROOM) as client:
+        await client.send('{"type": "message", "text": ')
+        frame = await client.receive()
+        assert (frame["code"], frame["ref"]) == ("bad_request", None)
+        assert await client.ping() == []
+        assert connection_of(client).is_open
 
 
 @pytest.mark.parametrize(
@@ -363,30 +401,30 @@ async def test_bad_request_keeps_the_connection(app: Starlette, task_group: Task
     [pytest.param("é" * 51, id="text-of-102-bytes"), pytest.param(b"x" * 101, id="binary")],
 )
 async def test_frame_over_max_frame_closes_with_1009_and_leaves(
-    make_app: MakeApp, task_group: TaskGroup, frame: str | bytes
+    make_app: MakeApp, delivery: Delivery, frame: str | bytes
 ) -> None:
     """A frame larger than max_frame bytes (text counted in UTF-8 bytes: 51 characters are 102 bytes; binary
     frames count too) closes the socket with 1009; the member leaves the room."""
-    app = make_app(max_frame=100, max_text=50)
-    bystander, client = Client(app), Client(app)
-    await bystander.join(task_group)
-    await client.join(task_group)
-    await bystander.until("join")
-    await client.send(frame)
-    assert await client.ws.recorder.next() == Closed(1009, "frame larger than 100 bytes")
-    leave = await bystander.until("leave")
-    assert leave[-1]["member"]["id"] == client.member.id
-    assert chat(app).registry.rooms() == {ROOM: [bystander.endpoint.connection]}
+    async with (
+        kit_of(make_app(max_frame=100, max_text=50), delivery) as kit,
+        kit.member(ROOM) as bystander,
+        kit.member(ROOM) as client,
+    ):
+        await until(bystander, "join")
+        await client.send(frame)
+        assert await client.wait_closed() == testing.Closed(1009, "frame larger than 100 bytes")
+        assert client.unread() == []
+        leave = await until(bystander, "leave")
+        assert leave[-1]["member"]["id"] == client.you["id"]
+        assert kit.chat.registry.rooms() == {ROOM: [connection_of(bystander)]}
 
 
-async def test_frame_of_exactly_max_frame_bytes_is_not_closed(make_app: MakeApp, task_group: TaskGroup) -> None:
+async def test_frame_of_exactly_max_frame_bytes_is_not_closed(make_app: MakeApp, delivery: Delivery) -> None:
     """A frame of exactly max_frame bytes is not closed: it is handled as usual."""
-    app = make_app(max_frame=100, max_text=50)
-    client = Client(app)
-    await client.join(task_group)
-    await client.send("é" * 50)  # 100 bytes: allowed, and 50 characters: fits max_text
-    (message,) = await client.until("message")
-    assert message["text"] == "é" * 50
+    async with kit_of(make_app(max_frame=100, max_text=50), delivery) as kit, kit.member(ROOM) as client:
+        await client.send("é" * 50)  # 100 bytes: allowed, and 50 characters: fits max_text
+        (message,) = await until(client, "message")
+        assert message["text"] == "é" * 50
 
 
 async def test_frames_after_close_are_ignored(make_app: MakeApp, task_group: TaskGroup) -> None:
@@ -410,52 +448,46 @@ async def test_receive_before_connect_is_ignored(app: Starlette) -> None:
     assert client.ws.recorder.actions == []
 
 
-async def test_rate_limited_frame_is_refused_and_not_published(make_app: MakeApp, task_group: TaskGroup) -> None:
+async def test_rate_limited_frame_is_refused_and_not_published(make_app: MakeApp, delivery: Delivery) -> None:
     """Past the burst a frame gets rate_limited (echoing its ref), is not published, and the socket stays."""
     app = make_app(rate_burst=2, rate_per_second=0.001)
-    client = Client(app)
-    await client.join(task_group)
-    await client.send_json(type="ping", ref=1)
-    await client.send_json(type="ping", ref=2)
-    await client.send_json(type="message", text="too many", ref=3)
-    frames = [await client.next() for _ in range(3)]
-    assert frames[2] == {"type": "error", "code": "rate_limited", "detail": frames[2]["detail"], "ref": 3}
-    assert await chat(app).backend.history(ROOM, None, 10) == []
-    assert client.endpoint.connection is not None
-    assert client.endpoint.connection.is_open
+    async with kit_of(app, delivery) as kit, kit.member(ROOM) as client:
+        await client.send({"type": "ping", "ref": 1})
+        await client.send({"type": "ping", "ref": 2})
+        await client.send({"type": "message", "text": "too many", "ref": 3})
+        frames = [await client.receive() for _ in range(3)]
+        assert frames[2] == {"type": "error", "code": "rate_limited", "detail": frames[2]["detail"], "ref": 3}
+        assert await chat(app).backend.history(ROOM, None, 10) == []
+        assert connection_of(client).is_open
 
 
-async def test_typing_reaches_the_others_only(app: Starlette, task_group: TaskGroup) -> None:
+async def test_typing_reaches_the_others_only(kit: ChatTest) -> None:
     """typing goes to every other member, not back to its sender."""
-    alice, bob = Client(app), Client(app)
-    await alice.join(task_group)
-    await bob.join(task_group)
-    await alice.until("join")
-    await alice.send_json(type="typing")
-    assert await bob.next() == {"type": "typing", "room": ROOM, "from": alice.member.as_dict()}
-    assert await alice.ping() == []
+    async with kit.member(ROOM) as alice, kit.member(ROOM) as bob:
+        await until(alice, "join")
+        await alice.send({"type": "typing"})
+        assert await bob.receive() == {"type": "typing", "room": ROOM, "from": alice.you}
+        assert await alice.ping() == []
 
 
-async def test_history_request_is_answered(app: Starlette, task_group: TaskGroup) -> None:
+async def test_history_request_is_answered(kit: ChatTest) -> None:
     """A history frame is answered with the messages before 'before', oldest first, echoing the ref."""
-    client = Client(app)
-    await client.join(task_group)
-    backend = chat(app).backend
-    for index in range(5):
-        await backend.publish(ROOM, Member("x", "x"), f"m{index}")
-    await client.until("message")
-    await client.send_json(type="history", before=4, limit=2, ref="h")
-    answer = await client.until("history")
-    assert [frame["seq"] for frame in answer[-1]["messages"]] == [2, 3]
-    assert (answer[-1]["room"], answer[-1]["ref"]) == (ROOM, "h")
+    async with kit.member(ROOM) as client:
+        backend = kit.chat.backend
+        for index in range(5):
+            await backend.publish(ROOM, Member("x", "x"), f"m{index}")
+        await until(client, "message")
+        await client.send({"type": "history", "before": 4, "limit": 2, "ref": "h"})
+        answer = await until(client, "history")
+        assert [frame["seq"] for frame in answer[-1]["messages"]] == [2, 3]
+        assert (answer[-1]["room"], answer[-1]["ref"]) == (ROOM, "h")
 
 
-async def test_ping_is_answered_with_pong(app: Starlette, task_group: TaskGroup) -> None:
+async def test_ping_is_answered_with_pong(kit: ChatTest) -> None:
     """ping gets pong with the same ref (null without one)."""
-    client = Client(app)
-    await client.join(task_group)
-    await client.send_json(type="ping")
-    assert await client.next() == {"type": "pong", "ref": None}
+    async with kit.member(ROOM) as client:
+        await client.send({"type": "ping"})
+        assert await client.receive() == {"type": "pong", "ref": None}
 
 
 class Deferred(MemoryBackend):
@@ -499,19 +531,18 @@ def deferred_app() -> tuple[Starlette, Deferred]:
     return app, backend
 
 
-async def test_messages_on_their_way_do_not_hold_up_the_next_frames(task_group: TaskGroup) -> None:
+async def test_messages_on_their_way_do_not_hold_up_the_next_frames(delivery: Delivery) -> None:
     """A member's next frames are answered while its messages wait for the backend; seqs keep the sending order."""
     app, backend = deferred_app()
-    client = Client(app)
-    await client.join(task_group)
-    for index in range(3):
-        await client.send_json(type="message", text=f"m{index}", ref=f"r{index}")
-    assert await client.ping() == []  # answered although nothing is published yet
-    assert [text for _, _, text, _, _ in backend.held] == ["m0", "m1", "m2"]
-    backend.release()
-    frames = await client.until("ack") + await client.until("ack") + await client.until("ack")
-    assert [(f["seq"], f["text"]) for f in frames if f["type"] == "message"] == [(1, "m0"), (2, "m1"), (3, "m2")]
-    assert [(f["ref"], f["seq"]) for f in frames if f["type"] == "ack"] == [("r0", 1), ("r1", 2), ("r2", 3)]
+    async with kit_of(app, delivery) as kit, kit.member(ROOM) as client:
+        for index in range(3):
+            await client.send({"type": "message", "text": f"m{index}", "ref": f"r{index}"})
+        assert await client.ping() == []  # answered although nothing is published yet
+        assert [text for _, _, text, _, _ in backend.held] == ["m0", "m1", "m2"]
+        backend.release()
+        frames = await until(client, "ack") + await until(client, "ack") + await until(client, "ack")
+        assert [(f["seq"], f["text"]) for f in frames if f["type"] == "message"] == [(1, "m0"), (2, "m1"), (3, "m2")]
+        assert [(f["ref"], f["seq"]) for f in frames if f["type"] == "ack"] == [("r0", 1), ("r1", 2), ("r2", 3)]
 
 
 async def test_a_member_has_at_most_max_publishing_messages_on_their_way(task_group: TaskGroup) -> None:
@@ -534,19 +565,18 @@ async def test_a_member_has_at_most_max_publishing_messages_on_their_way(task_gr
     assert [f["ref"] for f in frames if f["type"] == "ack"] == [f"r{index}" for index in range(MAX_PUBLISHING)]
 
 
-async def test_publish_failing_later_answers_unavailable(task_group: TaskGroup) -> None:
+async def test_publish_failing_later_answers_unavailable(delivery: Delivery) -> None:
     """A message the backend fails after a while gets an 'unavailable' error with its ref; the socket stays."""
     app, backend = deferred_app()
-    client = Client(app)
-    await client.join(task_group)
-    await client.send_json(type="message", text="lost", ref="r")
-    backend.fail_one()
-    frame = await client.next()
-    assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unavailable", "r")
-    assert await client.ping() == []
+    async with kit_of(app, delivery) as kit, kit.member(ROOM) as client:
+        await client.send({"type": "message", "text": "lost", "ref": "r"})
+        backend.fail_one()
+        frame = await client.receive()
+        assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unavailable", "r")
+        assert await client.ping() == []
 
 
-async def test_publish_failing_on_the_backend_answers_unavailable(task_group: TaskGroup) -> None:
+async def test_publish_failing_on_the_backend_answers_unavailable(delivery: Delivery) -> None:
     """A message the backend cannot take gets an 'unavailable' error echoing its ref; the socket stays."""
 
     class Failing(MemoryBackend):
@@ -562,40 +592,35 @@ async def test_publish_failing_on_the_backend_answers_unavailable(task_group: Ta
     settings = Settings()
     app = create_app(settings)
     app.state.chat = Chat(settings, Failing("memory://", settings))
-    client = Client(app)
-    await client.join(task_group)
-    await client.send_json(type="message", text="lost", ref="r")
-    frame = await client.next()
-    assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unavailable", "r")
-    assert await client.ping() == []
+    async with kit_of(app, delivery) as kit, kit.member(ROOM) as client:
+        await client.send({"type": "message", "text": "lost", "ref": "r"})
+        frame = await client.receive()
+        assert (frame["type"], frame["code"], frame["ref"]) == ("error", "unavailable", "r")
+        assert await client.ping() == []
 
 
 # --- on_disconnect -------------------------------------------------------------------------------
 
 
-async def test_disconnect_leaves_and_releases(app: Starlette, task_group: TaskGroup) -> None:
+async def test_disconnect_leaves_and_releases(kit: ChatTest) -> None:
     """on_disconnect unregisters the member, announces the leave and frees its place."""
-    alice, bob = Client(app), Client(app)
-    await alice.join(task_group)
-    await bob.join(task_group)
-    await alice.until("join")
-    leaver = bob.member
-    await bob.disconnect()
-    assert await alice.next() == {"type": "leave", "room": ROOM, "member": leaver.as_dict()}
-    registry = chat(app).registry
-    assert registry.rooms() == {ROOM: [alice.endpoint.connection]}
-    assert registry.connections == 1
-    assert leaver not in await chat(app).backend.members(ROOM)
+    async with kit.member(ROOM) as alice, kit.member(ROOM) as bob:
+        await until(alice, "join")
+        leaver = bob.you
+        await bob.disconnect()
+        assert await alice.receive() == {"type": "leave", "room": ROOM, "member": leaver}
+        registry = kit.chat.registry
+        assert registry.rooms() == {ROOM: [connection_of(alice)]}
+        assert registry.connections == 1
+        assert Member(leaver["id"], leaver["name"]) not in await kit.chat.backend.members(ROOM)
 
 
-async def test_last_disconnect_empties_the_registry(app: Starlette, task_group: TaskGroup) -> None:
+async def test_last_disconnect_empties_the_registry(kit: ChatTest) -> None:
     """When the last member goes, the room is no longer registered and nothing is counted."""
-    client = Client(app)
-    await client.join(task_group)
-    await client.disconnect()
-    assert (chat(app).registry.rooms(), chat(app).registry.connections) == ({}, 0)
-    assert client.endpoint.connection is not None
-    assert client.endpoint.connection.gone
+    async with kit.member(ROOM) as client:
+        await client.disconnect()
+        assert (kit.chat.registry.rooms(), kit.chat.registry.connections) == ({}, 0)
+        assert connection_of(client).gone
 
 
 async def test_disconnect_twice_releases_once(app: Starlette, task_group: TaskGroup) -> None:
@@ -608,14 +633,14 @@ async def test_disconnect_twice_releases_once(app: Starlette, task_group: TaskGr
     assert chat(app).registry.connections == 1
 
 
-async def test_disconnect_after_refusal_releases_nothing(app: Starlette, task_group: TaskGroup) -> None:
+async def test_disconnect_after_refusal_releases_nothing(kit: ChatTest) -> None:
     """A refused join was never counted, so its disconnect does not uncount anything."""
-    member = Client(app)
-    await member.join(task_group)
-    refused = Client(app, query={"since": "x"})
-    await refused.connect(task_group)
-    await refused.disconnect()
-    assert chat(app).registry.connections == 1
+    async with kit.member(ROOM):
+        with pytest.raises(testing.Refused):
+            async with kit.member(ROOM, query={"since": "x"}):
+                pytest.fail("let in")
+        assert kit.members[-1].done  # its on_disconnect ran
+        assert kit.chat.registry.connections == 1
 
 
 async def test_server_side_close_removes_the_member_before_disconnect(app: Starlette, task_group: TaskGroup) -> None:
@@ -635,18 +660,15 @@ async def test_server_side_close_removes_the_member_before_disconnect(app: Starl
     assert chat(app).registry.connections == 1
 
 
-async def test_stop_closes_every_member_with_1001(settings: Settings, task_group: TaskGroup) -> None:
+async def test_stop_closes_every_member_with_1001(kit: ChatTest) -> None:
     """Shutting the app down (Chat.stop) closes every member with 1001 while their writers still run."""
-    app = create_app(settings)
-    alice, bob = Client(app), Client(app, room="other")
-    await alice.join(task_group)
-    await bob.join(task_group)
-    await chat(app).stop()
-    assert await alice.ws.recorder.next() == Closed(1001, "server shutting down")
-    assert await bob.ws.recorder.next() == Closed(1001, "server shutting down")
-    await alice.disconnect()
-    await bob.disconnect()
-    assert (chat(app).registry.rooms(), chat(app).registry.connections) == ({}, 0)
+    async with kit.member(ROOM) as alice, kit.member("other") as bob:
+        await kit.chat.stop()
+        assert await alice.wait_closed() == testing.Closed(1001, "server shutting down")
+        assert await bob.wait_closed() == testing.Closed(1001, "server shutting down")
+        await alice.disconnect()
+        await bob.disconnect()
+        assert (kit.chat.registry.rooms(), kit.chat.registry.connections) == ({}, 0)
 
 
 def test_open_connection_configures_a_direct_writer() -> None:
@@ -687,48 +709,44 @@ def subscriptions(app: Starlette) -> dict[str, list[Connection]]:
     return chat(app).registry.rooms()
 
 
-async def test_ws_says_hello_and_is_in_no_room(app: Starlette, task_group: TaskGroup) -> None:
+async def test_ws_says_hello_and_is_in_no_room(kit: ChatTest) -> None:
     """on_connect on /ws accepts, sends hello (the member, no room) and registers nothing."""
-    client = await multi(app, task_group)
-    assert client.member.name == "ann"
-    assert subscriptions(app) == {}
-    assert chat(app).registry.connections == 1
+    async with kit.multiroom(name="ann") as client:
+        assert client.welcome == {"type": "hello", "you": client.you}
+        assert client.you["name"] == "ann"
+        assert kit.chat.registry.rooms() == {}
+        assert kit.chat.registry.connections == 1
 
 
-async def test_join_answers_a_welcome_with_the_ref(app: Starlette, task_group: TaskGroup) -> None:
+async def test_join_answers_a_welcome_with_the_ref(kit: ChatTest) -> None:
     """A join registers the member's subscription in the room and answers v1's welcome plus the ref."""
-    client = await multi(app, task_group)
-    await client.send_json(type="join", room="r1", ref="j1")
-    welcome = await client.next()
-    assert (welcome["type"], welcome["room"], welcome["ref"], welcome["you"]) == (
-        "welcome",
-        "r1",
-        "j1",
-        client.member.as_dict(),
-    )
-    assert subscriptions(app) == {"r1": [client.rooms["r1"]]}
+    async with kit.multiroom() as client:
+        await client.send({"type": "join", "room": "r1", "ref": "j1"})
+        welcome = await client.receive()
+        assert (welcome["type"], welcome["room"], welcome["ref"], welcome["you"]) == ("welcome", "r1", "j1", client.you)
+        assert kit.chat.registry.rooms() == {"r1": [rooms_of(client)["r1"]]}
 
 
-async def test_joins_to_many_rooms_share_one_connection(app: Starlette, task_group: TaskGroup) -> None:
+async def test_joins_to_many_rooms_share_one_connection(kit: ChatTest) -> None:
     """Each room joined is a subscription of the one connection; messages are routed by room."""
-    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
-    for room in ("r1", "r2"):
-        await client.join_room(room)
-    await other.join_room("r2")
-    await other.send_json(type="message", room="r2", text="hi", ref=1)
-    message = (await client.until("message"))[-1]
-    assert (message["room"], message["text"]) == ("r2", "hi")
-    assert {room: len(members) for room, members in subscriptions(app).items()} == {"r1": 1, "r2": 2}
-    assert chat(app).registry.connections == 2
+    async with kit.multiroom() as client, kit.multiroom(name="bob") as other:
+        for room in ("r1", "r2"):
+            await client.join(room)
+        await other.join("r2")
+        await other.send({"type": "message", "room": "r2", "text": "hi", "ref": 1})
+        message = (await until(client, "message"))[-1]
+        assert (message["room"], message["text"]) == ("r2", "hi")
+        assert {room: len(members) for room, members in kit.chat.registry.rooms().items()} == {"r1": 1, "r2": 2}
+        assert kit.chat.registry.connections == 2
 
 
-async def test_message_on_ws_is_acked_with_its_room(app: Starlette, task_group: TaskGroup) -> None:
+async def test_message_on_ws_is_acked_with_its_room(kit: ChatTest) -> None:
     """A message to a joined room is published there; its ack names the room."""
-    client = await multi(app, task_group)
-    await client.join_room("r1")
-    await client.send_json(type="message", room="r1", text="hi", ref="m")
-    frames = await client.until("ack")
-    assert frames[-1] == {"type": "ack", "ref": "m", "seq": 1, "room": "r1"}
+    async with kit.multiroom() as client:
+        await client.join("r1")
+        await client.send({"type": "message", "room": "r1", "text": "hi", "ref": "m"})
+        frames = await until(client, "ack")
+        assert frames[-1] == {"type": "ack", "ref": "m", "seq": 1, "room": "r1"}
 
 
 @pytest.mark.parametrize(
@@ -739,129 +757,124 @@ async def test_message_on_ws_is_acked_with_its_room(app: Starlette, task_group: 
         {"type": "leave", "room": "r9", "ref": "x"},
     ],
 )
-async def test_a_frame_for_a_room_not_joined_is_a_bad_request(
-    app: Starlette, task_group: TaskGroup, frame: dict[str, Any]
-) -> None:
+async def test_a_frame_for_a_room_not_joined_is_a_bad_request(kit: ChatTest, frame: dict[str, Any]) -> None:
     """message, history and leave need a joined room: bad_request with room and ref; nothing else changes."""
-    client = await multi(app, task_group)
-    await client.join_room("r1")
-    await client.send_json(**frame)
-    error = await client.next()
-    assert (error["type"], error["code"], error["room"], error["ref"]) == ("error", "bad_request", "r9", "x")
-    assert list(subscriptions(app)) == ["r1"]
-    assert await chat(app).backend.history("r9", None, 10) == []
+    async with kit.multiroom() as client:
+        await client.join("r1")
+        await client.send(frame)
+        error = await client.receive()
+        assert (error["type"], error["code"], error["room"], error["ref"]) == ("error", "bad_request", "r9", "x")
+        assert list(kit.chat.registry.rooms()) == ["r1"]
+        assert await kit.chat.backend.history("r9", None, 10) == []
 
 
-async def test_joining_a_room_twice_is_a_bad_request(app: Starlette, task_group: TaskGroup) -> None:
+async def test_joining_a_room_twice_is_a_bad_request(kit: ChatTest) -> None:
     """A second join of the same room is refused; the first stays as it was."""
-    client = await multi(app, task_group)
-    await client.join_room("r1")
-    first = client.rooms["r1"]
-    await client.send_json(type="join", room="r1", ref=2)
-    error = await client.next()
-    assert (error["code"], error["room"], error["ref"]) == ("bad_request", "r1", 2)
-    assert subscriptions(app) == {"r1": [first]}
+    async with kit.multiroom() as client:
+        await client.join("r1")
+        first = rooms_of(client)["r1"]
+        await client.send({"type": "join", "room": "r1", "ref": 2})
+        error = await client.receive()
+        assert (error["code"], error["room"], error["ref"]) == ("bad_request", "r1", 2)
+        assert kit.chat.registry.rooms() == {"r1": [first]}
 
 
-async def test_a_join_past_max_rooms_per_connection_is_too_many_rooms(make_app: MakeApp, task_group: TaskGroup) -> None:
+async def test_a_join_past_max_rooms_per_connection_is_too_many_rooms(make_app: MakeApp, delivery: Delivery) -> None:
     """Past max_rooms_per_connection a join gets too_many_rooms; leaving one makes room again."""
-    app = make_app(max_rooms_per_connection=2)
-    client = await multi(app, task_group)
-    for room in ("r1", "r2"):
-        await client.join_room(room)
-    await client.send_json(type="join", room="r3", ref=3)
-    error = await client.next()
-    assert (error["code"], error["room"], error["ref"]) == ("too_many_rooms", "r3", 3)
-    await client.send_json(type="leave", room="r1")
-    await client.until("left")
-    await client.send_json(type="join", room="r3")
-    assert (await client.until("welcome"))[-1]["room"] == "r3"
+    async with kit_of(make_app(max_rooms_per_connection=2), delivery) as kit, kit.multiroom() as client:
+        for room in ("r1", "r2"):
+            await client.join(room)
+        await client.send({"type": "join", "room": "r3", "ref": 3})
+        error = await client.receive()
+        assert (error["code"], error["room"], error["ref"]) == ("too_many_rooms", "r3", 3)
+        await client.send({"type": "leave", "room": "r1"})
+        await until(client, "left")
+        await client.send({"type": "join", "room": "r3"})
+        assert (await until(client, "welcome"))[-1]["room"] == "r3"
 
 
-async def test_leave_answers_left_and_the_others_see_a_leave(app: Starlette, task_group: TaskGroup) -> None:
+async def test_leave_answers_left_and_the_others_see_a_leave(kit: ChatTest) -> None:
     """leave unregisters the subscription, tells the room's others, then answers left with the ref."""
-    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
-    for member in (client, other):
-        await member.join_room("r1")
-    await client.send_json(type="leave", room="r1", ref="l")
-    assert (await client.until("left"))[-1] == {"type": "left", "room": "r1", "ref": "l"}
-    leave = (await other.until("leave"))[-1]
-    assert (leave["room"], leave["member"]["id"]) == ("r1", client.member.id)
-    assert subscriptions(app) == {"r1": [other.rooms["r1"]]}
-    await other.send_json(type="message", room="r1", text="after")
-    assert await client.ping() == []
+    async with kit.multiroom() as client, kit.multiroom(name="bob") as other:
+        for member in (client, other):
+            await member.join("r1")
+        await client.send({"type": "leave", "room": "r1", "ref": "l"})
+        assert (await until(client, "left"))[-1] == {"type": "left", "room": "r1", "ref": "l"}
+        leave = (await until(other, "leave"))[-1]
+        assert (leave["room"], leave["member"]["id"]) == ("r1", client.you["id"])
+        assert kit.chat.registry.rooms() == {"r1": [rooms_of(other)["r1"]]}
+        await other.send({"type": "message", "room": "r1", "text": "after"})
+        assert await client.ping() == []
 
 
-async def test_a_join_the_backend_cannot_take_is_unavailable_for_that_room_only(task_group: TaskGroup) -> None:
+async def test_a_join_the_backend_cannot_take_is_unavailable_for_that_room_only(delivery: Delivery) -> None:
     """A join failing on the backend answers unavailable (room, ref); the socket and other rooms stay."""
 
     settings = Settings()
     backend = FailingJoins("memory://", settings)
     app = create_app(settings)
     app.state.chat = Chat(settings, backend)
-    client = await multi(app, task_group)
-    await client.join_room("r1")
-    backend.failing = frozenset({"r2"})
-    await client.send_json(type="join", room="r2", ref="j")
-    error = await client.next()
-    assert (error["code"], error["room"], error["ref"]) == ("unavailable", "r2", "j")
-    assert list(client.rooms) == ["r1"]
-    assert list(subscriptions(app)) == ["r1"]
-    backend.failing = frozenset()
-    await client.send_json(type="join", room="r2")
-    assert (await client.until("welcome"))[-1]["room"] == "r2"
+    async with kit_of(app, delivery) as kit, kit.multiroom() as client:
+        await client.join("r1")
+        backend.failing = frozenset({"r2"})
+        await client.send({"type": "join", "room": "r2", "ref": "j"})
+        error = await client.receive()
+        assert (error["code"], error["room"], error["ref"]) == ("unavailable", "r2", "j")
+        assert list(rooms_of(client)) == ["r1"]
+        assert list(chat(app).registry.rooms()) == ["r1"]
+        backend.failing = frozenset()
+        await client.send({"type": "join", "room": "r2"})
+        assert (await until(client, "welcome"))[-1]["room"] == "r2"
 
 
-async def test_disconnect_leaves_every_room(app: Starlette, task_group: TaskGroup) -> None:
+async def test_disconnect_leaves_every_room(kit: ChatTest) -> None:
     """When the /ws socket goes, its member leaves each of its rooms and its place is given back."""
-    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
-    for room in ("r1", "r2"):
-        for member in (client, other):
-            await member.join_room(room)
-    await client.disconnect()
-    left = {(await other.until("leave"))[-1]["room"] for _ in range(2)}
-    assert left == {"r1", "r2"}
-    assert {room: len(members) for room, members in subscriptions(app).items()} == {"r1": 1, "r2": 1}
-    assert chat(app).registry.connections == 1
+    async with kit.multiroom() as client, kit.multiroom(name="bob") as other:
+        for room in ("r1", "r2"):
+            for member in (client, other):
+                await member.join(room)
+        await client.disconnect()
+        left = {(await until(other, "leave"))[-1]["room"] for _ in range(2)}
+        assert left == {"r1", "r2"}
+        assert {room: len(members) for room, members in kit.chat.registry.rooms().items()} == {"r1": 1, "r2": 1}
+        assert kit.chat.registry.connections == 1
 
 
-async def test_removal_takes_a_ws_member_out_of_that_room_only(app: Starlette, task_group: TaskGroup) -> None:
+async def test_removal_takes_a_ws_member_out_of_that_room_only(kit: ChatTest) -> None:
     """The operator's removal gives a /ws member left (removed) for that room; its socket and other rooms stay."""
-    client, other = await multi(app, task_group), await multi(app, task_group, "bob")
-    for room in ("r1", "r2"):
-        await client.join_room(room)
-    await other.join_room("r1")
-    assert chat(app).registry.remove_member("r1", client.member.id) == 1
-    assert (await client.until("left"))[-1] == {"type": "left", "room": "r1", "ref": None, "reason": "removed"}
-    assert (await other.until("leave"))[-1]["member"]["id"] == client.member.id
-    assert list(client.rooms) == ["r2"]
-    assert client.endpoint.connection is not None
-    assert client.endpoint.connection.is_open
-    await client.send_json(type="message", room="r2", text="still here", ref=1)
-    assert (await client.until("ack"))[-1]["room"] == "r2"
+    async with kit.multiroom() as client, kit.multiroom(name="bob") as other:
+        for room in ("r1", "r2"):
+            await client.join(room)
+        await other.join("r1")
+        assert kit.chat.registry.remove_member("r1", client.you["id"]) == 1
+        assert (await until(client, "left"))[-1] == {"type": "left", "room": "r1", "ref": None, "reason": "removed"}
+        assert (await until(other, "leave"))[-1]["member"]["id"] == client.you["id"]
+        assert list(rooms_of(client)) == ["r2"]
+        assert connection_of(client).is_open
+        await client.send({"type": "message", "room": "r2", "text": "still here", "ref": 1})
+        assert (await until(client, "ack"))[-1]["room"] == "r2"
 
 
-async def test_a_room_restart_asks_a_ws_member_to_rejoin_that_room(app: Starlette, task_group: TaskGroup) -> None:
+async def test_a_room_restart_asks_a_ws_member_to_rejoin_that_room(kit: ChatTest) -> None:
     """A room's restart gives left (restart) for it; the member joins again on the same socket."""
-    client = await multi(app, task_group)
-    for room in ("r1", "r2"):
-        await client.join_room(room)
-    chat(app).registry.deliver(Restart("r1", "new-epoch"))
-    assert await client.next() == {"type": "left", "room": "r1", "ref": None, "reason": "restart"}
-    await client.send_json(type="join", room="r1", since=0, epoch="old")
-    assert (await client.until("welcome"))[-1]["room"] == "r1"
-    assert sorted(client.rooms) == ["r1", "r2"]
+    async with kit.multiroom() as client:
+        for room in ("r1", "r2"):
+            await client.join(room)
+        kit.chat.registry.deliver(Restart("r1", "new-epoch"))
+        assert await client.receive() == {"type": "left", "room": "r1", "ref": None, "reason": "restart"}
+        await client.send({"type": "join", "room": "r1", "since": 0, "epoch": "old"})
+        assert (await until(client, "welcome"))[-1]["room"] == "r1"
+        assert sorted(rooms_of(client)) == ["r1", "r2"]
 
 
-async def test_ws_refuses_since_and_epoch_in_its_address(app: Starlette) -> None:
+async def test_ws_refuses_since_and_epoch_in_its_address(kit: ChatTest) -> None:
     """since/epoch in /ws's query are refused with a 403 JSON denial, as a bad v1 join is."""
-    client = Client(app, room=None, query={"since": "3", "epoch": "e"})
-    await client.endpoint.on_connect(client.socket)
-    denied = await client.ws.recorder.next()
-    assert isinstance(denied, Denied)
-    assert denied.status == 403
-    assert "join frame" in json.loads(denied.body)["detail"]
-    assert chat(app).registry.connections == 0
+    with pytest.raises(testing.Refused) as refused:
+        async with kit.multiroom(query={"since": "3", "epoch": "e"}):
+            pytest.fail("let in")
+    assert refused.value.status == 403
+    assert "join frame" in refused.value.detail
+    assert kit.chat.registry.connections == 0
 
 
 async def test_a_join_waits_for_earlier_welcomes_to_leave_the_buffer(make_app: MakeApp, task_group: TaskGroup) -> None:
@@ -901,16 +914,16 @@ async def test_a_join_past_a_full_direct_socket_closes_it_as_a_slow_consumer(
     assert writer.recorder.closes == [Closed(1013, "slow consumer: outbound buffer full")]
 
 
-async def test_joins_draw_on_the_addresss_handshake_rate(make_app: MakeApp, task_group: TaskGroup) -> None:
+async def test_joins_draw_on_the_addresss_handshake_rate(make_app: MakeApp, delivery: Delivery) -> None:
     """A join costs what a handshake costs: past the address's handshake burst it gets rate_limited."""
     app = make_app(handshake_rate_per_ip=0.001, handshake_burst_per_ip=3)
-    client = await multi(app, task_group)  # the handshake took one
-    for room in ("r1", "r2"):
-        await client.join_room(room)
-    await client.send_json(type="join", room="r3", ref=3)
-    error = await client.next()
-    assert (error["code"], error["room"], error["ref"]) == ("rate_limited", "r3", 3)
-    assert "too many joins" in error["detail"]
+    async with kit_of(app, delivery) as kit, kit.multiroom() as client:  # the handshake took one
+        for room in ("r1", "r2"):
+            await client.join(room)
+        await client.send({"type": "join", "room": "r3", "ref": 3})
+        error = await client.receive()
+        assert (error["code"], error["room"], error["ref"]) == ("rate_limited", "r3", 3)
+        assert "too many joins" in error["detail"]
 
 
 async def test_a_join_registered_after_the_socket_closed_is_undone(task_group: TaskGroup) -> None:
