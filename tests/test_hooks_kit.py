@@ -410,16 +410,10 @@ async def test_an_event_outlasting_hook_timeout_does_not_hold_up_the_next(
     assert "took longer than hook_timeout" in line
 
 
-# --- known bugs in chat/ (strict xfail: each passes, and so fails the suite, once the bug is fixed) -----------
+# --- regressions ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG in chat/hooks.py HookRunner._failed: any TimeoutError is taken for hook_timeout, so a hook's own "
-    "TimeoutError (a database's, say) is logged as 'took longer than hook_timeout' and its traceback is lost",
-)
-async def test_bug_a_hooks_own_timeout_error_is_logged_as_what_it_is(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_hooks_own_timeout_error_is_logged_as_what_it_is(caplog: pytest.LogCaptureFixture) -> None:
     """A hook raising a TimeoutError of its own, at once, is logged with its traceback, not as a hook_timeout."""
 
     async def on_message(identity: Identity, room: str, text: str) -> str:
@@ -438,13 +432,7 @@ async def test_bug_a_hooks_own_timeout_error_is_logged_as_what_it_is(caplog: pyt
     assert record.exc_info is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="BUG in chat/chat.py Chat.stop: it closes the connections it finds in the registry's rooms, so a /ws "
-    "connection in no room is left open, although the docstring says every connection is closed with 1001",
-)
-async def test_bug_stop_closes_a_ws_connection_in_no_room(delivery: Delivery) -> None:
+async def test_stop_closes_a_ws_connection_in_no_room(delivery: Delivery) -> None:
     """Chat.stop closes every connection with 1001, a /ws connection in no room too."""
     async with ChatTest(delivery=delivery) as chat_test, chat_test.multiroom() as cy:
         await chat_test.chat.stop()
