@@ -369,6 +369,14 @@ class QueuedConnection(Connection):
         finally:
             self.gone = True
 
+    def finish(self) -> None:
+        """The socket is gone: let ``run`` return by itself (a task cancelled instead would leave its frames in a
+        reference cycle through the CancelledError's traceback, for the collector to find)."""
+        self.gone = True
+        if self._send_scope is not None:
+            self._send_scope.cancel()
+        self._wake()
+
     def _closing(self, error: ConnectionClosed) -> None:
         self._uncounted = 0
         if self._send_scope is not None:

@@ -141,7 +141,11 @@ class SocketEndpoint(WebSocketEndpoint):
             try:
                 await super().dispatch()
             finally:
-                task_group.cancel_scope.cancel()
+                connection = self.connection
+                if isinstance(connection, QueuedConnection):
+                    connection.finish()  # the writer returns by itself, its last frames sent or the socket gone
+                else:
+                    task_group.cancel_scope.cancel()
 
     async def on_connect(self, websocket: WebSocket) -> None:
         """Check who connects and what they ask for, admit the connection, start its writer, open it."""
