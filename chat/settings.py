@@ -82,6 +82,8 @@ class Settings:
     api_key: str = _field(default="", repr=False)
     metrics: bool = True
     metrics_dir: str = ""
+    # The command-line server: seconds between handing the C allocator's free memory back to the system (0: never).
+    trim_interval: float = 60.0
     # A host app's hooks (``create_app(hooks=...)``, or ``module:attribute`` here): how long one may take.
     hooks: str = ""
     hook_timeout: float = 5.0
@@ -121,6 +123,7 @@ class Settings:
             "write_delay",
             "presence_window",
             "presence_window_max",
+            "trim_interval",
             "ws_ping_interval",
             "ws_ping_timeout",
             "max_connections_per_ip",
