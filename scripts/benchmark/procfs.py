@@ -116,6 +116,19 @@ def tree_memory(pid: int) -> dict[str, int]:
     return total
 
 
+def open_fds(pid: int) -> int:
+    """File descriptors a process holds open (0 if it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def tree_open_fds(pid: int) -> int:
+    """File descriptors held open by a process and its descendants, summed."""
+    return sum(open_fds(member) for member in tree(pid))
+
+
 def listening_inodes(port: int) -> set[str]:
     """Socket inodes listening on ``port`` (IPv4 and IPv6)."""
     inodes: set[str] = set()
