@@ -869,6 +869,7 @@ def test_soak_checks_each_steady_member_against_the_acks() -> None:
     assert bad["members_missing"] == 2
     assert bad["miss_samples"][0] == "s0 in a: 1 of 3 missing, the first seq 2"
     assert soak.check([("a", 1, 101), ("a", 1, 102)], [])["seq_clashes"] == 1
+    assert soak.held_messages(accepted, keep=2) == 3
 
 
 def test_soak_slope_traceback_count_and_targets() -> None:

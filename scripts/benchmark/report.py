@@ -392,7 +392,7 @@ def rss_over_time(row: Row, shown: int = 12) -> str:
     picked = samples[::step]
     if picked[-1] is not samples[-1]:
         picked.append(samples[-1])
-    return ", ".join(f"{at:.0f} s {rss:.1f}" for at, rss, _ in picked)
+    return ", ".join(f"{sample[0]:.0f} s {sample[1]:.1f}" for sample in picked)
 
 
 TABLES: dict[str, Callable[[list[Row]], str]] = {

@@ -8,8 +8,8 @@ latest ``CHAT_HISTORY_SIZE`` per room. Then ``churners`` clients (60) loop for `
 seconds (420): connect to a random room, send 1-5 messages with a ``ref``, wait for the acks,
 leave by a clean close, a TCP reset or a stall (``soak_client.py``), with the weights of ``mix``.
 
-Measured: the server's RSS and open file descriptors every ``sample`` s (5), from before the
-steady members join to the end; connection cycles and acknowledged messages; then, once the
+Measured: the server's RSS and open file descriptors when the steady members joined, when the
+churn begins, every ``sample`` s (5) of it, and at the end; connection cycles and acknowledged messages; then, once the
 churners stopped, every steady member against every acknowledged message of its room (each once,
 in the order of their seqs): what it missed, got twice or out of order; the fds and RSS once the
 server gave back what the last churners held (at most ``settle`` s), and the tracebacks in its
@@ -43,6 +43,8 @@ from benchmark.servers import Server
 from benchmark.soak_client import LEAVES
 
 MIB = 2**20
+HISTORY_SIZE = 1000
+"""chat's default ``CHAT_HISTORY_SIZE``: messages each room keeps on ``memory://`` and Redis."""
 RSS_ALLOWANCE_MIB = 15.0
 """The issue's allowance: RSS at the end may exceed the start (history included) by this much."""
 FLAT_MIB_PER_MINUTE = 0.5
@@ -68,7 +70,7 @@ class SoakParams:
     """Weight of each way to leave: clean, reset, stall."""
     batch: bool = False
     """Steady members and churners connect with ``batch=1``."""
-    fill: int = 1000
+    fill: int = HISTORY_SIZE
     """Messages sent into each room before the churn (0: none); chat keeps the latest CHAT_HISTORY_SIZE (1000)."""
     size: int = 100
     """Characters of each message's text (its 20-digit tag included)."""
@@ -155,6 +157,12 @@ def check(accepted: Sequence[tuple[str, int, int]], steady: Sequence[tuple[str, 
     }
 
 
+def held_messages(accepted: Sequence[tuple[str, int, int]], keep: int = HISTORY_SIZE) -> int:
+    """Messages the rooms hold at the end: each room's acknowledged messages, ``keep`` at most."""
+    counts = Counter(room for room, _, _ in accepted)
+    return sum(min(keep, count) for count in counts.values())
+
+
 def tracebacks(text: str) -> tuple[int, list[str]]:
     """How many tracebacks a log holds, and the last line of the first few (the exception)."""
     lines = text.splitlines()
@@ -174,16 +182,25 @@ class Reading:
     rss: int
     fds: int
     redis_rss: int | None
+    redis_links: int
+    """Of ``fds``, the connections to the server's redis-server (its client's pool, which grows to its bound)."""
 
 
 def read(server: Server, started: float) -> Reading:
     redis = procfs.memory(server.redis.pid).get("VmRSS") if server.redis is not None else None
+    links = procfs.connections_to(server.process.pid, server.redis.port) if server.redis is not None else 0
     return Reading(
         round(time.monotonic() - started, 1),
         server.memory().get("VmRSS", 0),
         procfs.tree_open_fds(server.process.pid),
         redis,
+        links,
     )
+
+
+def own_fds(reading: Reading) -> int:
+    """The fds that come and go with clients: the Redis client's pool grows to its bound under load, and stays."""
+    return reading.fds - reading.redis_links
 
 
 def totals(replies: list[Reply], key: str) -> int:
@@ -243,16 +260,19 @@ def run_soak(pool: WorkerPool, server: Server, common: Common, params: SoakParam
     check_alive(server)
     joined = read(server, time.monotonic())
 
-    fill_seconds = None
+    fill_seconds, filled = None, 0
     if params.fill:
         filled_at = time.monotonic()
         fillers = [(room, source_address(server.opened + index * PER_ADDRESS)) for index, room in enumerate(rooms)]
         server.opened += len(rooms) * PER_ADDRESS
         within = params.fill_within
-        pool.call_each(
-            "soak_fill",
-            [{"rooms": share, "count": params.fill, "within": within} for share in spread(fillers, pool.count)],
-            within + 10,
+        filled = totals(
+            pool.call_each(
+                "soak_fill",
+                [{"rooms": share, "count": params.fill, "within": within} for share in spread(fillers, pool.count)],
+                within + 10,
+            ),
+            "acked",
         )
         fill_seconds = time.monotonic() - filled_at
         time.sleep(1.0)
@@ -298,7 +318,7 @@ def run_soak(pool: WorkerPool, server: Server, common: Common, params: SoakParam
     while True:
         latest = read(server, started)
         samples.append(latest)
-        if latest.fds <= start.fds + FD_ALLOWANCE or time.monotonic() >= settle_until:
+        if own_fds(latest) <= own_fds(start) + FD_ALLOWANCE or time.monotonic() >= settle_until:
             break
         time.sleep(0.5)
     settled = time.monotonic() - started - churned
@@ -316,13 +336,13 @@ def run_soak(pool: WorkerPool, server: Server, common: Common, params: SoakParam
     row.update(checked)
     row.update(
         fill_seconds=round(fill_seconds, 2) if fill_seconds is not None else None,
-        history_messages=params.rooms * params.fill,
+        history_messages=held_messages(accepted),
         settle_seconds=round(settled, 1),
         drained=drained,
         cycles=totals(reports, "cycles"),
         sent=totals(reports, "sent"),
         acked=len(accepted),
-        acked_in_churn=len(accepted) - params.rooms * params.fill,
+        acked_in_churn=len(accepted) - filled,
         unacked=totals(reports, "unacked"),
         cycles_per_s=totals(reports, "cycles") / max(churned, 1e-9),
         leaves=merged(reports, "leaves"),
@@ -400,7 +420,9 @@ def soak_row(
         "fds_start": start.fds,
         "fds_peak": max(sample.fds for sample in samples),
         "fds_end": end.fds,
-        "rss_samples": [[sample.at, round(sample.rss / MIB, 2), sample.fds] for sample in samples],
+        "redis_links_start": start.redis_links,
+        "redis_links_end": end.redis_links,
+        "rss_samples": [[sample.at, round(sample.rss / MIB, 2), sample.fds, sample.redis_links] for sample in samples],
     }
 
 
@@ -413,6 +435,7 @@ def targets(row: Row) -> dict[str, dict[str, object]]:
     if history is not None:
         held = f"{row['rss_joined_mib']:.1f} + history {history:.1f}"
     trouble = row["missed"] + row["doubled"] + row["out_of_order"] + row["steady_lost"]
+    links = (row.get("redis_links_start") or 0, row.get("redis_links_end") or 0)
     return {
         "rss": {
             "met": row["rss_end_mib"] <= limit,
@@ -424,8 +447,9 @@ def targets(row: Row) -> dict[str, dict[str, object]]:
             f"<= {FLAT_MIB_PER_MINUTE:g}",
         },
         "fds": {
-            "met": row["fds_end"] <= row["fds_start"] + FD_ALLOWANCE,
-            "detail": f"fds {row['fds_start']} at the start, {row['fds_end']} at the end (+{FD_ALLOWANCE} allowed)",
+            "met": row["fds_end"] - links[1] <= row["fds_start"] - links[0] + FD_ALLOWANCE,
+            "detail": f"fds {row['fds_start']} at the start, {row['fds_end']} at the end (+{FD_ALLOWANCE} allowed)"
+            + (f"; of them, connections to redis-server (not counted) {links[0]} and {links[1]}" if any(links) else ""),
         },
         "delivery": {
             "met": trouble == 0 and row["expected"] > 0,

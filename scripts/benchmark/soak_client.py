@@ -120,11 +120,14 @@ class Conn(WSListener):
         self.tags: list[int] = []
         """A steady member's: the tags of the messages it received, in order of arrival."""
         self.leaving = False
+        self.welcomed = False
         self.code: int | None = None
         self.fragments: list[bytes] | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        if self.leaving:  # its attempt timed out during the handshake: picows completes it all the same
+            transport.disconnect(graceful=False)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -152,7 +155,7 @@ class Conn(WSListener):
         if not self.gone.done():
             self.gone.set_result(None)
         self.acked.set()
-        if self.steady and not self.soak.closed:
+        if self.steady and self.welcomed and not self.soak.closed:
             self.soak.steady_lost += 1
 
     def received(self, data: bytes) -> None:
@@ -175,6 +178,7 @@ class Conn(WSListener):
         elif data.startswith(_ACK):
             self.ack(data)
         elif data.startswith(_WELCOME):
+            self.welcomed = True
             if not self.ready.done():
                 self.ready.set_result(None)
         elif data.startswith(_ERROR):
