@@ -21,6 +21,7 @@ reordered, no traceback.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from collections import Counter
@@ -198,6 +199,10 @@ def read(server: Server, started: float) -> Reading:
     )
 
 
+def harness_cpu() -> float:
+    return procfs.cpu_seconds(os.getpid())
+
+
 def own_fds(reading: Reading) -> int:
     """The fds that come and go with clients: the Redis client's pool grows to its bound under load, and stays."""
     return reading.fds - reading.redis_links
@@ -284,7 +289,7 @@ def run_soak(pool: WorkerPool, server: Server, common: Common, params: SoakParam
     server.opened += params.churners * PER_ADDRESS
     started = time.monotonic()
     start = read(server, started)
-    cpu_start = server.cpu_seconds(), pool.cpu_seconds()
+    cpu_start = server.cpu_seconds(), pool.cpu_seconds(), procfs.system_cpu_seconds()[0], harness_cpu()
     start_arguments = {
         "rooms": rooms,
         "mix": params.mix,
@@ -308,7 +313,7 @@ def run_soak(pool: WorkerPool, server: Server, common: Common, params: SoakParam
                 f"RSS {samples[-1].rss / MIB:.1f} MiB, {samples[-1].fds} fds"
             )
     churned = time.monotonic() - started
-    cpu_end = server.cpu_seconds(), pool.cpu_seconds()
+    cpu_end = server.cpu_seconds(), pool.cpu_seconds(), procfs.system_cpu_seconds()[0], harness_cpu()
     stopped = pool.call("soak_stop", STOP_WITHIN + 10, within=STOP_WITHIN)
     check_alive(server)
     drained = drain(pool, params.drain)
@@ -333,6 +338,8 @@ def run_soak(pool: WorkerPool, server: Server, common: Common, params: SoakParam
     count, trace_samples = tracebacks(server_log(server))
     row = soak_row(params, samples, start, end, joined, before, churned)
     server_cpu = sum(cpu_end[0]) - sum(cpu_start[0])
+    client_cpu = cpu_end[1] - cpu_start[1]
+    other_cpu = (cpu_end[2] - cpu_start[2]) - server_cpu - client_cpu - (cpu_end[3] - cpu_start[3])
     row.update(checked)
     row.update(
         fill_seconds=round(fill_seconds, 2) if fill_seconds is not None else None,
@@ -356,7 +363,8 @@ def run_soak(pool: WorkerPool, server: Server, common: Common, params: SoakParam
         tracebacks=count,
         traceback_samples=trace_samples,
         server_cpu_pct=100 * server_cpu / max(churned, 1e-9),
-        client_cpu_pct=100 * (cpu_end[1] - cpu_start[1]) / max(churned, 1e-9),
+        client_cpu_pct=100 * client_cpu / max(churned, 1e-9),
+        other_cpu_pct=max(0.0, 100 * other_cpu / max(churned, 1e-9)),
     )
     row["targets"] = targets(row)
     notes = [f"{name}: {verdict['detail']}" for name, verdict in row["targets"].items() if not verdict["met"]]
