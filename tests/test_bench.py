@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -278,6 +279,67 @@ def test_storm_on_chat_loses_nothing_and_the_seed_says_what_it_lost(storm: Docum
         # memory:// starts every room anew after a restart; Redis keeps them, and a cut keeps them everywhere
         recovered = "false" if (server, drop) == ("chat", "restart") else "true"
         assert row["recovered"] == {recovered: 20}, (server, drop, row["recovered"])
+
+
+SOAK_SERVERS = ("chat", "chat-redis")
+
+
+@pytest.fixture(scope="module")
+def soak() -> Document:
+    """A quick soak (8 s: 10 churners, 6 steady members in 3 rooms, every way to leave) on chat and chat-redis."""
+    return bench("--quick", "--scenario", "soak", "--servers", ",".join(SOAK_SERVERS))
+
+
+def soak_rows(document: Document) -> dict[str, Row]:
+    """The soak's rows that ran, by server; chat-redis is skipped only without redis-server."""
+    rows: dict[str, Row] = {}
+    for row in document["results"]["soak"]:
+        if row.get("skipped"):
+            assert shutil.which("redis-server") is None, row["error"]
+            continue
+        assert not row.get("error"), f"soak on {row['server']}: {row['error']}"
+        rows[row["server"]] = row
+    assert "chat" in rows
+    return rows
+
+
+@pytest.mark.e2e
+def test_soak_cycles_connections_and_counts_them(soak: Document) -> None:
+    """Churners connect, get their messages acknowledged and leave in each of the three ways, again and again."""
+    for server, row in soak_rows(soak).items():
+        assert (row["churners"], row["steady"], row["rooms"], row["duration_s"]) == (10, 6, 3, 8.0), (server, row)
+        assert row["cycles"] > 10, (server, row)
+        assert set(row["leaves"]) == {"clean", "reset", "stall"}, (server, row["leaves"])
+        assert row["acked_in_churn"] > 0, (server, row)
+        assert row["acked"] == row["acked_in_churn"] + 3 * 100, (server, row)
+        assert row["failures"] == {}, (server, row["failures"])
+        assert row["errors"] == 0, (server, row["error_samples"])
+
+
+@pytest.mark.e2e
+def test_soak_steady_members_get_every_acknowledged_message_once_in_order(soak: Document) -> None:
+    """Each steady member gets every acknowledged message of its room (the fill's too), once, in seq order."""
+    for server, row in soak_rows(soak).items():
+        assert row["expected"] == 2 * row["acked"], (server, row)  # two steady members per room
+        assert (row["missed"], row["doubled"], row["out_of_order"]) == (0, 0, 0), (server, row["miss_samples"])
+        assert (row["steady_lost"], row["seq_clashes"]) == (0, 0), (server, row)
+        assert row["targets"]["delivery"]["met"], (server, row["targets"])
+
+
+@pytest.mark.e2e
+def test_soak_reads_memory_and_fds_over_time_and_the_log(soak: Document) -> None:
+    """RSS is sampled every second of the churn, the fds come back to where they were, the log has no traceback."""
+    for server, row in soak_rows(soak).items():
+        assert len(row["rss_samples"]) >= 8, (server, row["rss_samples"])
+        assert 0 < row["rss_joined_mib"] <= row["rss_peak_mib"], (server, row)
+        assert row["rss_end_mib"] > 0, (server, row)
+        assert row["rss_slope_last_half_mib_per_min"] is not None, (server, row)
+        assert row["fds_start"] > row["steady"], (server, row)
+        assert row["targets"]["fds"]["met"], (server, row["targets"]["fds"])
+        assert row["tracebacks"] == 0, (server, row["traceback_samples"])
+        assert set(row["targets"]) == {"rss", "flat", "fds", "delivery", "tracebacks"}, (server, row["targets"])
+        if server == "chat-redis":
+            assert row["redis_rss_end_mib"] > 0, row
 
 
 @pytest.mark.e2e
@@ -753,7 +815,7 @@ def test_storm_options_and_default_servers() -> None:
     cli = cli_module()
     assert "storm" not in cli.plan(cli.parser().parse_args([])).scenarios
     everything = cli.plan(cli.parser().parse_args(["--scenario", "all"]))
-    assert everything.scenarios == [*SCENARIOS, "storm"]
+    assert everything.scenarios == [*SCENARIOS, "storm", "soak"]
     assert everything.servers["storm"] == ["chat", "chat-redis2", "seed", "raw"]
     plan = cli.plan(cli.parser().parse_args(["--scenario", "storm"]))
     assert (plan.storm.members, plan.storm.room_sizes, plan.storm.drops) == (10000, [150], ["restart", "cut"])
@@ -770,6 +832,98 @@ def test_storm_options_and_default_servers() -> None:
         cli.plan(cli.parser().parse_args(["--scenario", "storm", "--drops", "crash"]))
     with pytest.raises(SystemExit):
         cli.plan(cli.parser().parse_args(["--scenario", "storm", "--members", "10", "--room-size", "1"]))
+
+
+def test_soak_options_and_default_servers() -> None:
+    """soak runs only when named; --duration, --churners, --steady, --rooms, --leave-mix, --batch, --fill reach it."""
+    cli = cli_module()
+    plan = cli.plan(cli.parser().parse_args(["--scenario", "soak"]))
+    assert plan.servers["soak"] == ["chat", "chat-redis"]
+    params = plan.soak
+    assert (params.duration, params.churners, params.steady, params.rooms, params.fill) == (420.0, 60, 40, 20, 1000)
+    assert (params.mix, params.batch) == ({"clean": 1.0, "reset": 1.0, "stall": 1.0}, False)
+    arguments = ["--scenario", "soak", "--duration", "60", "--churners", "8", "--steady", "4", "--rooms", "2"]
+    plan = cli.plan(cli.parser().parse_args([*arguments, "--leave-mix", "clean=2,stall", "--batch", "--fill", "0"]))
+    params = plan.soak
+    assert (params.duration, params.churners, params.steady, params.rooms, params.fill) == (60.0, 8, 4, 2, 0)
+    assert (params.mix, params.batch) == ({"clean": 2.0, "stall": 1.0}, True)
+    assert [variant.label for variant in cli.variants("soak", plan)] == [
+        "8 churners, 4 steady in 2 rooms, 60 s, clean=2,stall=1, batch=1"
+    ]
+    for mix in ("clean,crash", "clean=0", "reset=-1"):
+        with pytest.raises(SystemExit):
+            cli.plan(cli.parser().parse_args(["--scenario", "soak", "--leave-mix", mix]))
+    assert cli.unsupported("soak", cli.KINDS["seed"]) == "no acks to check the steady members against"
+    assert cli.unsupported("soak", cli.KINDS["chat"]) is None
+
+
+def test_soak_checks_each_steady_member_against_the_acks() -> None:
+    """Missed, doubled and out-of-order messages are counted against the acknowledged seqs of the member's room;
+    a message nobody saw acknowledged is extra, not an error."""
+    soak = importlib.import_module("benchmark.soak")
+    accepted = [("a", 1, 101), ("a", 2, 102), ("a", 3, 103), ("b", 1, 201)]
+    fine = soak.check(accepted, [("a", "s0", [101, 102, 103]), ("b", "s1", [201])])
+    assert (fine["expected"], fine["missed"], fine["doubled"], fine["out_of_order"], fine["extra"]) == (4, 0, 0, 0, 0)
+    bad = soak.check(accepted, [("a", "s0", [101, 103, 103, 999]), ("a", "s2", [102, 101, 103]), ("b", "s1", [])])
+    assert (bad["missed"], bad["doubled"], bad["out_of_order"], bad["extra"]) == (2, 1, 1, 1)
+    assert bad["members_missing"] == 2
+    assert bad["miss_samples"][0] == "s0 in a: 1 of 3 missing, the first seq 2"
+    assert soak.check([("a", 1, 101), ("a", 1, 102)], [])["seq_clashes"] == 1
+    assert soak.held_messages(accepted, keep=2) == 3
+
+
+def test_soak_slope_traceback_count_and_targets() -> None:
+    """A linear fit in MiB per minute; tracebacks counted with their exception line; each target met or not."""
+    soak = importlib.import_module("benchmark.soak")
+    assert soak.slope_per_minute([(0.0, 50.0), (30.0, 51.0), (60.0, 52.0)]) == pytest.approx(2.0)
+    assert soak.slope_per_minute([(0.0, 50.0)]) is None
+    log = "INFO ok\nTraceback (most recent call last):\n  File x\nValueError: bad\nTraceback (x):\nKeyError: 1\n"
+    assert soak.tracebacks(log) == (2, ["ValueError: bad", "KeyError: 1"])
+    row: Row = {"rss_joined_mib": 40.0, "history_mib": 9.0, "rss_start_mib": 49.0, "rss_end_mib": 65.0}
+    row.update(rss_slope_last_half_mib_per_min=0.1, fds_start=54, fds_end=56, tracebacks=0, steady_lost=0)
+    row.update(expected=100, missed=0, doubled=0, out_of_order=0)
+    verdicts = soak.targets(row)
+    assert {name: verdict["met"] for name, verdict in verdicts.items()} == {
+        "rss": False,
+        "flat": True,
+        "fds": True,
+        "delivery": True,
+        "tracebacks": True,
+    }
+    assert verdicts["rss"]["detail"] == "RSS end 65.0 MiB <= 40.0 + history 9.0 + 15 = 64.0 MiB"
+    assert soak.parse_mix("reset") == {"reset": 1.0}
+
+
+def test_soak_client_tags_and_leaves() -> None:
+    """A message's text starts with its 20-digit tag; leaves are drawn with the mix's weights."""
+    client = importlib.import_module("benchmark.soak_client")
+    frame = client.message_frame(10**15 + 7, 30, 3)
+    assert frame == b'{"type":"message","text":"00001000000000000007xxxxxxxxxx","ref":3}'
+    served = b'{"type":"message","room":"r","seq":4,"from":{"id":"a","name":"b"},"text":"00001000000000000007xx"}'
+    assert client.tag_of(served) == 10**15 + 7
+    assert client.tag_of(b'{"type":"message","text":"hello"}') is None
+    rand = random.Random(1)
+    assert {client.pick_leave({"clean": 1.0, "reset": 0.0, "stall": 1.0}, rand) for _ in range(50)} == {
+        "clean",
+        "stall",
+    }
+
+
+def test_soak_table() -> None:
+    """One row per server, then each target's verdict and the RSS over time."""
+    report = importlib.import_module("benchmark.report")
+    soak = importlib.import_module("benchmark.soak")
+    row: Row = {"server": "chat", "variant": "v", "rss_joined_mib": 40.0, "history_mib": 9.0, "rss_start_mib": 49.0}
+    row.update(rss_end_mib=65.0, rss_peak_mib=70.0, rss_slope_last_half_mib_per_min=0.1, fds_start=54, fds_end=56)
+    row.update(tracebacks=0, steady_lost=0, expected=100, missed=0, doubled=0, out_of_order=0, cycles=1234, acked=99)
+    row.update(rss_samples=[[float(at), 49.0 + at / 10, 54] for at in range(0, 200, 5)])
+    row["targets"] = soak.targets(row)
+    text = report.TABLES["soak"]([row])
+    assert "missed: rss" in text
+    assert "FAIL  rss: RSS end 65.0 MiB" in text
+    assert "pass  tracebacks: 0 tracebacks in the server log" in text
+    assert "RSS over time (s MiB): 0 s 49.0, 20 s 51.0," in text
+    assert text.rstrip().endswith("195 s 68.5")
 
 
 def test_storm_members_rooms_and_what_each_room_must_deliver() -> None:

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmark import procfs, report, scenarios, stored, storm
+from benchmark import procfs, report, scenarios, soak, stored, storm
 from benchmark.client import ENDPOINTS, V1, WS
 from benchmark.pool import WorkerError, WorkerPool
 from benchmark.probe import ProbeFailed
@@ -38,13 +38,15 @@ from benchmark.scenarios import (
     SlowParams,
 )
 from benchmark.servers import KINDS, ROOT, Kind, Server, ServerFailed, ServerOptions, redis_available
+from benchmark.soak import SoakParams, parse_mix
 from benchmark.stored import HistoryParams, RestartParams
 from benchmark.stores import StoreFailed
 from benchmark.storm import DROPS, StormParams
 
-SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "join", "restart", "history", "storm")
-DEFAULT_SCENARIOS = SCENARIOS[:-1]
-"""What runs without ``--scenario``: every scenario but ``storm`` (minutes per server at its default size)."""
+SCENARIOS = ("fanout", "rooms", "slow_consumer", "idle", "join", "restart", "history", "storm", "soak")
+LONG_SCENARIOS = ("storm", "soak")
+DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name not in LONG_SCENARIOS)
+"""What runs without ``--scenario``: every scenario but ``storm`` and ``soak`` (minutes per server)."""
 EVERY_KIND = ("chat", "chat-delay", "chat-redis", "seed", "raw")
 DEFAULT_SERVERS: dict[str, tuple[str, ...]] = {
     "fanout": ("chat", "chat-sqlite", "chat-delay", "chat-redis", "chat-redis-pg", "seed", "raw"),
@@ -55,6 +57,7 @@ DEFAULT_SERVERS: dict[str, tuple[str, ...]] = {
     "restart": ("chat-sqlite", "chat-redis-pg"),
     "history": ("chat", "chat-sqlite", "chat-redis-pg"),
     "storm": ("chat", "chat-redis2", "seed", "raw"),
+    "soak": ("chat", "chat-redis"),
 }
 """The servers each scenario runs on unless ``--servers`` names them."""
 WS_SERVERS = ("chat", "chat-redis")
@@ -72,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scenario",
-        help=f"comma-separated, from {', '.join(SCENARIOS)}, or all (default: every one but storm)",
+        help=f"comma-separated, from {', '.join(SCENARIOS)}, or all (default: every one but storm and soak)",
     )
     defaults = "; ".join(f"{name}: {','.join(kinds)}" for name, kinds in DEFAULT_SERVERS.items())
     parser.add_argument(
@@ -82,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
         "--duration",
         type=positive_float,
         help="seconds measured: the fanout window, each rooms step; storm: the most the members may take to be "
-        "welcomed again after the drop (20)",
+        "welcomed again after the drop (20); soak: seconds of churn (420)",
     )
     parser.add_argument(
         "--members",
@@ -116,7 +119,26 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rooms",
         type=positive_int,
-        help="idle: rooms the connections spread over (100); restart: rooms the stored messages spread over (1000)",
+        help="idle: rooms the connections spread over (100); restart: rooms the stored messages spread over (1000); "
+        "soak: rooms of the steady members and churners (20)",
+    )
+    parser.add_argument(
+        "--churners",
+        type=positive_int,
+        help="soak: clients that loop connect, send 1-5 messages, wait for the acks, leave (60)",
+    )
+    parser.add_argument("--steady", type=positive_int, help="soak: members that stay in the rooms all along (40)")
+    parser.add_argument(
+        "--leave-mix",
+        help="soak: how churners leave, comma-separated, each with an optional weight: clean (close frame), reset "
+        "(TCP RST), stall (stop reading, then close) (clean,reset,stall: equal; e.g. clean=2,reset=1,stall=1)",
+    )
+    parser.add_argument("--batch", action="store_true", help="soak: steady members and churners connect with batch=1")
+    parser.add_argument(
+        "--fill",
+        type=int,
+        help="soak: messages sent into each room before the churn, so that the rooms hold their full history "
+        "from the start (1000, chat's CHAT_HISTORY_SIZE; 0: none)",
     )
     parser.add_argument(
         "--stored", type=positive_int, help="restart, history: messages in the store (1,000,000; history: one room)"
@@ -226,6 +248,7 @@ class Plan:
     ws_servers: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     """The servers of each scenario chosen that run its ``/ws`` variants."""
     storm: StormParams = dataclasses.field(default_factory=StormParams)
+    soak: SoakParams = dataclasses.field(default_factory=SoakParams)
 
 
 def plan(arguments: argparse.Namespace) -> Plan:
@@ -250,6 +273,7 @@ def plan(arguments: argparse.Namespace) -> Plan:
     common = Common(deflate=arguments.deflate, query=query)
     fanout, rooms, slow, idle = FanoutParams(), RoomsParams(), SlowParams(), IdleParams()
     restart, history, join, storms = RestartParams(), HistoryParams(), JoinParams(), StormParams()
+    soaks = SoakParams()
     if arguments.quick:
         common = dataclasses.replace(common, connect_timeout=5.0)
         fanout = FanoutParams(members=[20], duration=1.0, warmup=0.3, stall=2.0, drain=3.0)
@@ -262,6 +286,7 @@ def plan(arguments: argparse.Namespace) -> Plan:
         storms = StormParams(
             members=20, room_sizes=[5], interval=0.25, settle=0.2, warmup=0.5, tail=0.5, limit=20.0, drain=3.0
         )
+        soaks = SoakParams(duration=8.0, churners=10, steady=6, rooms=3, fill=100, sample=1.0)
     members = ints(arguments.members or "") or None
     first = members[0] if members else None
     rates = floats(arguments.rates or "") or None
@@ -322,6 +347,25 @@ def plan(arguments: argparse.Namespace) -> Plan:
         limit=given(arguments.duration, storms.limit),
         size=given(size, storms.size),
     )
+    try:
+        mix = parse_mix(arguments.leave_mix) if arguments.leave_mix is not None else soaks.mix
+    except ValueError as exc:
+        raise SystemExit(f"--leave-mix: {exc}") from None
+    soaks = dataclasses.replace(
+        soaks,
+        duration=given(arguments.duration, soaks.duration),
+        churners=given(arguments.churners, soaks.churners),
+        steady=given(arguments.steady, soaks.steady),
+        rooms=given(arguments.rooms, soaks.rooms),
+        mix=mix,
+        batch=arguments.batch or soaks.batch,
+        fill=given(arguments.fill, soaks.fill),
+        size=given(size, soaks.size),
+    )
+    if "soak" in chosen and soaks.size < 20:
+        raise SystemExit("--message-bytes: soak's texts start with a 20-digit tag")
+    if "soak" in chosen and soaks.fill < 0:
+        raise SystemExit("--fill: 0 or more")
     if "storm" in chosen and storms.size < 20:
         raise SystemExit("--message-bytes: storm's texts start with a 20-digit stamp")
     if "storm" in chosen and storms.members < 2 * storm.storm_rooms(storms.members, min(storms.room_sizes)):
@@ -331,7 +375,20 @@ def plan(arguments: argparse.Namespace) -> Plan:
     if history.messages < history.limit:
         raise SystemExit(f"history needs at least a page of stored messages ({history.limit})")
     return Plan(
-        list(chosen), servers, common, fanout, rooms, slow, idle, restart, history, join, endpoints, ws_servers, storms
+        list(chosen),
+        servers,
+        common,
+        fanout,
+        rooms,
+        slow,
+        idle,
+        restart,
+        history,
+        join,
+        endpoints,
+        ws_servers,
+        storms,
+        soaks,
     )
 
 
@@ -373,6 +430,14 @@ def variants(name: str, plan: Plan) -> list[Variant]:
             for size in plan.storm.room_sizes
             for drop in plan.storm.drops
         ]
+    if name == "soak":
+        soaks = plan.soak
+        mix = ",".join(f"{kind}={weight:g}" for kind, weight in soaks.mix.items())
+        label = (
+            f"{soaks.churners} churners, {soaks.steady} steady in {soaks.rooms} rooms, {soaks.duration:g} s, {mix}"
+            + (", batch=1" if soaks.batch else "")
+        )
+        return [Variant(label, lambda pool, server: soak.run_soak(pool, server, common, soaks))]
     if name == "join":
         joins = plan.join
         return paired(
@@ -453,6 +518,8 @@ def unsupported(scenario: str, kind: Kind, endpoint: str = V1) -> str | None:
         return "no durable store"
     if scenario == "history" and kind.chat_args is None:
         return "no history"
+    if scenario == "soak" and not kind.acks:
+        return "no acks to check the steady members against"
     if kind.redis and not redis_available():
         return "no redis-server on PATH"
     if kind.store is not None and importlib.util.find_spec(f"chat.stores.{kind.store}") is None:
@@ -525,7 +592,9 @@ def measure(
     """
     log(f"- {name} [{variant.label}] {kind_name} ...")
     kept: tuple[float, Row] | None = None
-    for attempt in range(1 + max(0, arguments.retries)):
+    # A soak judges memory over minutes, not speed: it is not run again for other processes' CPU.
+    retries = 0 if name == "soak" else max(0, arguments.retries)
+    for attempt in range(1 + retries):
         row = run_one(pool, name, kind_name, options, variant, arguments.quiet_wait)
         busy = disturbance(row)
         log(f"  {summary(name, row)} ({row['wall_seconds']} s)")
@@ -534,7 +603,7 @@ def measure(
             break
         if kept is None or busy < kept[0]:
             kept = (busy, row)
-        if attempt < arguments.retries:
+        if attempt < retries:
             log(f"  other processes took up to {busy:.0f}% of a core while measuring: once more")
         elif attempt:
             log(f"  keeping the least disturbed attempt (other processes up to {kept[0]:.0f}% of a core)")
@@ -653,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             the_plan.rooms.connections,
             *the_plan.fanout.members,
             *([the_plan.storm.members] if "storm" in the_plan.scenarios else []),
+            *([the_plan.soak.steady + the_plan.soak.churners] if "soak" in the_plan.scenarios else []),
         ]
     )
     if soft < largest + 200:
@@ -686,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             "restart": dataclasses.asdict(the_plan.restart),
             "history": dataclasses.asdict(the_plan.history),
             "storm": dataclasses.asdict(the_plan.storm),
+            "soak": dataclasses.asdict(the_plan.soak),
         },
         "logs": str(workdir),
         "results": {},
@@ -770,7 +841,7 @@ STORE_CPU_NOTE = (
     "server CPU includes the PostgreSQL backends serving its database, not PostgreSQL's shared WAL writer, "
     "checkpointer and background writer"
 )
-MEASURES_CPU = ("fanout", "rooms", "slow_consumer", "idle", "join", "history", "storm")
+MEASURES_CPU = ("fanout", "rooms", "slow_consumer", "idle", "join", "history", "storm", "soak")
 
 
 def note_store_cpu(name: str, row: Row) -> None:
@@ -839,6 +910,18 @@ def summary(name: str, row: Row) -> str:
             f"{report.number(row.get('frames_per_member'), 1)} frames/member, "
             f"client CPU {report.number(row.get('client_cpu_pct'))}%, "
             f"other {report.number(row.get('other_cpu_pct'))}%"
+        )
+    if name == "soak":
+        verdicts = ", ".join(
+            f"{target} {'met' if verdict['met'] else 'MISSED'}" for target, verdict in row.get("targets", {}).items()
+        )
+        return (
+            f"{report.number(row.get('cycles'))} cycles, {report.number(row.get('acked'))} acked, "
+            f"missed {row.get('missed')}, doubled {row.get('doubled')}, out of order {row.get('out_of_order')}; "
+            f"RSS {report.number(row.get('rss_start_mib'), 1)} -> peak {report.number(row.get('rss_peak_mib'), 1)} "
+            f"-> end {report.number(row.get('rss_end_mib'), 1)} MiB; "
+            f"fds {row.get('fds_start')} -> {row.get('fds_end')}; "
+            f"tracebacks {row.get('tracebacks')}; {verdicts}"
         )
     if name == "join":
         return (

@@ -39,6 +39,7 @@ import uvloop
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from benchmark import latency
+from benchmark.soak_client import Soak
 from benchmark.storm_client import Storm
 
 MESSAGE_PREFIX = b'{"type":"message"'
@@ -370,6 +371,8 @@ class Worker:
         self.slow_watch: asyncio.Task[None] | None = None
         self.storm: Storm | None = None
         """The ``storm`` scenario's members (``storm_client.py``), while it runs."""
+        self.soak: Soak | None = None
+        """The ``soak`` scenario's steady members and churners (``soak_client.py``), while it runs."""
 
     # --- the command pipe -----------------------------------------------------------------------
 
@@ -788,6 +791,45 @@ class Worker:
     async def cmd_storm_check(self, accepted: dict[str, list[int]]) -> Reply:
         return self.the_storm().check(accepted)
 
+    # --- soak (soak_client.py) ----------------------------------------------------------------
+
+    async def cmd_soak_join(
+        self, port: int, query: str, wait: float, process: int, size: int, members: list[tuple[str, str, str]]
+    ) -> Reply:
+        """Open the steady members ``(room, name, source address)`` here, each up to its welcome."""
+        if self.soak is None:
+            self.soak = Soak(port, query, wait, process, size)
+        return await self.soak.join_steady(members)
+
+    def the_soak(self) -> Soak:
+        if self.soak is None:
+            raise RuntimeError("no soak here: soak_join comes first")
+        return self.soak
+
+    async def cmd_soak_fill(self, rooms: list[tuple[str, str]], count: int, within: float) -> Reply:
+        return await self.the_soak().fill(rooms, count, within)
+
+    async def cmd_soak_start(
+        self,
+        churners: list[tuple[str, str]],
+        rooms: list[str],
+        mix: dict[str, float],
+        messages: tuple[int, int],
+        stall: tuple[float, float],
+    ) -> Reply:
+        """Start the churners ``(name, source address)`` here; they loop until ``soak_stop``."""
+        self.the_soak().start(churners, rooms, mix, messages, stall)
+        return {}
+
+    async def cmd_soak_stats(self) -> Reply:
+        return self.the_soak().stats()
+
+    async def cmd_soak_stop(self, within: float) -> Reply:
+        return await self.the_soak().stop(within)
+
+    async def cmd_soak_report(self) -> Reply:
+        return self.the_soak().report()
+
     async def cmd_disconnect(self, within: float) -> Reply:
         """Close every connection (close frame, then drop the transport) and forget it."""
         await self.halt_publisher()
@@ -803,6 +845,9 @@ class Worker:
         if self.storm is not None:
             self.storm.close()
             self.storm = None
+        if self.soak is not None:
+            self.soak.close()
+            self.soak = None
         for client in self.clients:
             client.abort()
         for slow in self.slow:

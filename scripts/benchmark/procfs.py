@@ -116,6 +116,53 @@ def tree_memory(pid: int) -> dict[str, int]:
     return total
 
 
+def open_fds(pid: int) -> int:
+    """File descriptors a process holds open (0 if it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def tree_open_fds(pid: int) -> int:
+    """File descriptors held open by a process and its descendants, summed."""
+    return sum(open_fds(member) for member in tree(pid))
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets a process and its descendants hold."""
+    inodes: set[str] = set()
+    for member in tree(pid):
+        try:
+            descriptors = os.listdir(f"/proc/{member}/fd")
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                target = os.readlink(f"/proc/{member}/fd/{descriptor}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def connections_to(pid: int, port: int) -> int:
+    """TCP connections a process (or a descendant) holds to ``port`` on another process (a redis-server's)."""
+    mine = socket_inodes(pid)
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in mine:
+                count += 1
+    return count
+
+
 def listening_inodes(port: int) -> set[str]:
     """Socket inodes listening on ``port`` (IPv4 and IPv6)."""
     inodes: set[str] = set()

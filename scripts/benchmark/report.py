@@ -339,6 +339,62 @@ def storm_table(rows: list[Row]) -> str:
     return render(title, columns, rows)
 
 
+def soak_table(rows: list[Row]) -> str:
+    def mib(key: str) -> Callable[[Row], str]:
+        return field(key, 1)
+
+    def targets(row: Row) -> str:
+        verdicts = row.get("targets") or {}
+        missed = [name for name, verdict in verdicts.items() if not verdict["met"]]
+        return "all met" if verdicts and not missed else "missed: " + ",".join(missed) if missed else "-"
+
+    columns: list[Column] = [
+        server_column(),
+        ("churn s", field("churned_s")),
+        ("cycles", field("cycles")),
+        ("acked", field("acked")),
+        ("missed", field("missed")),
+        ("doubled", field("doubled")),
+        ("reordered", field("out_of_order")),
+        ("RSS joined", mib("rss_joined_mib")),
+        ("+history", mib("history_mib")),
+        ("start", mib("rss_start_mib")),
+        ("peak", mib("rss_peak_mib")),
+        ("end", mib("rss_end_mib")),
+        ("MiB/min last half", field("rss_slope_last_half_mib_per_min", 2)),
+        ("fds start", field("fds_start")),
+        ("end", field("fds_end")),
+        ("tracebacks", field("tracebacks")),
+        ("targets", targets),
+    ]
+    title = (
+        "soak: steady members sit in their rooms while churners connect, send 1-5 messages, wait for the acks and "
+        "leave (clean close, TCP reset, or a stall); RSS in MiB of the server process (joined: after the steady "
+        "members joined; +history: what filling the rooms' history added; start: when the churn began)"
+    )
+    lines = [render(title, columns, rows)]
+    for row in rows:
+        if row.get("error"):
+            continue
+        lines.append(f"  {row['server']} ({row.get('variant', '')}):")
+        for name, verdict in (row.get("targets") or {}).items():
+            lines.append(f"    {'pass' if verdict['met'] else 'FAIL'}  {name}: {verdict['detail']}")
+        lines.append(f"    RSS over time (s MiB): {rss_over_time(row)}")
+    return "\n".join(lines)
+
+
+def rss_over_time(row: Row, shown: int = 12) -> str:
+    """A few of the RSS samples, evenly spaced: ``0 s 51.2, 35 s 58.0, ...``."""
+    samples = row.get("rss_samples") or []
+    if not samples:
+        return "-"
+    step = max(1, -(-len(samples) // shown))
+    picked = samples[::step]
+    if picked[-1] is not samples[-1]:
+        picked.append(samples[-1])
+    return ", ".join(f"{sample[0]:.0f} s {sample[1]:.1f}" for sample in picked)
+
+
 TABLES: dict[str, Callable[[list[Row]], str]] = {
     "fanout": fanout_table,
     "rooms": rooms_table,
@@ -348,4 +404,5 @@ TABLES: dict[str, Callable[[list[Row]], str]] = {
     "restart": restart_table,
     "history": history_table,
     "storm": storm_table,
+    "soak": soak_table,
 }
