@@ -165,7 +165,8 @@ class SocketEndpoint(WebSocketEndpoint):
             if chat.hooks.decides and identity is None:
                 identity = guest_identity(new_member_id(), hello.name)
             self.identity = identity
-            if room and identity is not None:
+            if room and chat.hooks.checks_joins:
+                assert identity is not None, "a guest gets an identity when there are hooks"
                 await self.may_join(chat, identity, room)
             chat.access.acquire(address)
         except ConnectionRefused as exc:

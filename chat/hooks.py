@@ -93,7 +93,8 @@ class HookRunner:
         self.timeout = timeout
         self.metrics = metrics
         self.authenticates = hooks.authenticate is not None
-        self.decides = hooks.can_join is not None or hooks.on_message is not None
+        self.checks_joins = hooks.can_join is not None
+        self.decides = self.checks_joins or hooks.on_message is not None
         """Whether a decision needs the member's identity (a guest's is made for it)."""
         self.watches_rooms = hooks.joined is not None or hooks.left is not None
         self._events: asyncio.Queue[tuple[str, Callable[..., Maybe[None]], tuple[Any, ...]]] | None = None

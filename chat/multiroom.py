@@ -94,7 +94,7 @@ class MultiRoomEndpoint(SocketEndpoint):
         """Join a room: its welcome (with the join's ref), or an error frame and nothing else changed."""
         room, ref = request.room, request.ref
         self.check_join(chat, connection, request)
-        if self.identity is not None and chat.hooks.decides:
+        if chat.hooks.checks_joins:
             await self.may_enter(chat, room, ref)
             if not connection.is_open or room in self.rooms:
                 return
@@ -139,7 +139,7 @@ class MultiRoomEndpoint(SocketEndpoint):
 
     async def may_enter(self, chat: Chat, room: str, ref: Ref) -> None:
         """Raise the RequestError that refuses a join when the host's ``can_join`` hook keeps the member out."""
-        assert self.identity is not None
+        assert self.identity is not None, "a guest gets an identity when there are hooks"
         try:
             await chat.hooks.can_join(self.identity, room)
         except Refuse as exc:

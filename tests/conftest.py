@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,3 +77,16 @@ def client(settings: Settings) -> Iterator[TestClient]:
     """A TestClient on the default settings of the backend under test, its lifespan running."""
     with serve(settings) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """The cyclic garbage collector off for the test, after one collection: only reference counting frees anything."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -14,7 +14,7 @@ import asyncio
 import gc
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -57,19 +57,6 @@ PATHS: dict[str, dict[str, Any]] = {
 ENDINGS = ("close", "reset", "stall", "closed by the server")
 ROOM = "lobby"
 TEXT = 1
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    """The cyclic garbage collector off for the test: only reference counting frees anything."""
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def alive() -> Counter[str]:

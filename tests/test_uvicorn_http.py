@@ -17,7 +17,7 @@ from tests.test_uvicorn_contract import (
     anyio_backend,  # noqa: F401 - the fixture: every test on both loops
     run_server,
 )
-from tests.test_uvicorn_websocket import HANDSHAKE, no_collector  # noqa: F401 - the fixture
+from tests.test_uvicorn_websocket import HANDSHAKE
 
 pytestmark = pytest.mark.anyio
 

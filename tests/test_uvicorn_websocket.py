@@ -11,7 +11,7 @@ import logging
 import struct
 import types
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -414,18 +414,6 @@ async def test_a_shutdown_closes_every_connection_with_1012() -> None:
 
 
 # --- no reference cycles ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    """The cyclic garbage collector off for the test: only reference counting frees anything."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def holders(ref: weakref.ref[ChatWebSocketProtocol]) -> list[str]:

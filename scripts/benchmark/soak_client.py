@@ -25,12 +25,12 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
-import struct
 from collections import Counter
 from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from benchmark import storm_client
 
 Reply = dict[str, Any]
 TAG_DIGITS = 20
@@ -211,12 +211,8 @@ class Conn(WSListener):
     def reset(self) -> None:
         """Drop the connection with a TCP reset (``SO_LINGER`` 0), no close handshake."""
         self.leaving = True
-        if self.transport is None:
-            return
-        with contextlib.suppress(OSError, AttributeError):
-            sock = self.transport.underlying_transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.disconnect(graceful=False)
+        if self.transport is not None:
+            storm_client.reset(self.transport)
 
     def close(self) -> None:
         """Send a close frame (1000); the connection ends when the server answers (``on_ws_frame``)."""

@@ -262,18 +262,22 @@ class Link(WSListener):
     def cut(self) -> None:
         """Drop the connection as a network cut does for the client: a reset, no close handshake."""
         self.was_cut = True
-        if self.transport is None:
-            return
-        with contextlib.suppress(OSError, AttributeError):
-            sock = self.transport.underlying_transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.disconnect(graceful=False)
+        if self.transport is not None:
+            reset(self.transport)
 
     def abort(self) -> None:
         """Give the connection up: reset it now, or as soon as its handshake completes."""
         self.dead = True
         if self.transport is not None:
             self.transport.disconnect(graceful=False)
+
+
+def reset(transport: WSTransport) -> None:
+    """Drop the connection with a TCP reset (``SO_LINGER`` 0), no close handshake."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock = transport.underlying_transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.disconnect(graceful=False)
 
 
 class Storm:
